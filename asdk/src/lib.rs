@@ -1,0 +1,1 @@
+//! asdk: Arrow images (placeholder until issue 3 lands).

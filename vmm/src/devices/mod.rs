@@ -1,0 +1,3 @@
+//! Device models: legacy port-I/O devices and virtio devices.
+
+pub mod bus;
