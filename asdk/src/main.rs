@@ -1,0 +1,2 @@
+//! `asdk`: the Arrow SDK command line.
+fn main() {}
