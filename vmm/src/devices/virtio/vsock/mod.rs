@@ -1,0 +1,454 @@
+//! virtio-vsock device (virtio 1.x, 5.10) with a userspace backend: the host
+//! side is one Unix socket per instance (Firecracker-compatible protocol).
+//!
+//! - host-initiated: a client connects to `uds_path`, sends `CONNECT <port>\n`
+//!   and, once the guest accepts, reads `OK <host_port>\n`; refused or no
+//!   guest listener closes the Unix connection;
+//! - guest-initiated: a guest connection to CID 2, port P is connected to the
+//!   Unix socket `<uds_path>_P`; no listener there means RST to the guest.
+//!
+//! Threads: the transport calls [`VirtioDevice`] methods on vCPU threads; the
+//! queues and sockets are worked on the event loop ([`event_handler`]). Both
+//! go through the device's mutex.
+//!
+//! Wiring (the VMM):
+//! ```text
+//! let vsock = Arc::new(Mutex::new(Vsock::new(cid, uds_path, Limits::default())?));
+//! let transport = MmioTransport::new(mem.clone(), vsock.clone())?;
+//! event_manager.add_subscriber(vsock.clone());   // registers queue fds, listener
+//! ```
+
+pub mod connection;
+pub mod event_handler;
+pub mod muxer;
+pub mod packet;
+mod unix;
+
+#[cfg(test)]
+mod proptests;
+#[cfg(test)]
+mod tests;
+
+use std::os::unix::net::UnixListener;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use tracing::{debug, warn};
+use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
+use virtio_vsock::packet::VsockPacket;
+use vm_memory::{Bytes, GuestMemory};
+use vmm_sys_util::eventfd::EventFd;
+
+pub use connection::ConnectionInfo;
+pub use muxer::{Limits, VsockMetrics};
+
+use super::{
+    ActivateContext, ActivateError, IrqTrigger, QueueConfig, VirtioDevice, INT_VRING, TYPE_VSOCK,
+    VIRTIO_F_RING_EVENT_IDX, VIRTIO_F_VERSION_1,
+};
+use crate::GuestMemoryMmap;
+use muxer::Muxer;
+use packet::{Header, EVENT_SIZE, EVENT_TRANSPORT_RESET, HEADER_SIZE, MAX_PKT_DATA};
+
+/// Queue indices.
+pub const RXQ: usize = 0;
+pub const TXQ: usize = 1;
+pub const EVQ: usize = 2;
+const QUEUE_SIZE: u16 = 256;
+const QUEUE_SIZES: [u16; 3] = [QUEUE_SIZE; 3];
+/// TX/RX alternations per event before yielding to other event sources.
+const MAX_PUMP_ROUNDS: usize = 16;
+
+/// Errors from creating the device.
+#[derive(Debug, thiserror::Error)]
+pub enum VsockError {
+    #[error("guest CID {0} is reserved or out of range (3..=0xfffffffe)")]
+    InvalidCid(u64),
+    #[error("cannot listen on {path}: {source}")]
+    Bind {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot create eventfd: {0}")]
+    EventFd(std::io::Error),
+}
+
+/// Device state for snapshots. Host connections are not restorable; after a
+/// restore the device sends TRANSPORT_RESET instead.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VsockState {
+    pub guest_cid: u64,
+    pub acked_features: Option<u64>,
+    pub queues: Vec<QueueConfig>,
+    pub connections: Vec<ConnectionInfo>,
+    pub metrics: VsockMetrics,
+}
+
+struct Active {
+    mem: GuestMemoryMmap,
+    queues: Vec<Queue>,
+    irq: Arc<IrqTrigger>,
+    acked_features: u64,
+}
+
+/// The vsock device model and its host backend.
+pub struct Vsock {
+    guest_cid: u64,
+    queue_evts: Vec<EventFd>,
+    /// Wakes the event loop for work requested from other threads
+    /// (activation, reset cleanup, TRANSPORT_RESET) or left over.
+    ctl_evt: EventFd,
+    active: Option<Active>,
+    muxer: Muxer,
+    event_reset_pending: bool,
+}
+
+fn valid_cid(cid: u64) -> bool {
+    (3..u64::from(u32::MAX)).contains(&cid)
+}
+
+impl Vsock {
+    /// Creates the device and binds the host listener at `uds_path`.
+    pub fn new(
+        guest_cid: u64,
+        uds_path: impl AsRef<Path>,
+        limits: Limits,
+    ) -> Result<Self, VsockError> {
+        if !valid_cid(guest_cid) {
+            return Err(VsockError::InvalidCid(guest_cid));
+        }
+        let path = uds_path.as_ref().to_path_buf();
+        let bind_err = |source| VsockError::Bind {
+            path: path.clone(),
+            source,
+        };
+        let listener = UnixListener::bind(&path).map_err(bind_err)?;
+        listener.set_nonblocking(true).map_err(bind_err)?;
+        let evt = || EventFd::new(libc::EFD_NONBLOCK).map_err(VsockError::EventFd);
+        Ok(Self {
+            guest_cid,
+            queue_evts: vec![evt()?, evt()?, evt()?],
+            ctl_evt: evt()?,
+            active: None,
+            muxer: Muxer::new(guest_cid, path, listener, limits),
+            event_reset_pending: false,
+        })
+    }
+
+    pub fn guest_cid(&self) -> u64 {
+        self.guest_cid
+    }
+
+    pub fn is_active(&self) -> bool {
+        self.active.is_some()
+    }
+
+    pub fn metrics(&self) -> &VsockMetrics {
+        &self.muxer.metrics
+    }
+
+    /// Drops all connections and tells the guest with a TRANSPORT_RESET
+    /// event (after restore, or for a clone with a new CID).
+    pub fn transport_reset(&mut self) {
+        self.muxer.reset();
+        self.event_reset_pending = true;
+        self.wake();
+    }
+
+    /// Gives a clone its own CID; also resets the transport. The VMM should
+    /// then call `MmioTransport::config_changed`.
+    pub fn set_guest_cid(&mut self, cid: u64) -> Result<(), VsockError> {
+        if !valid_cid(cid) {
+            return Err(VsockError::InvalidCid(cid));
+        }
+        self.guest_cid = cid;
+        self.muxer.set_guest_cid(cid);
+        self.transport_reset();
+        Ok(())
+    }
+
+    pub fn state(&self) -> VsockState {
+        VsockState {
+            guest_cid: self.guest_cid,
+            acked_features: self.active.as_ref().map(|a| a.acked_features),
+            queues: self
+                .active
+                .as_ref()
+                .map(|a| a.queues.iter().map(|q| q.state().into()).collect())
+                .unwrap_or_default(),
+            connections: self.muxer.connections(),
+            metrics: self.muxer.metrics.clone(),
+        }
+    }
+
+    fn wake(&self) {
+        if let Err(e) = self.ctl_evt.write(1) {
+            warn!("vsock: cannot wake the event loop: {e}");
+        }
+    }
+
+    fn signal_used(act: &mut Active, q: usize) {
+        match act.queues[q].needs_notification(&act.mem) {
+            Ok(true) => act.irq.trigger(INT_VRING),
+            Ok(false) => {}
+            Err(e) => warn!("vsock: queue {q}: {e}"),
+        }
+    }
+
+    /// Works the queues until TX is no longer held up by a full RX backlog;
+    /// bounded, re-waking the event loop when work is left.
+    pub(crate) fn pump(&mut self) {
+        for _ in 0..MAX_PUMP_ROUNDS {
+            let tx_paused = self.process_tx();
+            let rx_done = self.process_rx();
+            self.process_evq();
+            if !(tx_paused && rx_done > 0) {
+                return;
+            }
+        }
+        // Still busy: come back after other event sources had their turn.
+        self.wake();
+    }
+
+    /// Handles the guest's TX queue; returns true when it paused because
+    /// the RX backlog is full.
+    fn process_tx(&mut self) -> bool {
+        let Some(act) = self.active.as_mut() else {
+            return false;
+        };
+        let mem = &act.mem;
+        let q = &mut act.queues[TXQ];
+        let mut used = 0usize;
+        let mut paused = false;
+        loop {
+            let mut popped = 0usize;
+            while !self.muxer.rx_backlogged() {
+                let Some(mut chain) = q.pop_descriptor_chain(mem) else {
+                    break;
+                };
+                popped += 1;
+                let head = chain.head_index();
+                let raw = chain.clone();
+                match VsockPacket::from_tx_virtq_chain(mem, &mut chain, MAX_PKT_DATA) {
+                    Ok(pkt) => self
+                        .muxer
+                        .on_guest_packet(&Header::of(&pkt), pkt.data_slice()),
+                    Err(e) => {
+                        warn!("vsock: malformed TX chain: {e}");
+                        self.muxer.on_malformed(raw_header(raw));
+                    }
+                }
+                if let Err(e) = q.add_used(mem, head, 0) {
+                    warn!("vsock: TX used ring: {e}");
+                } else {
+                    used += 1;
+                }
+            }
+            if self.muxer.rx_backlogged() {
+                paused = true;
+                break;
+            }
+            match q.enable_notification(mem) {
+                Ok(true) if popped > 0 => continue,
+                Ok(true) => {
+                    // The avail index claims entries that cannot be popped.
+                    warn!("vsock: TX avail ring is inconsistent");
+                    break;
+                }
+                Ok(false) => break,
+                Err(e) => {
+                    warn!("vsock: TX queue: {e}");
+                    break;
+                }
+            }
+        }
+        if used > 0 {
+            Self::signal_used(act, TXQ);
+        }
+        paused
+    }
+
+    /// Fills the guest's RX buffers with pending packets; returns how many.
+    fn process_rx(&mut self) -> usize {
+        let Some(act) = self.active.as_mut() else {
+            return 0;
+        };
+        let mem = &act.mem;
+        let q = &mut act.queues[RXQ];
+        let mut used = 0usize;
+        'rounds: loop {
+            let mut popped = 0usize;
+            while self.muxer.has_rx_work() {
+                let Some(mut chain) = q.pop_descriptor_chain(mem) else {
+                    break;
+                };
+                popped += 1;
+                let head = chain.head_index();
+                let len = match VsockPacket::from_rx_virtq_chain(mem, &mut chain, MAX_PKT_DATA) {
+                    Ok(mut pkt) => match self.muxer.fill_rx(&mut pkt) {
+                        Some(len) => len,
+                        None => {
+                            // Nothing after all (e.g. the host read would
+                            // block): hand the buffer back untouched.
+                            q.go_to_previous_position();
+                            break 'rounds;
+                        }
+                    },
+                    Err(e) => {
+                        self.muxer.metrics.malformed_rx += 1;
+                        warn!("vsock: malformed RX chain: {e}");
+                        0
+                    }
+                };
+                if let Err(e) = q.add_used(mem, head, len) {
+                    warn!("vsock: RX used ring: {e}");
+                } else {
+                    used += 1;
+                }
+            }
+            if !self.muxer.has_rx_work() {
+                break;
+            }
+            // Out of RX buffers: ask the guest to notify when it adds some.
+            match q.enable_notification(mem) {
+                Ok(true) if popped > 0 => continue,
+                Ok(true) => {
+                    warn!("vsock: RX avail ring is inconsistent");
+                    break;
+                }
+                Ok(false) => break,
+                Err(e) => {
+                    warn!("vsock: RX queue: {e}");
+                    break;
+                }
+            }
+        }
+        if used > 0 {
+            Self::signal_used(act, RXQ);
+        }
+        used
+    }
+
+    /// Delivers a pending TRANSPORT_RESET on the event queue.
+    fn process_evq(&mut self) {
+        if !self.event_reset_pending {
+            return;
+        }
+        let Some(act) = self.active.as_mut() else {
+            return;
+        };
+        let mem = &act.mem;
+        let q = &mut act.queues[EVQ];
+        let mut used = false;
+        while let Some(chain) = q.pop_descriptor_chain(mem) {
+            let head = chain.head_index();
+            let mut written = 0u32;
+            if let Some(d) = chain.clone().next() {
+                if d.is_write_only() && d.len() as usize >= EVENT_SIZE {
+                    match mem.write_obj(EVENT_TRANSPORT_RESET.to_le(), d.addr()) {
+                        Ok(()) => written = EVENT_SIZE as u32,
+                        Err(e) => warn!("vsock: event buffer: {e}"),
+                    }
+                }
+            }
+            if written == 0 {
+                self.muxer.metrics.malformed_rx += 1;
+                warn!("vsock: unusable event queue buffer");
+            }
+            if let Err(e) = q.add_used(mem, head, written) {
+                warn!("vsock: event used ring: {e}");
+            }
+            used = true;
+            if written > 0 {
+                self.event_reset_pending = false;
+                self.muxer.metrics.events_sent += 1;
+                debug!("vsock: TRANSPORT_RESET sent");
+                break;
+            }
+        }
+        if used {
+            Self::signal_used(act, EVQ);
+        }
+    }
+}
+
+/// Reads the header of a rejected TX chain, if its head buffer holds one,
+/// so the connection it names can be reset.
+fn raw_header<M>(mut chain: DescriptorChain<M>) -> Option<Header>
+where
+    M: std::ops::Deref,
+    M::Target: GuestMemory,
+{
+    let d = chain.next()?;
+    if d.is_write_only() || (d.len() as usize) < HEADER_SIZE {
+        return None;
+    }
+    let mut b = [0u8; HEADER_SIZE];
+    chain.memory().read_slice(&mut b, d.addr()).ok()?;
+    Some(Header::from_bytes(&b))
+}
+
+impl VirtioDevice for Vsock {
+    fn device_type(&self) -> u32 {
+        TYPE_VSOCK
+    }
+
+    fn queue_max_sizes(&self) -> &[u16] {
+        &QUEUE_SIZES
+    }
+
+    fn avail_features(&self) -> u64 {
+        (1 << VIRTIO_F_VERSION_1) | (1 << VIRTIO_F_RING_EVENT_IDX)
+    }
+
+    fn queue_evts(&self) -> &[EventFd] {
+        &self.queue_evts
+    }
+
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        // struct virtio_vsock_config { le64 guest_cid; }
+        let cfg = self.guest_cid.to_le_bytes();
+        data.fill(0);
+        let Ok(start) = usize::try_from(offset) else {
+            return;
+        };
+        if let Some(src) = cfg.get(start..) {
+            let n = src.len().min(data.len());
+            data[..n].copy_from_slice(&src[..n]);
+        }
+    }
+
+    fn write_config(&mut self, offset: u64, _data: &[u8]) {
+        warn!("vsock: guest wrote read-only config at {offset:#x}");
+    }
+
+    fn activate(&mut self, ctx: ActivateContext) -> Result<(), ActivateError> {
+        if self.active.is_some() {
+            return Err(ActivateError::AlreadyActive);
+        }
+        if ctx.queues.len() != QUEUE_SIZES.len() {
+            return Err(ActivateError::QueueCount {
+                expected: QUEUE_SIZES.len(),
+                got: ctx.queues.len(),
+            });
+        }
+        self.ctl_evt.write(1).map_err(ActivateError::Signal)?;
+        self.active = Some(Active {
+            mem: ctx.mem,
+            queues: ctx.queues,
+            irq: ctx.irq,
+            acked_features: ctx.acked_features,
+        });
+        debug!("vsock: activated, guest CID {}", self.guest_cid);
+        Ok(())
+    }
+
+    fn reset(&mut self) {
+        self.active = None;
+        self.event_reset_pending = false;
+        self.muxer.reset();
+        // Sockets are unregistered and closed on the event loop.
+        self.wake();
+    }
+}
