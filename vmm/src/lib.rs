@@ -1,6 +1,19 @@
 //! arrow-vmm: boots one single-task Linux microVM on KVM.
+//!
+//! A `VmConfig` is turned into a `vm::Vm` (KVM VM, guest memory, kernel,
+//! devices, vCPUs), which runs until the guest or the host stops it; the
+//! `exit::StopReason` says why and maps to the process exit code.
 
+pub mod arch;
+pub mod config;
 pub mod devices;
+pub mod event_loop;
+pub mod exit;
+pub mod host;
+pub mod lifecycle;
+pub mod report;
+pub mod vcpu;
+pub mod vm;
 
 /// Guest memory as every part of the VMM sees it.
 pub type GuestMemoryMmap = vm_memory::GuestMemoryMmap<()>;

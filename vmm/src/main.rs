@@ -1,1 +1,165 @@
-fn main() {}
+//! `arrow-vmm`: runs one microVM. Exit status: the app's, or one of the codes
+//! documented in `arrow_vmm::exit` (125 = arrow-vmm itself failed).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::Context;
+use arrow_vmm::arch::boot::BootProtocol;
+use arrow_vmm::arch::cpuid::{parse_clear_rule, ClearRule};
+use arrow_vmm::config::{parse_size, ConsoleSink, VmConfig, DEFAULT_CMDLINE};
+use arrow_vmm::exit::EXIT_VMM_ERROR;
+use arrow_vmm::vm::Vm;
+use clap::{Parser, Subcommand, ValueEnum};
+
+#[derive(Parser)]
+#[command(
+    name = "arrow-vmm",
+    version,
+    about = "Run one single-task Linux microVM on KVM"
+)]
+struct Cli {
+    /// Log level (error, warn, info, debug, trace); RUST_LOG overrides it.
+    #[arg(long, global = true, default_value = "warn", env = "ARROW_LOG")]
+    log_level: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum HostCompat {
+    /// Detect the host (nested kvm_pvm → add the guest flags).
+    Auto,
+    On,
+    Off,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Boot a kernel and run the guest until it stops; exits with the app's status.
+    Run(RunArgs),
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// Uncompressed kernel (vmlinux ELF).
+    #[arg(long)]
+    kernel: PathBuf,
+    /// Initial ramdisk (e.g. an Arrow image's cpio).
+    #[arg(long)]
+    initrd: Option<PathBuf>,
+    /// Kernel command line (replaces the default); app args go after `--`.
+    #[arg(long, default_value = DEFAULT_CMDLINE, allow_hyphen_values = true)]
+    cmdline: String,
+    /// Guest memory: 128M, 1G, ... (a bare number is MiB).
+    #[arg(long, default_value = "128M", value_parser = parse_size)]
+    memory: u64,
+    /// Number of vCPUs.
+    #[arg(long, default_value_t = 1)]
+    vcpus: u8,
+    /// Guest console output: stdout, none, or a file path.
+    #[arg(long, default_value = "stdout")]
+    console: ConsoleSink,
+    /// Boot protocol.
+    #[arg(long, value_enum, default_value_t = BootProtocol::Auto)]
+    boot_protocol: BootProtocol,
+    /// Guest flags for nested-PVM hosts (see ENVIRONMENT docs).
+    #[arg(long, value_enum, default_value_t = HostCompat::Auto)]
+    host_compat: HostCompat,
+    /// Do not filter the host CPUID (debugging only).
+    #[arg(long)]
+    cpuid_passthrough: bool,
+    /// Hide one more CPUID bit: LEAF[.SUBLEAF]:REG:BIT (repeatable).
+    #[arg(long, value_parser = parse_clear_rule)]
+    cpuid_clear: Vec<ClearRule>,
+    /// Write a JSON report (timings, memory, exit) here when the VM stops.
+    #[arg(long)]
+    report: Option<PathBuf>,
+}
+
+fn init_logging(level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(level))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+}
+
+fn run(args: RunArgs, start: Instant) -> anyhow::Result<i32> {
+    let config = VmConfig {
+        kernel: args.kernel,
+        initrd: args.initrd,
+        cmdline: args.cmdline,
+        mem_size: args.memory,
+        vcpus: args.vcpus,
+        console: args.console,
+        boot_protocol: args.boot_protocol,
+        cpuid_passthrough: args.cpuid_passthrough,
+        cpuid_clear: args.cpuid_clear,
+        host_compat: match args.host_compat {
+            HostCompat::Auto => None,
+            HostCompat::On => Some(true),
+            HostCompat::Off => Some(false),
+        },
+    };
+    // Stop signals are read from a signalfd by the event loop; block them
+    // before any thread exists so every thread inherits the mask.
+    arrow_vmm::event_loop::block_stop_signals().context("cannot block stop signals")?;
+    let vm = Vm::build(&config, start)?;
+    let (reason, report) = vm.run()?;
+    if !reason.is_clean() {
+        eprintln!("arrow-vmm: {reason}");
+    } else {
+        tracing::info!(%reason, "VM stopped");
+    }
+    if let Some(path) = args.report {
+        let json = serde_json::to_string_pretty(&report)?;
+        std::fs::write(&path, json)
+            .with_context(|| format!("cannot write report {}", path.display()))?;
+    }
+    Ok(reason.exit_code())
+}
+
+/// The error and its causes, skipping causes already quoted by their parent.
+fn error_chain(e: &anyhow::Error) -> String {
+    let mut out = e.to_string();
+    for cause in e.chain().skip(1) {
+        let c = cause.to_string();
+        if !out.contains(&c) {
+            out.push_str(": ");
+            out.push_str(&c);
+        }
+    }
+    out
+}
+
+fn main() -> ExitCode {
+    let start = Instant::now();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return match e.kind() {
+                clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion => {
+                    ExitCode::SUCCESS
+                }
+                _ => ExitCode::from(EXIT_VMM_ERROR as u8),
+            };
+        }
+    };
+    init_logging(&cli.log_level);
+    let code = match cli.command {
+        Command::Run(args) => match run(args, start) {
+            Ok(code) => code,
+            Err(e) => {
+                eprintln!("arrow-vmm: error: {}", error_chain(&e));
+                EXIT_VMM_ERROR
+            }
+        },
+    };
+    ExitCode::from(code.clamp(0, 255) as u8)
+}

@@ -1,4 +1,6 @@
 //! Device models: legacy port-I/O devices and virtio devices.
 
 pub mod bus;
+pub mod legacy;
+pub mod notify;
 pub mod virtio;

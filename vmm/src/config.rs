@@ -1,0 +1,97 @@
+//! What to run: the VM configuration, and parsing of user-given sizes.
+
+use std::path::PathBuf;
+
+use crate::arch::boot::BootProtocol;
+use crate::arch::cpuid::ClearRule;
+
+/// Where the guest console (serial) output goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConsoleSink {
+    Stdout,
+    None,
+    File(PathBuf),
+}
+
+impl std::str::FromStr for ConsoleSink {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Ok(match s {
+            "stdout" => ConsoleSink::Stdout,
+            "none" => ConsoleSink::None,
+            "" => return Err("empty console: use stdout, none or a file path".into()),
+            path => ConsoleSink::File(PathBuf::from(path)),
+        })
+    }
+}
+
+/// A complete VM configuration.
+#[derive(Debug, Clone)]
+pub struct VmConfig {
+    pub kernel: PathBuf,
+    pub initrd: Option<PathBuf>,
+    pub cmdline: String,
+    pub mem_size: u64,
+    pub vcpus: u8,
+    pub console: ConsoleSink,
+    pub boot_protocol: BootProtocol,
+    /// Skip the CPUID filter table (debugging only).
+    pub cpuid_passthrough: bool,
+    /// Extra CPUID bits to hide.
+    pub cpuid_clear: Vec<ClearRule>,
+    /// Add the nested-PVM guest flags: None = detect the host.
+    pub host_compat: Option<bool>,
+}
+
+/// The default command line: serial console, quiet boot, no ACPI probing.
+pub const DEFAULT_CMDLINE: &str = "console=ttyS0 reboot=k panic=-1";
+
+/// Parses a memory size like `128M`, `1G`, `512MiB`, `4096K`; a bare number is MiB.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num.parse().map_err(|_| {
+        format!("invalid size '{s}': expected a number with an optional unit, e.g. 128M or 1G")
+    })?;
+    let shift = match unit.trim().to_ascii_uppercase().as_str() {
+        "" | "M" | "MB" | "MIB" => 20,
+        "K" | "KB" | "KIB" => 10,
+        "G" | "GB" | "GIB" => 30,
+        "T" | "TB" | "TIB" => 40,
+        "B" => 0,
+        other => {
+            return Err(format!(
+                "invalid size unit '{other}' in '{s}': use K, M, G or T"
+            ))
+        }
+    };
+    n.checked_mul(1u64 << shift)
+        .ok_or_else(|| format!("size '{s}' is too large"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("128M"), Ok(128 << 20));
+        assert_eq!(parse_size("1G"), Ok(1 << 30));
+        assert_eq!(parse_size("512MiB"), Ok(512 << 20));
+        assert_eq!(parse_size("64"), Ok(64 << 20));
+        assert_eq!(parse_size("4096k"), Ok(4 << 20));
+        assert_eq!(parse_size("0"), Ok(0));
+        assert!(parse_size("12X").is_err());
+        assert!(parse_size("M").is_err());
+        assert!(parse_size("-1G").is_err());
+        assert!(parse_size("99999999999T").is_err());
+    }
+
+    #[test]
+    fn console_sinks() {
+        assert_eq!("stdout".parse(), Ok(ConsoleSink::Stdout));
+        assert_eq!("none".parse(), Ok(ConsoleSink::None));
+        assert_eq!("/tmp/x".parse(), Ok(ConsoleSink::File("/tmp/x".into())));
+    }
+}

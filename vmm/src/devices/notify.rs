@@ -1,0 +1,161 @@
+//! The Arrow notify device: the guest reports app lifecycle events with a
+//! 32-bit `outl` to port 0x0AE0 (ABI in DESIGN.md). Bits 31..24 are the event,
+//! bits 23..0 the payload.
+
+use std::sync::Arc;
+
+use super::bus::BusDevice;
+use crate::exit::StopReason;
+use crate::lifecycle::Lifecycle;
+
+/// The I/O port of the notify device.
+pub const NOTIFY_PORT: u16 = 0x0ae0;
+/// It answers 4 bytes of port space.
+pub const NOTIFY_LEN: u64 = 4;
+
+pub const EVENT_APP_STARTED: u8 = 0x01;
+pub const EVENT_APP_READY: u8 = 0x02;
+pub const EVENT_APP_EXITED: u8 = 0x03;
+pub const EVENT_GUEST_PANIC: u8 = 0x04;
+
+/// A decoded notify event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NotifyEvent {
+    AppStarted,
+    AppReady { port: u32 },
+    AppExited { status: u8, signal: bool },
+    GuestPanic,
+    Unknown { event: u8, payload: u32 },
+}
+
+impl NotifyEvent {
+    /// Decodes the 32-bit value the guest wrote.
+    pub fn decode(value: u32) -> Self {
+        let event = (value >> 24) as u8;
+        let payload = value & 0x00ff_ffff;
+        match event {
+            EVENT_APP_STARTED => NotifyEvent::AppStarted,
+            EVENT_APP_READY => NotifyEvent::AppReady { port: payload },
+            EVENT_APP_EXITED => NotifyEvent::AppExited {
+                status: (payload & 0xff) as u8,
+                signal: payload & 0x100 != 0,
+            },
+            EVENT_GUEST_PANIC => NotifyEvent::GuestPanic,
+            event => NotifyEvent::Unknown { event, payload },
+        }
+    }
+}
+
+/// The device model; it acts on the VM's lifecycle.
+pub struct NotifyDevice {
+    lifecycle: Arc<Lifecycle>,
+}
+
+impl NotifyDevice {
+    pub fn new(lifecycle: Arc<Lifecycle>) -> Self {
+        Self { lifecycle }
+    }
+
+    fn handle(&self, event: NotifyEvent) {
+        match event {
+            NotifyEvent::AppStarted => {
+                let t = self.lifecycle.mark_app_started();
+                tracing::info!(
+                    ms = t.as_millis() as u64,
+                    "APP_STARTED: kernel is about to exec the app"
+                );
+            }
+            NotifyEvent::AppReady { port } => {
+                let t = self.lifecycle.mark_app_ready(port);
+                tracing::info!(ms = t.as_millis() as u64, port, "APP_READY");
+            }
+            NotifyEvent::AppExited { status, signal } => {
+                tracing::info!(status, signal, "APP_EXITED");
+                self.lifecycle
+                    .request_stop(StopReason::AppExited { status, signal });
+            }
+            NotifyEvent::GuestPanic => {
+                tracing::warn!("GUEST_PANIC: the guest kernel panicked");
+                self.lifecycle.request_stop(StopReason::GuestPanic);
+            }
+            NotifyEvent::Unknown { event, payload } => {
+                tracing::debug!(event, payload, "unknown notify event ignored");
+            }
+        }
+    }
+}
+
+impl BusDevice for NotifyDevice {
+    fn read(&mut self, _offset: u64, data: &mut [u8]) {
+        // Reads carry no information yet; reserved for host → guest facts.
+        data.fill(0);
+    }
+
+    fn write(&mut self, offset: u64, data: &[u8]) {
+        match <[u8; 4]>::try_from(data) {
+            Ok(bytes) if offset == 0 => self.handle(NotifyEvent::decode(u32::from_le_bytes(bytes))),
+            _ => tracing::debug!(
+                offset,
+                len = data.len(),
+                "notify device: ignored write that is not a 32-bit outl to its base"
+            ),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Instant;
+
+    #[test]
+    fn decodes_the_abi() {
+        assert_eq!(NotifyEvent::decode(0x0100_0000), NotifyEvent::AppStarted);
+        assert_eq!(
+            NotifyEvent::decode(0x0200_1388),
+            NotifyEvent::AppReady { port: 5000 }
+        );
+        assert_eq!(
+            NotifyEvent::decode(0x0300_0003),
+            NotifyEvent::AppExited {
+                status: 3,
+                signal: false
+            }
+        );
+        assert_eq!(
+            NotifyEvent::decode(0x0300_0109),
+            NotifyEvent::AppExited {
+                status: 9,
+                signal: true
+            }
+        );
+        assert_eq!(NotifyEvent::decode(0x0400_0000), NotifyEvent::GuestPanic);
+        assert_eq!(
+            NotifyEvent::decode(0x7f00_0001),
+            NotifyEvent::Unknown {
+                event: 0x7f,
+                payload: 1
+            }
+        );
+    }
+
+    #[test]
+    fn exit_event_stops_the_vm_and_odd_writes_are_ignored() {
+        let l = Arc::new(Lifecycle::new(Instant::now()).unwrap());
+        let mut d = NotifyDevice::new(l.clone());
+        d.write(0, &[0, 0, 0, 1]);
+        assert!(l.app_started().is_some());
+        d.write(0, &[3, 0]);
+        d.write(1, &[3, 0, 0, 3]);
+        d.write(0, &[0, 0, 0, 0x7e]);
+        assert!(!l.stopping());
+        d.write(0, &0x0300_0109u32.to_le_bytes());
+        assert_eq!(
+            l.reason(),
+            Some(StopReason::AppExited {
+                status: 9,
+                signal: true
+            })
+        );
+    }
+}

@@ -1,0 +1,306 @@
+//! Building a VM from a `VmConfig` and running it to its stop.
+
+use std::fs::File;
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use kvm_bindings::{
+    kvm_pit_config, kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY,
+};
+use kvm_ioctls::{Kvm, VcpuFd, VmFd};
+use vm_memory::{Address, GuestMemoryBackend, GuestMemoryRegion};
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::arch::boot::{self, BootError};
+use crate::arch::layout::{self, KVM_TSS_ADDR};
+use crate::arch::regs::{self, RegsError};
+use crate::arch::{cpuid, mptable};
+use crate::config::{ConsoleSink, VmConfig};
+use crate::devices::bus::{Bus, BusError};
+use crate::devices::legacy::{
+    SerialDevice, COM1_IRQ, COM1_PORT, I8042, I8042_LEN, I8042_PORT, SERIAL_LEN,
+};
+use crate::devices::notify::{NotifyDevice, NOTIFY_LEN, NOTIFY_PORT};
+use crate::event_loop::{self, ConsoleInput, EventManager, SignalWatcher, StopWatcher, Subscriber};
+use crate::exit::StopReason;
+use crate::host::HostKind;
+use crate::lifecycle::Lifecycle;
+use crate::report::RunReport;
+use crate::vcpu::{self, VcpuContext};
+use crate::GuestMemoryMmap;
+use event_manager::SubscriberOps;
+
+/// Errors that keep a VM from starting (arrow-vmm exits 125 on them).
+#[derive(Debug, thiserror::Error)]
+pub enum VmError {
+    #[error("/dev/kvm does not exist: this host has no KVM (enable virtualization or load the kvm module)")]
+    NoKvm,
+    #[error("permission denied on /dev/kvm: run as root or add your user to the 'kvm' group")]
+    KvmPermission,
+    #[error("cannot open /dev/kvm: {0}")]
+    KvmOpen(kvm_ioctls::Error),
+    #[error("KVM {what} failed: {source}")]
+    Kvm {
+        what: &'static str,
+        source: kvm_ioctls::Error,
+    },
+    #[error("--memory must be at least 2 MiB (got {0} bytes)")]
+    MemoryTooSmall(u64),
+    #[error("--memory {asked} MiB is more than this host has ({host} MiB of RAM)")]
+    MemoryTooLarge { asked: u64, host: u64 },
+    #[error("cannot allocate {0} MiB of guest memory: {1}")]
+    MemoryAlloc(u64, String),
+    #[error("--vcpus must be at least 1")]
+    NoVcpus,
+    #[error("--vcpus {asked} is more than this host's KVM allows for a guest ({max})")]
+    TooManyVcpus { asked: u8, max: usize },
+    #[error(transparent)]
+    Boot(#[from] BootError),
+    #[error(transparent)]
+    Regs(#[from] RegsError),
+    #[error(transparent)]
+    MpTable(#[from] mptable::MpTableError),
+    #[error("device setup failed: {0}")]
+    Bus(#[from] BusError),
+    #[error("cannot open console file {path}: {source}")]
+    Console {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("host setup failed ({what}): {source}")]
+    Host {
+        what: &'static str,
+        source: std::io::Error,
+    },
+}
+
+fn kvm_err(what: &'static str) -> impl Fn(kvm_ioctls::Error) -> VmError {
+    move |source| VmError::Kvm { what, source }
+}
+
+fn host_err(what: &'static str) -> impl Fn(std::io::Error) -> VmError {
+    move |source| VmError::Host { what, source }
+}
+
+fn open_kvm() -> Result<Kvm, VmError> {
+    Kvm::new().map_err(|e| match e.errno() {
+        libc::ENOENT => VmError::NoKvm,
+        libc::EACCES | libc::EPERM => VmError::KvmPermission,
+        _ => VmError::KvmOpen(e),
+    })
+}
+
+fn host_ram_bytes() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+fn check_limits(config: &VmConfig, kvm: &Kvm) -> Result<(), VmError> {
+    if config.mem_size < (2 << 20) {
+        return Err(VmError::MemoryTooSmall(config.mem_size));
+    }
+    if let Some(host) = host_ram_bytes() {
+        if config.mem_size > host {
+            return Err(VmError::MemoryTooLarge {
+                asked: config.mem_size >> 20,
+                host: host >> 20,
+            });
+        }
+    }
+    if config.vcpus == 0 {
+        return Err(VmError::NoVcpus);
+    }
+    let max = kvm.get_max_vcpus().min(mptable::max_cpus()).min(254);
+    if usize::from(config.vcpus) > max {
+        return Err(VmError::TooManyVcpus {
+            asked: config.vcpus,
+            max,
+        });
+    }
+    Ok(())
+}
+
+fn create_memory(vm: &VmFd, mem_size: u64) -> Result<GuestMemoryMmap, VmError> {
+    let mem = GuestMemoryMmap::from_ranges(&layout::ram_regions(mem_size))
+        .map_err(|e| VmError::MemoryAlloc(mem_size >> 20, e.to_string()))?;
+    for (slot, region) in mem.iter().enumerate() {
+        let r = kvm_userspace_memory_region {
+            slot: slot as u32,
+            guest_phys_addr: region.start_addr().raw_value(),
+            memory_size: region.len(),
+            userspace_addr: region.as_ptr() as u64,
+            flags: 0,
+        };
+        // SAFETY: the region is a live mapping owned by `mem` of exactly
+        // `memory_size` bytes, and `mem` outlives the VM (both live in `Vm`).
+        unsafe { vm.set_user_memory_region(r) }.map_err(kvm_err("set user memory region"))?;
+    }
+    Ok(mem)
+}
+
+fn console_writer(sink: &ConsoleSink) -> Result<Box<dyn Write + Send>, VmError> {
+    Ok(match sink {
+        ConsoleSink::Stdout => Box::new(std::io::stdout()),
+        ConsoleSink::None => Box::new(std::io::sink()),
+        ConsoleSink::File(path) => {
+            Box::new(File::create(path).map_err(|source| VmError::Console {
+                path: path.clone(),
+                source,
+            })?)
+        }
+    })
+}
+
+/// A configured VM, ready to run.
+pub struct Vm {
+    // Field order matters for drop: vCPUs and the VM fd go before memory.
+    vcpus: Vec<VcpuFd>,
+    _vm: VmFd,
+    mem: GuestMemoryMmap,
+    ctx: VcpuContext,
+    serial: Arc<Mutex<SerialDevice>>,
+    lifecycle: Arc<Lifecycle>,
+    console_is_stdout: bool,
+}
+
+impl Vm {
+    /// Creates the VM, loads the guest and sets up devices and vCPUs.
+    pub fn build(config: &VmConfig, start: Instant) -> Result<Self, VmError> {
+        let kvm = open_kvm()?;
+        check_limits(config, &kvm)?;
+        let vm = kvm.create_vm().map_err(kvm_err("create VM"))?;
+        vm.set_tss_address(KVM_TSS_ADDR as usize)
+            .map_err(kvm_err("set TSS address"))?;
+        vm.create_irq_chip().map_err(kvm_err("create irqchip"))?;
+        let pit = kvm_pit_config {
+            flags: KVM_PIT_SPEAKER_DUMMY,
+            ..Default::default()
+        };
+        vm.create_pit2(pit).map_err(kvm_err("create PIT"))?;
+
+        let mem = create_memory(&vm, config.mem_size)?;
+        let host = match config.host_compat {
+            Some(true) => HostKind::NestedPvm,
+            Some(false) => HostKind::Hardware,
+            None => HostKind::detect(),
+        };
+        let cmdline = host.adapt_cmdline(&config.cmdline);
+        tracing::debug!(?host, %cmdline, "guest command line");
+        let (entry, kernel_end) = boot::load_kernel(&mem, &config.kernel, config.boot_protocol)?;
+        let initrd = match &config.initrd {
+            Some(p) => Some(boot::load_initrd(&mem, p, kernel_end, config.mem_size)?),
+            None => None,
+        };
+        boot::write_boot_params(&mem, entry, &cmdline, initrd, config.mem_size)?;
+        mptable::write(&mem, config.vcpus)?;
+
+        let lifecycle = Arc::new(Lifecycle::new(start).map_err(host_err("eventfd"))?);
+        let serial_irq = EventFd::new(libc::EFD_NONBLOCK).map_err(host_err("eventfd"))?;
+        vm.register_irqfd(&serial_irq, COM1_IRQ)
+            .map_err(kvm_err("register serial irqfd"))?;
+        let serial = Arc::new(Mutex::new(SerialDevice::new(
+            serial_irq,
+            console_writer(&config.console)?,
+        )));
+        let mut pio = Bus::new();
+        pio.insert(serial.clone(), u64::from(COM1_PORT), SERIAL_LEN)?;
+        pio.insert(
+            Arc::new(Mutex::new(I8042::new(lifecycle.clone()))),
+            u64::from(I8042_PORT),
+            I8042_LEN,
+        )?;
+        pio.insert(
+            Arc::new(Mutex::new(NotifyDevice::new(lifecycle.clone()))),
+            u64::from(NOTIFY_PORT),
+            NOTIFY_LEN,
+        )?;
+
+        let base_cpuid = kvm
+            .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+            .map_err(kvm_err("get supported CPUID"))?;
+        let mut vcpus = Vec::with_capacity(usize::from(config.vcpus));
+        for id in 0..config.vcpus {
+            let vcpu = vm
+                .create_vcpu(u64::from(id))
+                .map_err(kvm_err("create vCPU"))?;
+            let mut c = base_cpuid.clone();
+            if !config.cpuid_passthrough {
+                cpuid::apply_rules(&mut c, cpuid::FILTER);
+            }
+            cpuid::apply_rules(&mut c, &config.cpuid_clear);
+            cpuid::set_topology(&mut c, id, config.vcpus);
+            vcpu.set_cpuid2(&c).map_err(kvm_err("set CPUID"))?;
+            regs::setup_msrs(&vcpu, id)?;
+            regs::setup_fpu(&vcpu, id)?;
+            regs::setup_lapic(&vcpu, id)?;
+            if id == 0 {
+                // Application processors wait for INIT/SIPI from the guest.
+                regs::setup_sregs(&mem, &vcpu, id, entry.mode)?;
+                regs::setup_regs(&vcpu, id, entry.addr, entry.mode)?;
+            }
+            vcpus.push(vcpu);
+        }
+        let ctx = VcpuContext {
+            pio,
+            mmio: Bus::new(),
+            lifecycle: lifecycle.clone(),
+            mem: mem.clone(),
+            cpus: config.vcpus,
+        };
+        Ok(Self {
+            vcpus,
+            _vm: vm,
+            mem,
+            ctx,
+            serial,
+            lifecycle,
+            console_is_stdout: config.console == ConsoleSink::Stdout,
+        })
+    }
+
+    /// Runs the guest until it stops; returns why, with timing figures.
+    pub fn run(mut self) -> Result<(StopReason, RunReport), VmError> {
+        let mut em = EventManager::new().map_err(|e| VmError::Host {
+            what: "event manager",
+            source: std::io::Error::other(format!("{e:?}")),
+        })?;
+        em.add_subscriber(Arc::new(Mutex::new(StopWatcher(self.lifecycle.clone()))) as Subscriber);
+        let signals = SignalWatcher::new(self.lifecycle.clone()).map_err(host_err("signalfd"))?;
+        em.add_subscriber(Arc::new(Mutex::new(signals)) as Subscriber);
+        if self.console_is_stdout {
+            if let Some(input) = ConsoleInput::from_tty_stdin(self.serial.clone()) {
+                em.add_subscriber(Arc::new(Mutex::new(input)) as Subscriber);
+            }
+        }
+
+        vcpu::install_kick_handler().map_err(host_err("vCPU kick signal handler"))?;
+        let mut handles = Vec::new();
+        for (id, fd) in self.vcpus.drain(..).enumerate() {
+            match vcpu::spawn(id as u8, fd, self.ctx.clone()) {
+                Ok(h) => handles.push(h),
+                Err(e) => {
+                    self.lifecycle.request_stop(StopReason::VmmError(format!(
+                        "cannot start vCPU thread: {e}"
+                    )));
+                    break;
+                }
+            }
+        }
+        // Each second, let every vCPU look whether it is halted for good.
+        event_loop::run_until_stopped(&mut em, &self.lifecycle, || {
+            handles.iter().for_each(|h| h.kick())
+        });
+        for h in handles {
+            h.stop_and_join();
+        }
+        let reason = self
+            .lifecycle
+            .reason()
+            .unwrap_or_else(|| StopReason::VmmError("stopped without a reason".into()));
+        let report = RunReport::collect(&self.lifecycle, &reason, &self.mem);
+        Ok((reason, report))
+    }
+}

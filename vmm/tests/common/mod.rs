@@ -1,0 +1,133 @@
+//! Shared helpers for tests that boot the freestanding test guest under the
+//! real /dev/kvm with the real `arrow-vmm` binary.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+/// Every guest run is bounded: a hung VMM must fail the test, not CI.
+pub const GUEST_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Fails loudly when KVM is unusable: these tests exist to run guests for real.
+pub fn require_kvm() {
+    if let Err(e) = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+    {
+        panic!("this test boots a real guest and needs /dev/kvm, which cannot be opened: {e}");
+    }
+}
+
+/// Builds the test guest (guests/*.c, *.S) with the system gcc, once.
+pub fn guest_elf() -> &'static Path {
+    static ELF: OnceLock<PathBuf> = OnceLock::new();
+    ELF.get_or_init(|| {
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/guests");
+        let out = Path::new(env!("CARGO_TARGET_TMPDIR"))
+            .join(format!("test-guest-{}.elf", std::process::id()));
+        let status = Command::new("gcc")
+            .args([
+                "-ffreestanding",
+                "-nostdlib",
+                "-mgeneral-regs-only",
+                "-mno-red-zone",
+                "-O1",
+                "-fno-pic",
+                "-no-pie",
+                "-static",
+                "-fno-stack-protector",
+                "-fcf-protection=none",
+                "-fno-asynchronous-unwind-tables",
+                "-fno-builtin",
+                "-Wl,--build-id=none",
+                "-T",
+            ])
+            .arg(src.join("guest.ld"))
+            .arg("-o")
+            .arg(&out)
+            .arg(src.join("start.S"))
+            .arg(src.join("guest.c"))
+            .status()
+            .expect("gcc must be installed to build the test guest");
+        assert!(status.success(), "building the test guest with gcc failed");
+        out
+    })
+}
+
+pub fn vmm_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_arrow-vmm")
+}
+
+/// Runs `arrow-vmm` with `args`, killing it after `GUEST_TIMEOUT`.
+pub fn run_vmm(args: &[&str]) -> Output {
+    require_kvm();
+    let child = Command::new(vmm_bin())
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn arrow-vmm");
+    wait_with_timeout(child, GUEST_TIMEOUT)
+}
+
+/// Waits for `child`; kills it and panics when it outlives `timeout`.
+pub fn wait_with_timeout(mut child: std::process::Child, timeout: Duration) -> Output {
+    let start = Instant::now();
+    // Drain the pipes on threads so a chatty guest cannot block on a full pipe.
+    let mut out = child.stdout.take();
+    let mut err = child.stderr.take();
+    let out_t = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        if let Some(o) = out.as_mut() {
+            std::io::Read::read_to_end(o, &mut v).ok();
+        }
+        v
+    });
+    let err_t = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        if let Some(e) = err.as_mut() {
+            std::io::Read::read_to_end(e, &mut v).ok();
+        }
+        v
+    });
+    loop {
+        if let Some(status) = child.try_wait().expect("wait arrow-vmm") {
+            return Output {
+                status,
+                stdout: out_t.join().unwrap(),
+                stderr: err_t.join().unwrap(),
+            };
+        }
+        if start.elapsed() > timeout {
+            let _ = child.kill();
+            let _ = child.wait();
+            let stderr = String::from_utf8_lossy(&err_t.join().unwrap()).into_owned();
+            panic!("arrow-vmm did not stop within {timeout:?}; stderr:\n{stderr}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Boots the test guest with a scenario on its command line.
+pub fn run_guest(scenario: &str, extra: &[&str]) -> Output {
+    let elf = guest_elf().to_str().expect("utf-8 path").to_string();
+    let mut args = vec!["run", "--kernel", &elf, "--cmdline", scenario];
+    args.extend_from_slice(extra);
+    run_vmm(&args)
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+pub fn is_nested_pvm_host() -> bool {
+    Path::new("/sys/module/kvm_pvm").exists()
+}

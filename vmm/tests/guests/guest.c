@@ -1,0 +1,188 @@
+/*
+ * Freestanding test guest for arrow-vmm. Runs at CPL0, which on nested-PVM
+ * hosts is emulated at ~1M instructions/s: keep every path short and use
+ * plain integer instructions only.
+ *
+ * The scenario is chosen by the kernel command line (zero page, hdr.cmd_line_ptr):
+ *   hello            print a greeting, exit 0 through the notify device
+ *   exit=N           exit with status N;  signal=N: killed by signal N
+ *   info             print the command line and the e820 RAM total
+ *   smp              start the other vCPUs (MP table + INIT/SIPI), count them
+ *   triple           load an empty IDT and fault: triple fault
+ *   ports            poke unknown ports and MMIO, check what reads return
+ *   panic            report GUEST_PANIC
+ *   reset            i8042 CPU reset
+ *   halt             hlt with interrupts off (no notify)
+ *   count=N          print N numbered lines
+ *   popcnt           run popcnt at CPL0 (nested-PVM hosts cannot emulate it)
+ */
+typedef unsigned char u8;
+typedef unsigned short u16;
+typedef unsigned int u32;
+typedef unsigned long u64;
+
+#define NOTIFY_PORT 0xae0
+#define EV_STARTED 0x01
+#define EV_EXITED 0x03
+#define EV_PANIC 0x04
+
+static inline void outb(u16 port, u8 v) { __asm__ volatile("outb %0, %1" ::"a"(v), "Nd"(port)); }
+static inline void outw(u16 port, u16 v) { __asm__ volatile("outw %0, %1" ::"a"(v), "Nd"(port)); }
+static inline void outl(u16 port, u32 v) { __asm__ volatile("outl %0, %1" ::"a"(v), "Nd"(port)); }
+static inline u8 inb(u16 port) { u8 v; __asm__ volatile("inb %1, %0" : "=a"(v) : "Nd"(port)); return v; }
+static inline u32 inl(u16 port) { u32 v; __asm__ volatile("inl %1, %0" : "=a"(v) : "Nd"(port)); return v; }
+
+static void putc(char c) { outb(0x3f8, (u8)c); }
+static void puts(const char *s) { while (*s) putc(*s++); }
+static void putu(u64 v) {
+    char buf[24];
+    int i = 0;
+    do { buf[i++] = (char)('0' + v % 10); v /= 10; } while (v);
+    while (i) putc(buf[--i]);
+}
+static void puthex(u64 v) {
+    puts("0x");
+    for (int i = 60; i >= 0; i -= 4) putc("0123456789abcdef"[(v >> i) & 0xf]);
+}
+
+static void notify(u32 event, u32 payload) { outl(NOTIFY_PORT, (event << 24) | (payload & 0xffffff)); }
+static void __attribute__((noreturn)) halt_forever(void) { for (;;) __asm__ volatile("cli; hlt"); }
+static void __attribute__((noreturn)) exit_with(u32 status) { notify(EV_EXITED, status & 0xff); halt_forever(); }
+
+static int starts_with(const char *s, const char *p) { while (*p) if (*s++ != *p++) return 0; return 1; }
+static u64 slen(const char *s) { u64 n = 0; while (s[n]) n++; return n; }
+static u64 parse_u(const char *s) { u64 v = 0; while (*s >= '0' && *s <= '9') v = v * 10 + (u64)(*s++ - '0'); return v; }
+/* Finds "key" as a whole word in the command line; returns what follows it. */
+static const char *find_word(const char *cl, const char *key) {
+    const char *w = cl;
+    while (*w) {
+        while (*w == ' ') w++;
+        if (starts_with(w, key)) return w + slen(key);
+        while (*w && *w != ' ') w++;
+    }
+    return 0;
+}
+
+static void info(const u8 *zp, const char *cl) {
+    puts("cmdline: ");
+    puts(cl);
+    putc('\n');
+    u8 n = zp[0x1e8];
+    u64 ram = 0;
+    for (u32 i = 0; i < n && i < 128; i++) {
+        const u8 *e = zp + 0x2d0 + 20 * i;
+        u64 size = *(const u64 *)(e + 8);
+        u32 type = *(const u32 *)(e + 16);
+        if (type == 1) ram += size;
+    }
+    puts("e820 entries: ");
+    putu(n);
+    puts(" ram bytes: ");
+    putu(ram);
+    putc('\n');
+}
+
+/* Counts processor entries in the MP table the VMM wrote at 0x9fc00. */
+static u32 mp_cpus(void) {
+    const u8 *fp = (const u8 *)0x9fc00;
+    if (!(fp[0] == '_' && fp[1] == 'M' && fp[2] == 'P' && fp[3] == '_')) return 0;
+    const u8 *t = (const u8 *)(u64)(*(const u32 *)(fp + 4));
+    u16 count = *(const u16 *)(t + 34);
+    const u8 *e = t + 44;
+    u32 cpus = 0;
+    for (u16 i = 0; i < count; i++) {
+        if (e[0] == 0) { cpus++; e += 20; } else e += 8;
+    }
+    return cpus;
+}
+
+extern char ap_tramp_start[], ap_tramp_end[];
+#define LAPIC ((volatile u32 *)0xfee00000)
+static void lapic_icr(u32 hi, u32 lo) {
+    LAPIC[0x310 / 4] = hi;
+    LAPIC[0x300 / 4] = lo;
+    while (LAPIC[0x300 / 4] & (1 << 12)) {}
+}
+static void delay(u32 n) { for (volatile u32 i = 0; i < n; i++) {} }
+
+static void smp(void) {
+    u32 cpus = mp_cpus();
+    puts("mp table cpus: ");
+    putu(cpus);
+    putc('\n');
+    u8 *dst = (u8 *)0x10000;
+    for (char *p = ap_tramp_start; p < ap_tramp_end; p++) *dst++ = (u8)*p;
+    volatile u16 *counter = (volatile u16 *)0x11000;
+    *counter = 0;
+    LAPIC[0xf0 / 4] |= 0x100; /* software enable */
+    lapic_icr(0, 0x000c4500);  /* INIT to all but self */
+    delay(100);
+    lapic_icr(0, 0x000c4610);  /* SIPI, vector 0x10 -> 0x10000 */
+    delay(100);
+    lapic_icr(0, 0x000c4610);
+    for (u32 spin = 0; spin < 2000000 && *counter + 1u < cpus; spin++) {}
+    puts("\ncpus up: ");
+    putu(*counter + 1u);
+    putc('\n');
+}
+
+static void ports(void) {
+    outb(0x80, 0x12);
+    outw(0x1234, 0xbeef);
+    outl(0x5678, 0xdeadbeef);
+    u8 b = inb(0x1235);
+    u32 l = inl(0x5678);
+    volatile u32 *mmio = (volatile u32 *)0xd0000000UL;
+    *mmio = 0x1234;
+    u32 m = *mmio;
+    puts("unknown port reads: ");
+    puthex(b);
+    putc(' ');
+    puthex(l);
+    puts(" mmio: ");
+    puthex(m);
+    putc('\n');
+    /* An event the ABI does not define must be ignored. */
+    notify(0x7f, 1);
+    puts("still running\n");
+}
+
+struct idt_ptr { u16 limit; u64 base; } __attribute__((packed));
+
+void guest_main(const u8 *zp) {
+    const char *cl = (const char *)(u64)(*(const u32 *)(zp + 0x228));
+    const char *v;
+    notify(EV_STARTED, 0);
+    if (find_word(cl, "hello")) {
+        puts("hello from the arrow test guest\n");
+        exit_with(0);
+    }
+    if ((v = find_word(cl, "exit="))) exit_with((u32)parse_u(v));
+    if ((v = find_word(cl, "signal="))) { notify(EV_EXITED, 0x100 | (u32)parse_u(v)); halt_forever(); }
+    if (find_word(cl, "info")) { info(zp, cl); exit_with(0); }
+    if (find_word(cl, "smp")) { smp(); exit_with(0); }
+    if (find_word(cl, "ports")) { ports(); exit_with(0); }
+    if (find_word(cl, "panic")) { notify(EV_PANIC, 0); halt_forever(); }
+    if (find_word(cl, "reset")) { outb(0x64, 0xfe); halt_forever(); }
+    if (find_word(cl, "halt")) halt_forever();
+    if ((v = find_word(cl, "count="))) {
+        u64 n = parse_u(v);
+        for (u64 i = 1; i <= n; i++) { puts("count "); putu(i); putc('\n'); }
+        exit_with(0);
+    }
+    if (find_word(cl, "popcnt")) {
+        u64 x = 0xff;
+        __asm__ volatile(".byte 0xf3, 0x48, 0x0f, 0xb8, 0xc0" : "+a"(x)); /* popcnt %rax, %rax */
+        puts("popcnt: ");
+        putu(x);
+        putc('\n');
+        exit_with(0);
+    }
+    if (find_word(cl, "triple")) {
+        struct idt_ptr empty = {0, 0};
+        __asm__ volatile("lidt %0" ::"m"(empty));
+        __asm__ volatile("ud2");
+    }
+    puts("unknown scenario\n");
+    exit_with(99);
+}
