@@ -1,1 +1,281 @@
+use std::sync::{Arc, Mutex};
 
+use vm_memory::GuestAddress;
+use vmm_sys_util::eventfd::EventFd;
+
+use super::*;
+use crate::devices::virtio::{ActivateError, INT_VRING};
+
+struct Dummy {
+    evts: Vec<EventFd>,
+    activated: Option<(u64, Vec<QueueConfig>)>,
+    resets: usize,
+}
+
+impl VirtioDevice for Dummy {
+    fn device_type(&self) -> u32 {
+        42
+    }
+    fn queue_max_sizes(&self) -> &[u16] {
+        &[16, 32]
+    }
+    fn avail_features(&self) -> u64 {
+        (1 << VIRTIO_F_VERSION_1) | (1 << VIRTIO_F_RING_EVENT_IDX) | 0b101
+    }
+    fn queue_evts(&self) -> &[EventFd] {
+        &self.evts
+    }
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        data.fill(offset as u8 + 0xa0);
+    }
+    fn write_config(&mut self, _offset: u64, _data: &[u8]) {}
+    fn activate(&mut self, ctx: ActivateContext) -> Result<(), ActivateError> {
+        self.activated = Some((
+            ctx.acked_features,
+            ctx.queues.iter().map(|q| q.state().into()).collect(),
+        ));
+        ctx.irq.trigger(INT_VRING);
+        Ok(())
+    }
+    fn reset(&mut self) {
+        self.activated = None;
+        self.resets += 1;
+    }
+}
+
+fn setup() -> (MmioTransport, Arc<Mutex<Dummy>>) {
+    let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap();
+    let dev = Arc::new(Mutex::new(Dummy {
+        evts: vec![
+            EventFd::new(libc::EFD_NONBLOCK).unwrap(),
+            EventFd::new(libc::EFD_NONBLOCK).unwrap(),
+        ],
+        activated: None,
+        resets: 0,
+    }));
+    let t = MmioTransport::new(mem, dev.clone()).unwrap();
+    (t, dev)
+}
+
+fn r(t: &mut MmioTransport, off: u64) -> u32 {
+    let mut b = [0u8; 4];
+    t.read(off, &mut b);
+    u32::from_le_bytes(b)
+}
+
+fn w(t: &mut MmioTransport, off: u64, v: u32) {
+    t.write(off, &v.to_le_bytes());
+}
+
+fn negotiate(t: &mut MmioTransport, features: u64) {
+    w(t, REG_STATUS, status::ACKNOWLEDGE);
+    w(t, REG_STATUS, status::ACKNOWLEDGE | status::DRIVER);
+    w(t, REG_DRIVER_FEATURES_SEL, 0);
+    w(t, REG_DRIVER_FEATURES, features as u32);
+    w(t, REG_DRIVER_FEATURES_SEL, 1);
+    w(t, REG_DRIVER_FEATURES, (features >> 32) as u32);
+    w(
+        t,
+        REG_STATUS,
+        status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK,
+    );
+}
+
+fn setup_queue(t: &mut MmioTransport, idx: u32, base: u64) {
+    w(t, REG_QUEUE_SEL, idx);
+    assert_eq!(r(t, REG_QUEUE_READY), 0);
+    w(t, REG_QUEUE_NUM, 16);
+    w(t, REG_QUEUE_DESC_LOW, base as u32);
+    w(t, REG_QUEUE_DESC_HIGH, 0);
+    w(t, REG_QUEUE_DRIVER_LOW, (base + 0x1000) as u32);
+    w(t, REG_QUEUE_DRIVER_HIGH, 0);
+    w(t, REG_QUEUE_DEVICE_LOW, (base + 0x2000) as u32);
+    w(t, REG_QUEUE_DEVICE_HIGH, 0);
+    w(t, REG_QUEUE_READY, 1);
+}
+
+const OK_STATUS: u32 = status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK;
+
+#[test]
+fn identification_registers() {
+    let (mut t, _) = setup();
+    assert_eq!(r(&mut t, REG_MAGIC), 0x7472_6976);
+    assert_eq!(r(&mut t, REG_VERSION), 2);
+    assert_eq!(r(&mut t, REG_DEVICE_ID), 42);
+    assert_eq!(r(&mut t, REG_VENDOR_ID), VENDOR_ID);
+    w(&mut t, REG_DEVICE_FEATURES_SEL, 0);
+    assert_eq!(r(&mut t, REG_DEVICE_FEATURES), (1 << 29) | 0b101);
+    w(&mut t, REG_DEVICE_FEATURES_SEL, 1);
+    assert_eq!(r(&mut t, REG_DEVICE_FEATURES), 1);
+    w(&mut t, REG_DEVICE_FEATURES_SEL, 7);
+    assert_eq!(r(&mut t, REG_DEVICE_FEATURES), 0);
+    w(&mut t, REG_QUEUE_SEL, 1);
+    assert_eq!(r(&mut t, REG_QUEUE_NUM_MAX), 32);
+    w(&mut t, REG_QUEUE_SEL, 2);
+    assert_eq!(r(&mut t, REG_QUEUE_NUM_MAX), 0);
+    assert_eq!(r(&mut t, REG_SHM_LEN_LOW), u32::MAX);
+    let mut cfg = [0u8; 2];
+    t.read(CONFIG_SPACE + 3, &mut cfg);
+    assert_eq!(cfg, [0xa3, 0xa3]);
+}
+
+#[test]
+fn bad_access_widths_are_ignored() {
+    let (mut t, _) = setup();
+    let mut b = [0xffu8; 2];
+    t.read(REG_MAGIC, &mut b);
+    assert_eq!(b, [0, 0]);
+    let mut b = [0xffu8; 4];
+    t.read(REG_MAGIC + 1, &mut b);
+    assert_eq!(b, [0; 4]);
+    t.write(REG_STATUS, &[1]);
+    t.write(REG_STATUS + 2, &1u32.to_le_bytes());
+    assert_eq!(r(&mut t, REG_STATUS), 0);
+    t.write(REG_STATUS, &[1, 0, 0, 0, 0, 0, 0, 0]);
+    assert_eq!(r(&mut t, REG_STATUS), 0);
+    // Unknown registers read as zero.
+    assert_eq!(r(&mut t, 0x0f0), 0);
+}
+
+#[test]
+fn feature_negotiation_accepts_subset_with_version_1() {
+    let (mut t, _) = setup();
+    negotiate(&mut t, (1 << VIRTIO_F_VERSION_1) | 0b1);
+    assert_eq!(r(&mut t, REG_STATUS), OK_STATUS);
+    assert_eq!(t.state().acked_features, (1 << 32) | 1);
+    // Features are frozen after FEATURES_OK.
+    w(&mut t, REG_DRIVER_FEATURES_SEL, 0);
+    w(&mut t, REG_DRIVER_FEATURES, 0);
+    assert_eq!(t.state().acked_features, (1 << 32) | 1);
+}
+
+#[test]
+fn feature_negotiation_refuses_unknown_or_legacy() {
+    let (mut t, _) = setup();
+    negotiate(&mut t, (1 << VIRTIO_F_VERSION_1) | 0b10);
+    assert_eq!(r(&mut t, REG_STATUS) & status::FEATURES_OK, 0);
+    let (mut t, _) = setup();
+    negotiate(&mut t, 0b1);
+    assert_eq!(r(&mut t, REG_STATUS) & status::FEATURES_OK, 0);
+    // Features written before DRIVER are ignored.
+    let (mut t, _) = setup();
+    w(&mut t, REG_DRIVER_FEATURES_SEL, 1);
+    w(&mut t, REG_DRIVER_FEATURES, 1);
+    assert_eq!(t.state().acked_features, 0);
+}
+
+#[test]
+fn status_cannot_clear_bits_or_skip_features_ok() {
+    let (mut t, dev) = setup();
+    w(&mut t, REG_STATUS, status::ACKNOWLEDGE | status::DRIVER);
+    w(&mut t, REG_STATUS, status::ACKNOWLEDGE);
+    assert_eq!(r(&mut t, REG_STATUS), status::ACKNOWLEDGE | status::DRIVER);
+    w(
+        &mut t,
+        REG_STATUS,
+        status::ACKNOWLEDGE | status::DRIVER | status::DRIVER_OK,
+    );
+    assert_eq!(r(&mut t, REG_STATUS) & status::DRIVER_OK, 0);
+    assert!(dev.lock().unwrap().activated.is_none());
+}
+
+#[test]
+fn activation_hands_over_configured_queues() {
+    let (mut t, dev) = setup();
+    let features = (1 << VIRTIO_F_VERSION_1) | (1 << VIRTIO_F_RING_EVENT_IDX);
+    negotiate(&mut t, features);
+    setup_queue(&mut t, 0, 0x1_0000);
+    setup_queue(&mut t, 1, 0x2_0000);
+    assert_eq!(r(&mut t, REG_QUEUE_READY), 1);
+    assert_eq!(r(&mut t, REG_QUEUE_DESC_LOW), 0x2_0000);
+    w(&mut t, REG_STATUS, OK_STATUS | status::DRIVER_OK);
+    assert_eq!(r(&mut t, REG_STATUS), OK_STATUS | status::DRIVER_OK);
+    let (acked, queues) = dev.lock().unwrap().activated.clone().unwrap();
+    assert_eq!(acked, features);
+    assert_eq!(queues.len(), 2);
+    assert_eq!(queues[1].desc_table, 0x2_0000);
+    assert_eq!(queues[1].avail_ring, 0x2_1000);
+    assert_eq!(queues[1].used_ring, 0x2_2000);
+    assert_eq!(queues[1].size, 16);
+    assert!(queues[1].event_idx_enabled);
+    // The device's interrupt reaches the VMM's irqfd and the status register.
+    assert_eq!(t.irq_evt().read().unwrap(), 1);
+    assert_eq!(r(&mut t, REG_INTERRUPT_STATUS), INT_VRING);
+    w(&mut t, REG_INTERRUPT_ACK, INT_VRING);
+    assert_eq!(r(&mut t, REG_INTERRUPT_STATUS), 0);
+    // Queue registers are frozen after DRIVER_OK.
+    w(&mut t, REG_QUEUE_SEL, 0);
+    w(&mut t, REG_QUEUE_DESC_LOW, 0x5_0000);
+    assert_eq!(r(&mut t, REG_QUEUE_DESC_LOW), 0x1_0000);
+}
+
+#[test]
+fn invalid_queue_sets_needs_reset() {
+    let (mut t, dev) = setup();
+    negotiate(&mut t, 1 << VIRTIO_F_VERSION_1);
+    setup_queue(&mut t, 0, 0x1_0000);
+    // Queue 1 never made ready; then point queue 0 outside guest memory.
+    w(&mut t, REG_STATUS, OK_STATUS | status::DRIVER_OK);
+    assert_eq!(
+        r(&mut t, REG_STATUS),
+        OK_STATUS | status::DEVICE_NEEDS_RESET
+    );
+    assert!(dev.lock().unwrap().activated.is_none());
+    assert_eq!(r(&mut t, REG_INTERRUPT_STATUS), INT_CONFIG);
+
+    let (mut t, dev) = setup();
+    negotiate(&mut t, 1 << VIRTIO_F_VERSION_1);
+    setup_queue(&mut t, 0, 0x1_0000);
+    setup_queue(&mut t, 1, 0xf_f000);
+    w(&mut t, REG_STATUS, OK_STATUS | status::DRIVER_OK);
+    assert_ne!(r(&mut t, REG_STATUS) & status::DEVICE_NEEDS_RESET, 0);
+    assert!(dev.lock().unwrap().activated.is_none());
+}
+
+#[test]
+fn reset_returns_to_initial_state() {
+    let (mut t, dev) = setup();
+    negotiate(&mut t, 1 << VIRTIO_F_VERSION_1);
+    setup_queue(&mut t, 0, 0x1_0000);
+    setup_queue(&mut t, 1, 0x2_0000);
+    w(&mut t, REG_STATUS, OK_STATUS | status::DRIVER_OK);
+    assert!(dev.lock().unwrap().activated.is_some());
+    w(&mut t, REG_STATUS, 0);
+    assert_eq!(r(&mut t, REG_STATUS), 0);
+    assert_eq!(r(&mut t, REG_INTERRUPT_STATUS), 0);
+    assert_eq!(dev.lock().unwrap().resets, 1);
+    assert!(dev.lock().unwrap().activated.is_none());
+    let s = t.state();
+    assert_eq!(s.acked_features, 0);
+    assert!(s.queues.iter().all(|q| !q.ready));
+    // And it can be brought up again.
+    negotiate(&mut t, 1 << VIRTIO_F_VERSION_1);
+    setup_queue(&mut t, 0, 0x1_0000);
+    setup_queue(&mut t, 1, 0x2_0000);
+    w(&mut t, REG_STATUS, OK_STATUS | status::DRIVER_OK);
+    assert!(dev.lock().unwrap().activated.is_some());
+}
+
+#[test]
+fn queue_notify_signals_queue_eventfd() {
+    let (mut t, dev) = setup();
+    w(&mut t, NOTIFY_OFFSET, 1);
+    w(&mut t, NOTIFY_OFFSET, 1);
+    w(&mut t, NOTIFY_OFFSET, 9);
+    assert_eq!(dev.lock().unwrap().evts[1].read().unwrap(), 2);
+    assert!(dev.lock().unwrap().evts[0].read().is_err());
+    // The transport's copies are the same eventfds (for KVM_IOEVENTFD).
+    t.queue_evts()[0].write(1).unwrap();
+    assert_eq!(dev.lock().unwrap().evts[0].read().unwrap(), 1);
+}
+
+#[test]
+fn config_change_bumps_generation() {
+    let (mut t, _) = setup();
+    assert_eq!(r(&mut t, REG_CONFIG_GENERATION), 0);
+    t.config_changed();
+    assert_eq!(r(&mut t, REG_CONFIG_GENERATION), 1);
+    assert_eq!(r(&mut t, REG_INTERRUPT_STATUS), INT_CONFIG);
+    let s = serde_json::to_string(&t.state()).unwrap();
+    assert!(s.contains("\"config_generation\":1"));
+}
