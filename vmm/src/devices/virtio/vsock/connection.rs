@@ -196,11 +196,7 @@ impl Connection {
     /// (ahead of what we sent) yields 0, never a huge credit.
     pub fn peer_credit(&self) -> u32 {
         let in_flight = self.tx_cnt.wrapping_sub(self.peer_fwd_cnt);
-        if in_flight > self.peer_buf_alloc {
-            0
-        } else {
-            self.peer_buf_alloc - in_flight
-        }
+        self.peer_buf_alloc.saturating_sub(in_flight)
     }
 
     /// Every guest packet carries its receive-buffer state.

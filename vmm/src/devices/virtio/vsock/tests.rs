@@ -53,6 +53,8 @@ pub(super) struct Guest<'a> {
 
 impl<'a> Guest<'a> {
     pub(super) fn new(mem: &'a GuestMemoryMmap) -> Self {
+        // A fresh driver starts from zeroed rings.
+        mem.write_slice(&[0u8; 0xc000], GuestAddress(0)).unwrap();
         Self {
             mem,
             tables: [0, 1, 2].map(|q| DescriptorTable::new(mem, GuestAddress(ring_base(q)), QSIZE)),
@@ -109,6 +111,12 @@ impl<'a> Guest<'a> {
 
     fn slot_addr(base: u64, head: u16) -> u64 {
         base + u64::from(head / 2) * SLOT
+    }
+
+    /// Chains published on queue `q` and not yet returned (as far as the
+    /// last `used()` call saw).
+    pub(super) fn outstanding(&self, q: usize) -> usize {
+        usize::from(self.avail[q].wrapping_sub(self.seen[q]))
     }
 
     pub(super) fn add_rx(&mut self, n: usize, data_len: u32) {
@@ -958,10 +966,10 @@ fn many_concurrent_connections_megabyte_both_ways() {
         }
         // The guest consumes at once and reports it on its next packets.
         g.add_rx(n, 65536 - 0x100);
-        for i in 0..N as usize {
+        for (i, got) in guest_got.iter().enumerate() {
             g.send(
                 Header {
-                    fwd_cnt: guest_got[i].len() as u32,
+                    fwd_cnt: got.len() as u32,
                     ..hdr(Op::CreditUpdate, i as u32, 52)
                 },
                 &[],
