@@ -41,6 +41,15 @@ pub struct VmConfig {
     pub cpuid_clear: Vec<ClearRule>,
     /// Add the nested-PVM guest flags: None = detect the host.
     pub host_compat: Option<bool>,
+    /// A vsock device: guest CID and the host Unix socket.
+    pub vsock: Option<VsockConfig>,
+}
+
+/// The vsock device: guest-initiated connections to port P go to `<uds>_P`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VsockConfig {
+    pub cid: u64,
+    pub uds: PathBuf,
 }
 
 /// The default command line: serial console, quiet boot, no ACPI probing.

@@ -8,7 +8,7 @@ use std::time::Instant;
 use anyhow::Context;
 use arrow_vmm::arch::boot::BootProtocol;
 use arrow_vmm::arch::cpuid::{parse_clear_rule, ClearRule};
-use arrow_vmm::config::{parse_size, ConsoleSink, VmConfig, DEFAULT_CMDLINE};
+use arrow_vmm::config::{parse_size, ConsoleSink, VmConfig, VsockConfig, DEFAULT_CMDLINE};
 use arrow_vmm::exit::EXIT_VMM_ERROR;
 use arrow_vmm::vm::Vm;
 use clap::{Parser, Subcommand, ValueEnum};
@@ -73,6 +73,13 @@ struct RunArgs {
     /// Hide one more CPUID bit: LEAF[.SUBLEAF]:REG:BIT (repeatable).
     #[arg(long, value_parser = parse_clear_rule)]
     cpuid_clear: Vec<ClearRule>,
+    /// Add a vsock device with this guest CID (3 or more).
+    #[arg(long, requires = "vsock_uds")]
+    vsock_cid: Option<u64>,
+    /// Host Unix socket of the vsock device: clients send `CONNECT <port>\n`;
+    /// guest connections to host port P go to `<PATH>_P`.
+    #[arg(long, requires = "vsock_cid")]
+    vsock_uds: Option<PathBuf>,
     /// Write a JSON report (timings, memory, exit) here when the VM stops.
     #[arg(long)]
     report: Option<PathBuf>,
@@ -104,6 +111,10 @@ fn run(args: RunArgs, start: Instant) -> anyhow::Result<i32> {
             HostCompat::Auto => None,
             HostCompat::On => Some(true),
             HostCompat::Off => Some(false),
+        },
+        vsock: match (args.vsock_cid, args.vsock_uds) {
+            (Some(cid), Some(uds)) => Some(VsockConfig { cid, uds }),
+            _ => None,
         },
     };
     // Stop signals are read from a signalfd by the event loop; block them

@@ -8,7 +8,7 @@ use std::time::Instant;
 use kvm_bindings::{
     kvm_pit_config, kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY,
 };
-use kvm_ioctls::{Kvm, VcpuFd, VmFd};
+use kvm_ioctls::{IoEventAddress, Kvm, VcpuFd, VmFd};
 use vm_memory::{Address, GuestMemoryBackend, GuestMemoryRegion};
 use vmm_sys_util::eventfd::EventFd;
 
@@ -22,6 +22,9 @@ use crate::devices::legacy::{
     SerialDevice, COM1_IRQ, COM1_PORT, I8042, I8042_LEN, I8042_PORT, SERIAL_LEN,
 };
 use crate::devices::notify::{NotifyDevice, NOTIFY_LEN, NOTIFY_PORT};
+use crate::devices::virtio::mmio::{MmioError, MmioTransport, NOTIFY_OFFSET};
+use crate::devices::virtio::vsock::{Limits, Vsock, VsockError};
+use crate::devices::virtio::{self, MMIO_WINDOW_SIZE};
 use crate::event_loop::{self, ConsoleInput, EventManager, SignalWatcher, StopWatcher, Subscriber};
 use crate::exit::StopReason;
 use crate::host::HostKind;
@@ -68,6 +71,10 @@ pub enum VmError {
         path: std::path::PathBuf,
         source: std::io::Error,
     },
+    #[error("vsock device: {0}")]
+    Vsock(#[from] VsockError),
+    #[error("virtio-mmio transport: {0}")]
+    Mmio(#[from] MmioError),
     #[error("host setup failed ({what}): {source}")]
     Host {
         what: &'static str,
@@ -141,6 +148,16 @@ fn create_memory(vm: &VmFd, mem_size: u64) -> Result<GuestMemoryMmap, VmError> {
     Ok(mem)
 }
 
+/// Inserts a kernel parameter before a `--` (after it, it would be init's argv).
+fn insert_kernel_param(cmdline: &str, param: &str) -> String {
+    match cmdline.find(" -- ") {
+        Some(i) => format!("{} {param}{}", &cmdline[..i], &cmdline[i..]),
+        None if cmdline.starts_with("-- ") => format!("{param} {cmdline}"),
+        None if cmdline.is_empty() => param.to_string(),
+        None => format!("{cmdline} {param}"),
+    }
+}
+
 fn console_writer(sink: &ConsoleSink) -> Result<Box<dyn Write + Send>, VmError> {
     Ok(match sink {
         ConsoleSink::Stdout => Box::new(std::io::stdout()),
@@ -164,6 +181,8 @@ pub struct Vm {
     serial: Arc<Mutex<SerialDevice>>,
     lifecycle: Arc<Lifecycle>,
     console_is_stdout: bool,
+    /// Device backends served by the event loop.
+    subscribers: Vec<Subscriber>,
 }
 
 impl Vm {
@@ -187,7 +206,24 @@ impl Vm {
             Some(false) => HostKind::Hardware,
             None => HostKind::detect(),
         };
-        let cmdline = host.adapt_cmdline(&config.cmdline);
+        let mut cmdline = host.adapt_cmdline(&config.cmdline);
+        let mut mmio = Bus::new();
+        let mut subscribers: Vec<Subscriber> = Vec::new();
+        if let Some(vs) = &config.vsock {
+            let base = layout::VIRTIO_MMIO_BASE;
+            let gsi = layout::VIRTIO_IRQ_BASE;
+            let dev = Arc::new(Mutex::new(Vsock::new(vs.cid, &vs.uds, Limits::default())?));
+            let transport = MmioTransport::new(mem.clone(), dev.clone())?;
+            vm.register_irqfd(transport.irq_evt(), gsi)
+                .map_err(kvm_err("register vsock irqfd"))?;
+            for (i, evt) in transport.queue_evts().iter().enumerate() {
+                vm.register_ioevent(evt, &IoEventAddress::Mmio(base + NOTIFY_OFFSET), i as u32)
+                    .map_err(kvm_err("register vsock ioeventfd"))?;
+            }
+            mmio.insert(Arc::new(Mutex::new(transport)), base, MMIO_WINDOW_SIZE)?;
+            cmdline = insert_kernel_param(&cmdline, &virtio::cmdline_fragment(base, gsi));
+            subscribers.push(dev);
+        }
         tracing::debug!(?host, %cmdline, "guest command line");
         let (entry, kernel_end) = boot::load_kernel(&mem, &config.kernel, config.boot_protocol)?;
         let initrd = match &config.initrd {
@@ -245,7 +281,7 @@ impl Vm {
         }
         let ctx = VcpuContext {
             pio,
-            mmio: Bus::new(),
+            mmio,
             lifecycle: lifecycle.clone(),
             mem: mem.clone(),
             cpus: config.vcpus,
@@ -258,6 +294,7 @@ impl Vm {
             serial,
             lifecycle,
             console_is_stdout: config.console == ConsoleSink::Stdout,
+            subscribers,
         })
     }
 
@@ -270,6 +307,9 @@ impl Vm {
         em.add_subscriber(Arc::new(Mutex::new(StopWatcher(self.lifecycle.clone()))) as Subscriber);
         let signals = SignalWatcher::new(self.lifecycle.clone()).map_err(host_err("signalfd"))?;
         em.add_subscriber(Arc::new(Mutex::new(signals)) as Subscriber);
+        for s in self.subscribers.drain(..) {
+            em.add_subscriber(s);
+        }
         if self.console_is_stdout {
             if let Some(input) = ConsoleInput::from_tty_stdin(self.serial.clone()) {
                 em.add_subscriber(Arc::new(Mutex::new(input)) as Subscriber);
@@ -302,5 +342,18 @@ impl Vm {
             .unwrap_or_else(|| StopReason::VmmError("stopped without a reason".into()));
         let report = RunReport::collect(&self.lifecycle, &reason, &self.mem);
         Ok((reason, report))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kernel_params_go_before_init_args() {
+        assert_eq!(insert_kernel_param("a b", "x=1"), "a b x=1");
+        assert_eq!(insert_kernel_param("a -- -v", "x=1"), "a x=1 -- -v");
+        assert_eq!(insert_kernel_param("-- -v", "x=1"), "x=1 -- -v");
+        assert_eq!(insert_kernel_param("", "x=1"), "x=1");
     }
 }

@@ -152,3 +152,21 @@ fn report_has_timings_and_memory() {
     assert!(r["app_started_us"].as_u64().unwrap() >= r["first_kvm_run_wall_us"].as_u64().unwrap());
     assert!(r["vmm_rss_kib"].as_u64().unwrap() > 0);
 }
+
+#[test]
+fn vsock_device_is_announced_and_answers_on_mmio() {
+    let dir = tempfile::tempdir().unwrap();
+    let uds = dir.path().join("vsock.sock");
+    let o = run_guest(
+        "virtio",
+        &["--vsock-cid", "3", "--vsock-uds", uds.to_str().unwrap()],
+    );
+    assert_eq!(o.status.code(), Some(0), "stderr: {}", stderr(&o));
+    let out = stdout(&o);
+    assert!(
+        out.contains("virtio magic 0x0000000074726976 version 2 device 19\n"),
+        "{out}"
+    );
+    assert!(out.contains("virtio_mmio.device=4K@0xd0000000:5"), "{out}");
+    assert!(uds.exists(), "the host side listens on --vsock-uds");
+}

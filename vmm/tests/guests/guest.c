@@ -15,6 +15,8 @@
  *   halt             hlt with interrupts off (no notify)
  *   count=N          print N numbered lines
  *   popcnt           run popcnt at CPL0 (nested-PVM hosts cannot emulate it)
+ *   virtio           read the identification registers of the virtio-mmio
+ *                    device at 0xd0000000
  */
 typedef unsigned char u8;
 typedef unsigned short u16;
@@ -168,6 +170,19 @@ void guest_main(const u8 *zp) {
     if ((v = find_word(cl, "count="))) {
         u64 n = parse_u(v);
         for (u64 i = 1; i <= n; i++) { puts("count "); putu(i); putc('\n'); }
+        exit_with(0);
+    }
+    if (find_word(cl, "virtio")) {
+        volatile u32 *regs = (volatile u32 *)0xd0000000UL;
+        puts("virtio magic ");
+        puthex(regs[0]);
+        puts(" version ");
+        putu(regs[1]);
+        puts(" device ");
+        putu(regs[2]);
+        puts("\ncmdline: ");
+        puts(cl);
+        putc('\n');
         exit_with(0);
     }
     if (find_word(cl, "popcnt")) {
