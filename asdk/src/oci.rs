@@ -287,12 +287,11 @@ pub fn import(
                 entry.digest, entry.media_type
             )));
         }
-        if !images.contains_key(&entry.digest) {
-            let built = load_image(&layout, entry, path)?;
-            images.insert(entry.digest, (built, Vec::new()));
-        }
-        let Some((built, refs)) = images.get_mut(&entry.digest) else {
-            continue;
+        let (built, refs) = match images.entry(entry.digest) {
+            std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::btree_map::Entry::Vacant(e) => {
+                e.insert((load_image(&layout, entry, path)?, Vec::new()))
+            }
         };
         if let Some(name) = entry.annotations.get(ANNOTATION_REF_NAME) {
             let r = if name.contains(':') {

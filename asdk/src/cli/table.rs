@@ -10,16 +10,22 @@ pub fn human_size(bytes: u64) -> String {
         unit += 1;
     }
     if unit == 0 {
-        format!("{bytes}B")
-    } else {
-        format!("{value:.3}")
-            .chars()
-            .take(4)
-            .collect::<String>()
-            .trim_end_matches('.')
-            .to_owned()
-            + UNITS[unit]
+        return format!("{bytes}B");
     }
+    // Three significant digits, trailing zeros dropped: 31.2kB, 4.5MB, 100kB.
+    let text = if value >= 100.0 {
+        format!("{value:.0}")
+    } else if value >= 10.0 {
+        format!("{value:.1}")
+    } else {
+        format!("{value:.2}")
+    };
+    let text = if text.contains('.') {
+        text.trim_end_matches('0').trim_end_matches('.')
+    } else {
+        &text
+    };
+    format!("{text}{}", UNITS[unit])
 }
 
 /// Renders rows under a header, columns padded to their widest cell, three spaces apart.

@@ -68,7 +68,11 @@ static void serve(int c)
             respond(c, "400 Bad Request", "bad request\n", 12, 0, 0);
             return;
         }
+        /* Look at this request's headers only, not at pipelined requests after it. */
+        char saved = end[2];
+        end[2] = 0;
         int keep = strcmp(version, "HTTP/1.1") == 0 && !has_header_token(buf, "Connection", "close");
+        end[2] = saved;
         int head_only = strcmp(method, "HEAD") == 0;
         int rc;
         if (strcmp(method, "GET") != 0 && !head_only) {
