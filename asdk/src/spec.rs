@@ -334,6 +334,42 @@ impl Spec {
             .collect()
     }
 
+    /// The guest kernel command-line part that starts the app, per the guest-kernel contract:
+    /// `arrow.app=/app`, then the environment as `KEY=VALUE` parameters, then `--` and the
+    /// arguments. Values with spaces are double-quoted (the kernel strips the quotes); a value
+    /// containing `"` cannot be expressed on a kernel command line and is an error.
+    pub fn kernel_cmdline(&self) -> Result<String, SpecError> {
+        fn word(field: &str, s: &str) -> Result<String, SpecError> {
+            if s.contains('"') || s.contains(char::is_control) {
+                return Err(invalid(
+                    field,
+                    format!("{s:?} contains '\"' or a control character, which a kernel command line cannot carry"),
+                ));
+            }
+            Ok(if s.is_empty() || s.contains(char::is_whitespace) {
+                format!("\"{s}\"")
+            } else {
+                s.to_owned()
+            })
+        }
+        let mut parts = vec![format!("arrow.app={}", crate::image::APP_PATH)];
+        for (k, v) in &self.env {
+            let v = word("env", v)?;
+            parts.push(match v.strip_prefix('"') {
+                // The kernel wants the quote before the key: "KEY=a b".
+                Some(rest) => format!("\"{k}={rest}"),
+                None => format!("{k}={v}"),
+            });
+        }
+        if !self.args.is_empty() {
+            parts.push("--".to_owned());
+            for a in &self.args {
+                parts.push(word("args", a)?);
+            }
+        }
+        Ok(parts.join(" "))
+    }
+
     /// Serialized JSON, byte-for-byte deterministic (fields in declaration order, maps sorted).
     pub fn to_json(&self) -> Vec<u8> {
         let mut out = serde_json::to_vec_pretty(self).unwrap_or_default();
@@ -499,6 +535,24 @@ mod tests {
         let back: Spec = serde_json::from_slice(&json).unwrap();
         assert_eq!(back, s);
         assert_eq!(back.to_json(), json);
+    }
+
+    #[test]
+    fn kernel_cmdline_quotes_spaces() {
+        let s = resolve(
+            "args = [\"--port\", \"5000\", \"two words\"]\nenv = { A = \"1\", B = \"x y\" }",
+        )
+        .unwrap();
+        assert_eq!(
+            s.kernel_cmdline().unwrap(),
+            "arrow.app=/app A=1 \"B=x y\" -- --port 5000 \"two words\""
+        );
+        assert_eq!(
+            resolve("").unwrap().kernel_cmdline().unwrap(),
+            "arrow.app=/app"
+        );
+        let bad = resolve("args = [\"say \\\"hi\\\"\"]").unwrap();
+        assert!(bad.kernel_cmdline().is_err());
     }
 
     #[test]

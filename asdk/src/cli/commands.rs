@@ -203,6 +203,7 @@ fn inspect(store: &Store, inputs: &[String]) -> Result<()> {
                     "size": f.size,
                 })),
                 "argv": image.spec.argv(),
+                "kernel_cmdline": image.spec.kernel_cmdline().ok(),
                 "spec": image.spec,
                 "manifest": image.manifest,
             }))
