@@ -221,3 +221,48 @@ fn builds_a_cargo_project_statically() {
     assert_eq!(run.status.code(), Some(4));
     assert_eq!(String::from_utf8_lossy(&run.stdout), "tiny\n");
 }
+
+#[test]
+fn packages_a_prebuilt_static_binary_and_rejects_other_arches() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    build_app(&store, "hello");
+    let handle = asdk::Store::open(&store).unwrap();
+    let image = handle.image("hello").unwrap();
+    let entries = asdk::cpio::read(&handle.initrd_bytes(&image).unwrap()).unwrap();
+    let app = entries
+        .iter()
+        .find(|e| e.path == "app")
+        .unwrap()
+        .data
+        .clone();
+
+    // The static binary itself is accepted as PATH; no arrow.toml beside it → defaults.
+    let bin = dir.path().join("my_tool");
+    std::fs::write(&bin, &app).unwrap();
+    let other = dir.path().join("other");
+    let out = asdk_ok(&other, &["build", "-q", bin.to_str().unwrap()]);
+    let spec = asdk::Store::open(&other)
+        .unwrap()
+        .image("my-tool")
+        .unwrap()
+        .spec;
+    assert_eq!(spec.name, "my-tool");
+    assert_eq!((spec.vcpus, spec.memory_mib), (1, 128));
+    assert!(out.trim().starts_with("sha256:"));
+
+    // Same bytes claiming to be AArch64 (e_machine at offset 18).
+    let mut arm = app.clone();
+    arm[18..20].copy_from_slice(&183u16.to_le_bytes());
+    let arm_path = dir.path().join("arm");
+    std::fs::write(&arm_path, &arm).unwrap();
+    let empty = dir.path().join("empty");
+    let out = asdk(&empty, &["build", arm_path.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("is built for AARCH64") && err.contains("x86-64"),
+        "{err}"
+    );
+    assert!(files_under(&empty).is_empty());
+}

@@ -38,6 +38,11 @@ pub fn find_or_install(progress: &Progress) -> Result<PathBuf, BuildError> {
     let Some(apt) = which("apt-get") else {
         return Err(no_tool("it is not on PATH and apt-get is not available"));
     };
+    // Concurrent builds on a fresh machine: one installs, the others wait and then find it.
+    let _guard = install_lock();
+    if let Some(p) = which("musl-gcc") {
+        return Ok(p);
+    }
     progress.step("musl-gcc not found: installing Debian package musl-tools with apt-get");
     let install = |p: &Progress| {
         p.run(
@@ -68,6 +73,20 @@ pub fn find_or_install(progress: &Progress) -> Result<PathBuf, BuildError> {
     }
     which("musl-gcc")
         .ok_or_else(|| no_tool("musl-tools was installed but musl-gcc is still not on PATH"))
+}
+
+/// Serializes installs between asdk processes (best effort: without the lock, apt's own
+/// lock still protects dpkg).
+fn install_lock() -> Option<std::fs::File> {
+    let path = std::env::temp_dir().join("asdk-musl-install.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .ok()?;
+    rustix::fs::flock(&file, rustix::fs::FlockOperation::LockExclusive).ok()?;
+    Some(file)
 }
 
 /// Compiles `source` with `musl-gcc -static` and returns the binary's bytes.
