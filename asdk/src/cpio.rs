@@ -99,9 +99,7 @@ impl Writer {
     }
 
     fn pad(&mut self) {
-        while self.buf.len() % 4 != 0 {
-            self.buf.push(0);
-        }
+        self.buf.resize(align4(self.buf.len()), 0);
     }
 }
 

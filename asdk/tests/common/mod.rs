@@ -63,3 +63,33 @@ pub fn files_under(dir: &Path) -> Vec<PathBuf> {
     }
     out
 }
+
+/// A minimal static x86-64 executable (ET_EXEC, one PT_LOAD) that exits with status 42:
+/// lets tests package a real ELF without any compiler.
+pub fn tiny_static_elf() -> Vec<u8> {
+    let code: [u8; 12] = [
+        0xb8, 60, 0, 0, 0, // mov eax, 60 (exit)
+        0xbf, 42, 0, 0, 0, // mov edi, 42
+        0x0f, 0x05, // syscall
+    ];
+    let base: u64 = 0x40_0000;
+    let total = 64 + 56 + code.len() as u64;
+    let mut b = b"\x7fELF\x02\x01\x01\0\0\0\0\0\0\0\0\0".to_vec();
+    b.extend(2u16.to_le_bytes()); // ET_EXEC
+    b.extend(62u16.to_le_bytes()); // EM_X86_64
+    b.extend(1u32.to_le_bytes()); // EV_CURRENT
+    b.extend((base + 120).to_le_bytes()); // e_entry
+    b.extend(64u64.to_le_bytes()); // e_phoff
+    b.extend(0u64.to_le_bytes()); // e_shoff
+    b.extend(0u32.to_le_bytes()); // e_flags
+    for v in [64u16, 56, 1, 64, 0, 0] {
+        b.extend(v.to_le_bytes()); // ehsize phentsize phnum shentsize shnum shstrndx
+    }
+    b.extend(1u32.to_le_bytes()); // PT_LOAD
+    b.extend(5u32.to_le_bytes()); // R+X
+    for v in [0u64, base, base, total, total, 0x1000] {
+        b.extend(v.to_le_bytes()); // offset vaddr paddr filesz memsz align
+    }
+    b.extend_from_slice(&code);
+    b
+}
