@@ -1,0 +1,117 @@
+//! `/instances` handlers.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use futures_util::StreamExt;
+use serde::Deserialize;
+
+use super::error::{ApiError, ApiResult};
+use crate::error::Error;
+use crate::model::{CreateRequest, Instance, WaitResponse};
+use crate::supervisor::Supervisor;
+
+type Sup = State<Arc<Supervisor>>;
+
+/// `?all=`
+#[derive(Debug, Deserialize)]
+pub struct ListQuery {
+    #[serde(default)]
+    all: bool,
+}
+
+/// `?timeout=` (seconds)
+#[derive(Debug, Deserialize)]
+pub struct StopQuery {
+    timeout: Option<u64>,
+}
+
+/// `?signal=`
+#[derive(Debug, Deserialize)]
+pub struct KillQuery {
+    signal: Option<String>,
+}
+
+/// `?force=`
+#[derive(Debug, Deserialize)]
+pub struct DeleteQuery {
+    #[serde(default)]
+    force: bool,
+}
+
+/// `?follow=&tail=`
+#[derive(Debug, Deserialize)]
+pub struct LogsQuery {
+    #[serde(default)]
+    follow: bool,
+    tail: Option<usize>,
+}
+
+pub async fn list(State(s): Sup, Query(q): Query<ListQuery>) -> ApiResult<Json<Vec<Instance>>> {
+    Ok(Json(s.list(q.all)?))
+}
+
+pub async fn create(
+    State(s): Sup,
+    body: Result<Json<CreateRequest>, JsonRejection>,
+) -> ApiResult<(StatusCode, Json<Instance>)> {
+    let Json(req) = body.map_err(|e| {
+        ApiError(Error::Invalid(format!(
+            "bad request body: {}; send JSON such as {{\"image\": \"hello:latest\"}} (schema: GET /openapi.json)",
+            e.body_text()
+        )))
+    })?;
+    Ok((StatusCode::CREATED, Json(s.create(req).await?)))
+}
+
+pub async fn inspect(State(s): Sup, Path(id): Path<String>) -> ApiResult<Json<Instance>> {
+    Ok(Json(s.inspect(&id)?))
+}
+
+pub async fn start(State(s): Sup, Path(id): Path<String>) -> ApiResult<Json<Instance>> {
+    Ok(Json(s.start(&id).await?))
+}
+
+pub async fn stop(
+    State(s): Sup,
+    Path(id): Path<String>,
+    Query(q): Query<StopQuery>,
+) -> ApiResult<Json<Instance>> {
+    Ok(Json(s.stop(&id, q.timeout).await?))
+}
+
+pub async fn kill(
+    State(s): Sup,
+    Path(id): Path<String>,
+    Query(q): Query<KillQuery>,
+) -> ApiResult<Json<Instance>> {
+    Ok(Json(s.kill(&id, q.signal.as_deref()).await?))
+}
+
+pub async fn delete(
+    State(s): Sup,
+    Path(id): Path<String>,
+    Query(q): Query<DeleteQuery>,
+) -> ApiResult<StatusCode> {
+    s.delete(&id, q.force).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+pub async fn wait(State(s): Sup, Path(id): Path<String>) -> ApiResult<Json<WaitResponse>> {
+    Ok(Json(s.wait(&id).await?))
+}
+
+pub async fn logs(
+    State(s): Sup,
+    Path(id): Path<String>,
+    Query(q): Query<LogsQuery>,
+) -> ApiResult<Response> {
+    let stream = s.logs(&id, q.follow, q.tail)?;
+    let body = Body::from_stream(stream.map(|r| r.map(axum::body::Bytes::from)));
+    Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], body).into_response())
+}

@@ -1,0 +1,123 @@
+//! The REST API (axum): routes, the Unix-socket and optional TCP listeners, token check.
+
+mod error;
+mod images;
+mod instances;
+
+use std::sync::Arc;
+
+use axum::extract::{Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+
+pub use error::ApiError;
+
+use crate::error::Error;
+use crate::supervisor::Supervisor;
+
+/// All routes.
+pub fn router(sup: Arc<Supervisor>) -> Router {
+    Router::new()
+        .route("/openapi.json", get(openapi))
+        .route("/version", get(version))
+        .route("/info", get(info))
+        .route("/metrics", get(metrics))
+        .route("/images", get(images::list))
+        .route("/images/{reference}", get(images::inspect))
+        .route("/instances", get(instances::list).post(instances::create))
+        .route(
+            "/instances/{id}",
+            get(instances::inspect).delete(instances::delete),
+        )
+        .route("/instances/{id}/start", post(instances::start))
+        .route("/instances/{id}/stop", post(instances::stop))
+        .route("/instances/{id}/kill", post(instances::kill))
+        .route("/instances/{id}/wait", post(instances::wait))
+        .route("/instances/{id}/logs", get(instances::logs))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn_with_state(sup.clone(), count_requests))
+        .with_state(sup)
+}
+
+/// Routes behind a bearer token (the TCP listener).
+pub fn router_with_token(sup: Arc<Supervisor>, token: String) -> Router {
+    router(sup).layer(middleware::from_fn(move |req: Request, next: Next| {
+        let expected = format!("Bearer {token}");
+        async move {
+            let ok = req
+                .headers()
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| v == expected);
+            if ok {
+                next.run(req).await
+            } else {
+                (
+                    StatusCode::UNAUTHORIZED,
+                    Json(crate::model::ErrorBody {
+                        error: "missing or wrong token: send `Authorization: Bearer TOKEN` (actl: set ARROW_TOKEN)".into(),
+                    }),
+                )
+                    .into_response()
+            }
+        }
+    }))
+}
+
+async fn count_requests(State(s): State<Arc<Supervisor>>, req: Request, next: Next) -> Response {
+    s.metrics.request();
+    next.run(req).await
+}
+
+async fn not_found() -> ApiError {
+    ApiError(Error::NotFound(
+        "no such API path: GET /openapi.json describes the API".into(),
+    ))
+}
+
+async fn method_not_allowed() -> Response {
+    (
+        StatusCode::METHOD_NOT_ALLOWED,
+        Json(crate::model::ErrorBody {
+            error: "method not allowed on this path: GET /openapi.json describes the API".into(),
+        }),
+    )
+        .into_response()
+}
+
+async fn openapi() -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        crate::OPENAPI_JSON,
+    )
+        .into_response()
+}
+
+async fn version() -> Json<serde_json::Value> {
+    Json(serde_json::json!({ "version": env!("CARGO_PKG_VERSION") }))
+}
+
+async fn info(State(s): State<Arc<Supervisor>>) -> Json<serde_json::Value> {
+    let c = s.config();
+    Json(serde_json::json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "kernel": c.kernel_path(),
+        "vmm": c.vmm_path(),
+        "store": s.store().root(),
+        "state_dir": c.state_dir,
+        "cgroups": s.cgroups_enabled(),
+    }))
+}
+
+async fn metrics(State(s): State<Arc<Supervisor>>) -> Result<Response, ApiError> {
+    let text = s.metrics_text()?;
+    Ok((
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        text,
+    )
+        .into_response())
+}

@@ -1,0 +1,75 @@
+//! arrowd's command line (each flag also reads an environment variable).
+
+use std::path::PathBuf;
+
+use clap::Parser;
+
+/// arrowd: runs Arrow instances (one arrow-vmm microVM each) behind a REST API.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "arrowd", version)]
+pub struct Config {
+    /// Unix socket of the REST API.
+    #[arg(long, env = "ARROWD_SOCKET", default_value = "/run/arrow/arrowd.sock")]
+    pub socket: PathBuf,
+    /// Also listen on this TCP address (e.g. 127.0.0.1:7070); requires --token.
+    #[arg(long, env = "ARROWD_TCP")]
+    pub tcp: Option<String>,
+    /// Bearer token that TCP clients must send (Authorization: Bearer TOKEN).
+    #[arg(long, env = "ARROWD_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// State directory: arrowd.db and instances/<id>/ run directories.
+    #[arg(long, env = "ARROWD_STATE_DIR", default_value = "/var/lib/arrow")]
+    pub state_dir: PathBuf,
+    /// Image store (shared with asdk); default: asdk's default store.
+    #[arg(long, env = "ASDK_STORE")]
+    pub store: Option<PathBuf>,
+    /// Guest kernel (vmlinux) for every instance; default: <state-dir>/vmlinux.
+    #[arg(long, env = "ARROW_KERNEL")]
+    pub kernel: Option<PathBuf>,
+    /// arrow-vmm binary; default: next to arrowd, else `arrow-vmm` on PATH.
+    #[arg(long, env = "ARROW_VMM")]
+    pub vmm: Option<PathBuf>,
+    /// cgroup v2 directory under which each instance gets its own cgroup.
+    #[arg(long, env = "ARROWD_CGROUP_ROOT", default_value = "/sys/fs/cgroup/arrow")]
+    pub cgroup_root: PathBuf,
+    /// Do not put instances into cgroups.
+    #[arg(long)]
+    pub no_cgroups: bool,
+    /// Seconds a graceful stop waits before killing arrow-vmm.
+    #[arg(long, default_value_t = 10)]
+    pub stop_timeout: u64,
+    /// arrowd's log level (error, warn, info, debug, trace); RUST_LOG overrides it.
+    #[arg(long, env = "ARROWD_LOG", default_value = "info")]
+    pub log_level: String,
+}
+
+impl Config {
+    /// Directory holding one run directory per instance.
+    pub fn run_root(&self) -> PathBuf {
+        self.state_dir.join("instances")
+    }
+
+    /// The database file.
+    pub fn db_path(&self) -> PathBuf {
+        self.state_dir.join("arrowd.db")
+    }
+
+    /// The guest kernel.
+    pub fn kernel_path(&self) -> PathBuf {
+        self.kernel
+            .clone()
+            .unwrap_or_else(|| self.state_dir.join("vmlinux"))
+    }
+
+    /// The arrow-vmm binary.
+    pub fn vmm_path(&self) -> PathBuf {
+        if let Some(v) = &self.vmm {
+            return v.clone();
+        }
+        std::env::current_exe()
+            .ok()
+            .and_then(|exe| exe.parent().map(|d| d.join("arrow-vmm")))
+            .filter(|p| p.is_file())
+            .unwrap_or_else(|| PathBuf::from("arrow-vmm"))
+    }
+}

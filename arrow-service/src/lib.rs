@@ -1,0 +1,21 @@
+//! arrow-service: `arrowd`, the daemon that owns Arrow instances (one `arrow-vmm` process per
+//! instance, state in SQLite, REST API on a Unix socket), and `actl`, the CLI over that API.
+//! See `docs/arrowd.md`.
+
+pub mod api;
+pub mod cgroup;
+pub mod cli;
+pub mod client;
+pub mod clock;
+pub mod config;
+pub mod db;
+pub mod error;
+pub mod metrics;
+pub mod model;
+pub mod procfs;
+pub mod proxy;
+pub mod size;
+pub mod supervisor;
+
+/// The OpenAPI document of the REST API, checked in as `arrow-service/openapi.json`.
+pub const OPENAPI_JSON: &str = include_str!("../openapi.json");

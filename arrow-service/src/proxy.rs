@@ -1,0 +1,126 @@
+//! Exported ports: arrowd listens on a host TCP port and forwards each connection to the
+//! instance's guest vsock port through the VMM's vsock Unix socket (`CONNECT <port>\n` →
+//! `OK <hostport>\n`, then a byte stream).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream, UnixStream};
+use tokio::task::JoinHandle;
+
+use crate::error::{Error, Result};
+use crate::model::PortMapping;
+
+/// Listeners of one instance; dropping it closes them.
+#[derive(Debug, Default)]
+pub struct Proxies {
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Drop for Proxies {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+/// Checks that `m`'s host address can be bound now (the listener is closed again).
+pub fn check_bindable(m: &PortMapping) -> Result<()> {
+    let addr = address(m)?;
+    std::net::TcpListener::bind(addr)
+        .map(drop)
+        .map_err(|e| port_error(m, &e))
+}
+
+fn address(m: &PortMapping) -> Result<SocketAddr> {
+    let ip: std::net::IpAddr = m.host_ip.parse().map_err(|_| {
+        Error::Invalid(format!(
+            "bad host address {:?} in port mapping: give an IP address such as 127.0.0.1 or 0.0.0.0",
+            m.host_ip
+        ))
+    })?;
+    if m.host_port == 0 || m.guest_port == 0 {
+        return Err(Error::Invalid(format!(
+            "bad port mapping {}:{}: host and guest ports must be 1 or more (HOST:VSOCK, e.g. 8080:80)",
+            m.host_port, m.guest_port
+        )));
+    }
+    Ok(SocketAddr::new(ip, m.host_port))
+}
+
+fn port_error(m: &PortMapping, e: &std::io::Error) -> Error {
+    if e.kind() == std::io::ErrorKind::AddrInUse {
+        Error::Conflict(format!(
+            "host port {}:{} is already in use: choose another host port (-p OTHER:{})",
+            m.host_ip, m.host_port, m.guest_port
+        ))
+    } else {
+        Error::Invalid(format!(
+            "cannot listen on {}:{}: {e}; choose another address or port",
+            m.host_ip, m.host_port
+        ))
+    }
+}
+
+/// Binds every mapping and starts forwarding to `vsock_uds`.
+pub async fn start(instance: &str, ports: &[PortMapping], vsock_uds: &Path) -> Result<Proxies> {
+    let mut proxies = Proxies::default();
+    for m in ports {
+        let listener = TcpListener::bind(address(m)?)
+            .await
+            .map_err(|e| port_error(m, &e))?;
+        let uds = vsock_uds.to_owned();
+        let guest_port = m.guest_port;
+        let instance = instance.to_owned();
+        proxies.tasks.push(tokio::spawn(async move {
+            accept_loop(listener, uds, guest_port, instance).await;
+        }));
+    }
+    Ok(proxies)
+}
+
+async fn accept_loop(listener: TcpListener, uds: PathBuf, guest_port: u32, instance: String) {
+    loop {
+        match listener.accept().await {
+            Ok((tcp, peer)) => {
+                let uds = uds.clone();
+                let instance = instance.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = forward(tcp, &uds, guest_port).await {
+                        tracing::info!(%instance, %peer, guest_port, "port forward ended: {e}");
+                    }
+                });
+            }
+            Err(e) => {
+                tracing::warn!(%instance, "accept on exported port failed: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+async fn forward(mut tcp: TcpStream, uds: &Path, guest_port: u32) -> std::io::Result<()> {
+    let unix = UnixStream::connect(uds).await?;
+    let mut unix = BufReader::new(unix);
+    unix.get_mut()
+        .write_all(format!("CONNECT {guest_port}\n").as_bytes())
+        .await?;
+    let mut line = String::new();
+    tokio::time::timeout(std::time::Duration::from_secs(10), unix.read_line(&mut line))
+        .await
+        .map_err(|_| std::io::Error::other("the guest did not answer CONNECT within 10 s"))??;
+    if !line.starts_with("OK ") {
+        return Err(std::io::Error::other(format!(
+            "the guest refused vsock port {guest_port}: {:?}",
+            line.trim_end()
+        )));
+    }
+    // Bytes the guest sent right after OK are in the BufReader's buffer: copy them first.
+    let buffered = unix.buffer().to_vec();
+    tcp.write_all(&buffered).await?;
+    let mut unix = unix.into_inner();
+    tokio::io::copy_bidirectional(&mut tcp, &mut unix).await?;
+    Ok(())
+}

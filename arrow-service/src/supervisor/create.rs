@@ -1,0 +1,160 @@
+//! `create`: validates a request against the image and records a new instance.
+
+use std::io::Read;
+use std::sync::Arc;
+
+use asdk::store::StoreError;
+
+use super::Supervisor;
+use crate::clock::now_ms;
+use crate::error::{Error, Result};
+use crate::model::{CreateRequest, Instance, InstanceSpec, MemoryArg, PortMapping};
+use crate::proxy;
+use crate::size::{parse_mib, MAX_MEMORY_MIB, MIN_MEMORY_MIB};
+
+/// Most vCPUs one instance may ask for.
+pub const MAX_VCPUS: u8 = 32;
+
+/// Maps an image-store error to an API error with what to do.
+pub(super) fn image_error(reference: &str, e: StoreError) -> Error {
+    match e {
+        StoreError::NotFound(_) => Error::NotFound(format!(
+            "image {reference:?} not found: build it with `asdk build`, import it with `asdk import`, or pick one from `actl images`"
+        )),
+        StoreError::Ambiguous(_) | StoreError::Reference(_) => Error::Invalid(e.to_string()),
+        other => Error::Internal(format!("image store: {other}")),
+    }
+}
+
+fn check_name(name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::Invalid(format!(
+            "bad instance name {name:?}: use 1-64 letters, digits, '_', '.' or '-', starting with a letter or digit"
+        )))
+    }
+}
+
+fn check_env_key(k: &str) -> Result<()> {
+    let ok = k.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+        && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::Invalid(format!(
+            "bad environment variable name {k:?}: use letters, digits and '_' (not starting with a digit), as in -e KEY=VALUE"
+        )))
+    }
+}
+
+fn memory(arg: &MemoryArg) -> Result<u32> {
+    match arg {
+        MemoryArg::Mib(n) if (MIN_MEMORY_MIB..=MAX_MEMORY_MIB).contains(n) => Ok(*n as u32),
+        MemoryArg::Mib(n) => Err(Error::Invalid(format!(
+            "bad memory size {n} MiB: give between {MIN_MEMORY_MIB} and {MAX_MEMORY_MIB} MiB, or a string such as \"256M\""
+        ))),
+        MemoryArg::Text(t) => parse_mib(t).map_err(Error::Invalid),
+    }
+}
+
+/// 16 hex digits from the kernel's random source.
+fn new_id() -> Result<String> {
+    let mut b = [0u8; 8];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut b))
+        .map_err(|e| Error::Internal(format!("cannot read /dev/urandom for an instance ID: {e}")))?;
+    Ok(b.iter().map(|x| format!("{x:02x}")).collect())
+}
+
+impl Supervisor {
+    fn check_ports(&self, ports: &[PortMapping]) -> Result<()> {
+        let active = self.db.list()?;
+        for (i, m) in ports.iter().enumerate() {
+            if ports[..i].iter().any(|o| o.host_port == m.host_port && o.host_ip == m.host_ip) {
+                return Err(Error::Invalid(format!(
+                    "host port {} is mapped twice: give each -p a different host port",
+                    m.host_port
+                )));
+            }
+            if let Some(other) = active.iter().find(|r| {
+                !r.state.is_finished()
+                    && r.spec.ports.iter().any(|o| o.host_port == m.host_port)
+            }) {
+                return Err(Error::Conflict(format!(
+                    "host port {} is already exported by instance {} ({}): choose another host port or remove that instance",
+                    m.host_port, other.name, other.id
+                )));
+            }
+            proxy::check_bindable(m)?;
+        }
+        Ok(())
+    }
+
+    /// Creates an instance (and starts it when `req.start`).
+    pub async fn create(self: &Arc<Self>, req: CreateRequest) -> Result<Instance> {
+        if req.image.trim().is_empty() {
+            return Err(Error::Invalid(
+                "no image given: set \"image\" to a reference such as hello:latest (see `actl images`)".into(),
+            ));
+        }
+        let image = self
+            .store
+            .image(&req.image)
+            .map_err(|e| image_error(&req.image, e))?;
+        let vcpus = req.vcpus.unwrap_or(image.spec.vcpus);
+        if vcpus == 0 || vcpus > MAX_VCPUS {
+            return Err(Error::Invalid(format!(
+                "bad vCPU count {vcpus}: give 1 to {MAX_VCPUS} (--cpus)"
+            )));
+        }
+        let memory_mib = match &req.memory {
+            Some(m) => memory(m)?,
+            None => image.spec.memory_mib,
+        };
+        let mut spec = image.spec.clone();
+        for (k, v) in &req.env {
+            check_env_key(k)?;
+            spec.env.insert(k.clone(), v.clone());
+        }
+        if let Some(args) = &req.args {
+            spec.args = args.clone();
+        }
+        let app_cmdline = spec
+            .kernel_cmdline()
+            .map_err(|e| Error::Invalid(format!("{e}; change the value")))?;
+        let id = new_id()?;
+        let name = match &req.name {
+            Some(n) => {
+                check_name(n)?;
+                n.clone()
+            }
+            None => format!("arrow-{}", &id[..8]),
+        };
+        self.check_ports(&req.ports)?;
+        let mut ispec = InstanceSpec {
+            image: req.image.clone(),
+            image_digest: image.digest.to_string(),
+            vcpus,
+            memory_mib,
+            env: spec.env.clone(),
+            args: spec.args.clone(),
+            ports: req.ports.clone(),
+            vsock_cid: 0,
+            cmdline: format!("console=ttyS0 reboot=k panic=-1 arrow.hostname={name} {app_cmdline}"),
+        };
+        self.db.insert(&id, &name, &mut ispec, now_ms())?;
+        tracing::info!(instance = %id, %name, image = %req.image, "created");
+        self.changed();
+        if req.start {
+            return self.start(&id).await;
+        }
+        self.inspect(&id)
+    }
+}

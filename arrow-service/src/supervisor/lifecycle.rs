@@ -1,0 +1,285 @@
+//! start / stop / kill / delete / wait.
+
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::create::image_error;
+use super::{Supervisor, CONSOLE_LOG, REPORT, VMM_LOG, VSOCK_SOCK};
+use crate::clock::now_ms;
+use crate::db::Record;
+use crate::error::{Error, Result};
+use crate::model::{Instance, State, WaitResponse};
+use crate::{cgroup, procfs, proxy};
+
+impl Supervisor {
+    /// Starts a created or finished instance; a running one is left alone.
+    pub async fn start(self: &Arc<Self>, reference: &str) -> Result<Instance> {
+        let rec = self.db.find(reference)?;
+        if rec.state.is_active() {
+            return Ok(self.view(&rec));
+        }
+        let kernel = self.cfg.kernel_path();
+        if !kernel.is_file() {
+            return Err(Error::Internal(format!(
+                "arrowd's guest kernel {} does not exist: restart arrowd with --kernel PATH (build one with guest-kernel/build.sh)",
+                kernel.display()
+            )));
+        }
+        let image = self
+            .store
+            .image_by_digest(&rec.spec.image_digest.parse().map_err(|_| {
+                Error::Internal(format!("stored image digest {:?} is damaged", rec.spec.image_digest))
+            })?)
+            .map_err(|e| image_error(&rec.spec.image, e))?;
+        let initrd = self
+            .store
+            .initrd_path(&image)
+            .map_err(|e| image_error(&rec.spec.image, e))?;
+        let run_dir = self.run_dir(&rec.id);
+        std::fs::create_dir_all(&run_dir).map_err(|e| {
+            Error::Internal(format!("cannot create run directory {}: {e}", run_dir.display()))
+        })?;
+        let vsock = run_dir.join(VSOCK_SOCK);
+        // Bind exported ports first: a port in use fails the start before anything runs.
+        let proxies = proxy::start(&rec.id, &rec.spec.ports, &vsock).await?;
+        if !self
+            .db
+            .begin_start(&rec.id, &[State::Created, State::Exited, State::Failed], now_ms())?
+        {
+            return Err(Error::Conflict(format!(
+                "instance {} changed state while starting; try again",
+                rec.name
+            )));
+        }
+        self.changed();
+        let _ = std::fs::remove_file(run_dir.join(REPORT));
+        let _ = std::fs::remove_file(&vsock);
+        let cg = self.cgroups.create(&rec.id, rec.spec.vcpus, rec.spec.memory_mib);
+        match self.spawn(&rec, &kernel, &initrd, cg.as_ref().map(|(_, p)| p.clone())) {
+            Ok((child, pid, start)) => {
+                let cg_dir = cg.map(|(d, _)| d.display().to_string());
+                self.db.set_running(&rec.id, pid, start, cg_dir.as_deref())?;
+                self.set_proxies(&rec.id, Some(proxies));
+                self.metrics.start();
+                tracing::info!(instance = %rec.id, pid, "started");
+                self.changed();
+                self.monitor_child(rec.id.clone(), child);
+                self.inspect(&rec.id)
+            }
+            Err(e) => {
+                let reason = format!("cannot start arrow-vmm {}: {e}", self.cfg.vmm_path().display());
+                self.db.finish(&rec.id, State::Failed, None, &reason, now_ms())?;
+                self.metrics.failure();
+                self.changed();
+                Err(Error::Internal(format!(
+                    "{reason}; check arrowd's --vmm option (or ARROW_VMM)"
+                )))
+            }
+        }
+    }
+
+    fn spawn(
+        &self,
+        rec: &Record,
+        kernel: &std::path::Path,
+        initrd: &std::path::Path,
+        cgroup_procs: Option<std::ffi::CString>,
+    ) -> std::io::Result<(tokio::process::Child, i32, u64)> {
+        let run_dir = self.run_dir(&rec.id);
+        let stderr = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(run_dir.join(VMM_LOG))?;
+        let mut cmd = tokio::process::Command::new(self.cfg.vmm_path());
+        cmd.arg("run")
+            .arg("--kernel")
+            .arg(kernel)
+            .arg("--initrd")
+            .arg(initrd)
+            .arg("--cmdline")
+            .arg(&rec.spec.cmdline)
+            .arg("--memory")
+            .arg(format!("{}M", rec.spec.memory_mib))
+            .arg("--vcpus")
+            .arg(rec.spec.vcpus.to_string())
+            .arg("--console")
+            .arg(run_dir.join(CONSOLE_LOG))
+            .arg("--log-level")
+            .arg("info")
+            .arg("--report")
+            .arg(run_dir.join(REPORT));
+        if !rec.spec.ports.is_empty() {
+            cmd.arg("--vsock-cid")
+                .arg(rec.spec.vsock_cid.to_string())
+                .arg("--vsock-uds")
+                .arg(run_dir.join(VSOCK_SOCK));
+        }
+        cmd.current_dir(&run_dir)
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            // Its own process group: signals to arrowd's group (Ctrl-C, systemd stop of
+            // arrowd) do not reach the instances.
+            .process_group(0)
+            .kill_on_drop(false);
+        if let Some(procs) = cgroup_procs {
+            // SAFETY: the closure only calls async-signal-safe functions (open/write/close).
+            unsafe {
+                cmd.pre_exec(move || cgroup::join_in_child(&procs));
+            }
+        }
+        let child = cmd.spawn()?;
+        let pid = child
+            .id()
+            .and_then(|p| i32::try_from(p).ok())
+            .ok_or_else(|| std::io::Error::other("arrow-vmm exited before its PID was known"))?;
+        let start = procfs::raw_start_time(pid).unwrap_or(0);
+        Ok((child, pid, start))
+    }
+
+    /// Waits until `id` is no longer active (or `timeout`); returns whether it stopped.
+    async fn wait_inactive(&self, id: &str, timeout: Duration) -> Result<bool> {
+        let mut rx = self.changes.subscribe();
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            match self.db.get(id)? {
+                Some(r) if r.state.is_active() => {}
+                _ => return Ok(true),
+            }
+            if tokio::time::timeout_at(deadline, rx.changed()).await.is_err() {
+                return Ok(false);
+            }
+        }
+    }
+
+    /// Graceful stop: SIGTERM to arrow-vmm (the VM stops), SIGKILL after `timeout`.
+    pub async fn stop(self: &Arc<Self>, reference: &str, timeout: Option<u64>) -> Result<Instance> {
+        let rec = self.db.find(reference)?;
+        if !rec.state.is_active() {
+            return Ok(self.view(&rec));
+        }
+        let timeout = Duration::from_secs(timeout.unwrap_or(self.cfg.stop_timeout));
+        self.mark_stopping(&rec.id, true);
+        self.db
+            .set_state(&rec.id, &[State::Starting, State::Running], State::Stopping)?;
+        self.changed();
+        self.signal_vmm(&rec.id, libc::SIGTERM).await?;
+        if !self.wait_inactive(&rec.id, timeout).await? {
+            tracing::warn!(instance = %rec.id, "did not stop within {timeout:?}; killing");
+            self.signal_vmm(&rec.id, libc::SIGKILL).await?;
+            self.wait_inactive(&rec.id, Duration::from_secs(10)).await?;
+        }
+        self.inspect(&rec.id)
+    }
+
+    /// Sends `sig` to the instance's arrow-vmm (after checking it is still that process).
+    async fn signal_vmm(&self, id: &str, sig: i32) -> Result<()> {
+        // A starting instance gets its PID within moments.
+        for _ in 0..50 {
+            match self.db.get(id)? {
+                Some(Record {
+                    pid: Some(pid),
+                    pid_start: Some(start),
+                    ..
+                }) => {
+                    if !procfs::signal(pid, start, sig) {
+                        tracing::info!(instance = id, pid, "arrow-vmm already gone");
+                    }
+                    return Ok(());
+                }
+                Some(r) if r.state.is_active() => {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                _ => return Ok(()),
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends a signal (default KILL) to the instance's arrow-vmm.
+    pub async fn kill(self: &Arc<Self>, reference: &str, signal: Option<&str>) -> Result<Instance> {
+        let rec = self.db.find(reference)?;
+        let name = signal.unwrap_or("KILL");
+        let sig = procfs::signal_number(name).ok_or_else(|| {
+            Error::Invalid(format!(
+                "unknown signal {name:?}: use a name such as KILL, TERM, INT, HUP or a number"
+            ))
+        })?;
+        if !rec.state.is_active() {
+            return Err(Error::Conflict(format!(
+                "instance {} is not running (state {}): nothing to kill; `actl start` starts it",
+                rec.name,
+                rec.state.as_str()
+            )));
+        }
+        if sig == libc::SIGKILL || sig == libc::SIGTERM || sig == libc::SIGINT {
+            self.mark_stopping(&rec.id, true);
+        }
+        self.signal_vmm(&rec.id, sig).await?;
+        if sig == libc::SIGKILL {
+            self.wait_inactive(&rec.id, Duration::from_secs(10)).await?;
+        }
+        self.inspect(&rec.id)
+    }
+
+    /// Removes an instance; a running one only with `force` (it is killed first).
+    pub async fn delete(self: &Arc<Self>, reference: &str, force: bool) -> Result<()> {
+        let rec = self.db.find(reference)?;
+        if rec.state.is_active() {
+            if !force {
+                return Err(Error::Conflict(format!(
+                    "instance {} is {}: stop it first (`actl stop {}`) or remove it by force (`actl rm -f {}`)",
+                    rec.name,
+                    rec.state.as_str(),
+                    rec.name,
+                    rec.name
+                )));
+            }
+            self.mark_stopping(&rec.id, true);
+            self.signal_vmm(&rec.id, libc::SIGKILL).await?;
+            if !self.wait_inactive(&rec.id, Duration::from_secs(10)).await? {
+                return Err(Error::Internal(format!(
+                    "instance {} did not stop after SIGKILL within 10 s; try again",
+                    rec.name
+                )));
+            }
+        }
+        if !self.db.delete(&rec.id)? {
+            return Err(Error::Conflict(format!(
+                "instance {} changed state while being removed; try again",
+                rec.name
+            )));
+        }
+        self.set_proxies(&rec.id, None);
+        if let Some(cg) = &rec.cgroup {
+            self.cgroups.remove(cg);
+        }
+        let _ = std::fs::remove_dir_all(self.run_dir(&rec.id));
+        tracing::info!(instance = %rec.id, name = %rec.name, "removed");
+        self.changed();
+        Ok(())
+    }
+
+    /// Blocks until the instance has finished; returns its exit code.
+    pub async fn wait(self: &Arc<Self>, reference: &str) -> Result<WaitResponse> {
+        let id = self.db.find(reference)?.id;
+        let mut rx = self.changes.subscribe();
+        loop {
+            let rec = self.db.get(&id)?.ok_or_else(|| {
+                Error::NotFound(format!("instance {reference:?} was removed while waiting"))
+            })?;
+            if rec.state.is_finished() {
+                return Ok(WaitResponse {
+                    state: rec.state,
+                    exit_code: rec.exit_code,
+                    reason: rec.reason,
+                });
+            }
+            if rx.changed().await.is_err() {
+                return Err(Error::Internal("arrowd is shutting down".into()));
+            }
+        }
+    }
+}

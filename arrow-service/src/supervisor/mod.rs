@@ -1,0 +1,151 @@
+//! The instance supervisor: owns instance records, spawns one arrow-vmm per instance in
+//! its own run directory (and cgroup), watches it, and re-adopts running VMMs after an
+//! arrowd restart.
+
+mod create;
+mod lifecycle;
+mod logs;
+mod monitor;
+mod recover;
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::watch;
+
+use crate::cgroup::Cgroups;
+use crate::clock::rfc3339;
+use crate::config::Config;
+use crate::db::{Db, Record};
+use crate::error::Result;
+use crate::metrics::Metrics;
+use crate::model::Instance;
+use crate::proxy::Proxies;
+
+pub use logs::LogStream;
+
+/// Files in an instance's run directory.
+pub const CONSOLE_LOG: &str = "console.log";
+/// arrow-vmm's own stderr.
+pub const VMM_LOG: &str = "vmm.log";
+/// arrow-vmm's exit report (`--report`).
+pub const REPORT: &str = "report.json";
+/// The vsock device's Unix socket.
+pub const VSOCK_SOCK: &str = "vsock.sock";
+
+/// Shared state of arrowd.
+pub struct Supervisor {
+    cfg: Config,
+    db: Db,
+    store: asdk::Store,
+    /// Counters for `/metrics`.
+    pub metrics: Metrics,
+    cgroups: Cgroups,
+    changes: watch::Sender<u64>,
+    proxies: Mutex<HashMap<String, Proxies>>,
+    stopping: Mutex<HashSet<String>>,
+}
+
+impl Supervisor {
+    /// Opens the database and the image store; call [`Supervisor::recover`] next.
+    pub fn new(cfg: Config, db: Db, store: asdk::Store, cgroups: Cgroups) -> Arc<Supervisor> {
+        let (changes, _) = watch::channel(0);
+        Arc::new(Supervisor {
+            cfg,
+            db,
+            store,
+            metrics: Metrics::default(),
+            cgroups,
+            changes,
+            proxies: Mutex::new(HashMap::new()),
+            stopping: Mutex::new(HashSet::new()),
+        })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+
+    /// The image store.
+    pub fn store(&self) -> &asdk::Store {
+        &self.store
+    }
+
+    /// Whether cgroup limits apply.
+    pub fn cgroups_enabled(&self) -> bool {
+        self.cgroups.enabled()
+    }
+
+    fn run_dir(&self, id: &str) -> PathBuf {
+        self.cfg.run_root().join(id)
+    }
+
+    /// Wakes everyone waiting for a state change.
+    fn changed(&self) {
+        self.changes.send_modify(|g| *g = g.wrapping_add(1));
+    }
+
+    fn set_proxies(&self, id: &str, p: Option<Proxies>) {
+        let mut map = self.proxies.lock().unwrap_or_else(|e| e.into_inner());
+        match p {
+            Some(p) => {
+                map.insert(id.to_owned(), p);
+            }
+            None => {
+                map.remove(id);
+            }
+        }
+    }
+
+    fn mark_stopping(&self, id: &str, on: bool) -> bool {
+        let mut set = self.stopping.lock().unwrap_or_else(|e| e.into_inner());
+        if on {
+            set.insert(id.to_owned())
+        } else {
+            set.remove(id)
+        }
+    }
+
+    /// The API view of a record.
+    pub fn view(&self, r: &Record) -> Instance {
+        Instance {
+            id: r.id.clone(),
+            name: r.name.clone(),
+            state: r.state,
+            pid: r.pid,
+            exit_code: r.exit_code,
+            reason: r.reason.clone(),
+            created_at: rfc3339(r.created_at),
+            started_at: r.started_at.map(rfc3339),
+            finished_at: r.finished_at.map(rfc3339),
+            start_latency_ms: r.start_latency_ms,
+            start_count: r.start_count,
+            run_dir: self.run_dir(&r.id).display().to_string(),
+            cgroup: r.cgroup.clone(),
+            spec: r.spec.clone(),
+        }
+    }
+
+    /// All instances (`all`) or only the active ones.
+    pub fn list(&self, all: bool) -> Result<Vec<Instance>> {
+        Ok(self
+            .db
+            .list()?
+            .iter()
+            .filter(|r| all || r.state.is_active())
+            .map(|r| self.view(r))
+            .collect())
+    }
+
+    /// One instance by ID, name or ID prefix.
+    pub fn inspect(&self, reference: &str) -> Result<Instance> {
+        Ok(self.view(&self.db.find(reference)?))
+    }
+
+    /// `/metrics` text.
+    pub fn metrics_text(&self) -> Result<String> {
+        Ok(self.metrics.render(&self.db.count_by_state()?))
+    }
+}

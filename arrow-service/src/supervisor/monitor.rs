@@ -1,0 +1,130 @@
+//! Watching a running arrow-vmm: its exit (as our child, or by polling /proc for an
+//! adopted one), the start latency (APP_STARTED in its log) and the final record.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::Deserialize;
+
+use super::{Supervisor, REPORT, VMM_LOG};
+use crate::clock::now_ms;
+use crate::model::State;
+use crate::procfs;
+
+/// The fields of arrow-vmm's `--report` file that arrowd uses.
+#[derive(Debug, Deserialize)]
+struct Report {
+    exit_code: i32,
+    reason: String,
+    app_started_us: Option<u64>,
+}
+
+fn read_report(run_dir: &Path) -> Option<Report> {
+    let text = std::fs::read_to_string(run_dir.join(REPORT)).ok()?;
+    serde_json::from_str(&text).ok()
+}
+
+fn app_started(run_dir: &Path) -> bool {
+    std::fs::read(run_dir.join(VMM_LOG))
+        .map(|b| b.windows(11).any(|w| w == b"APP_STARTED"))
+        .unwrap_or(false)
+}
+
+impl Supervisor {
+    /// Watches a child arrowd spawned itself.
+    pub(super) fn monitor_child(self: &Arc<Self>, id: String, mut child: tokio::process::Child) {
+        let sup = Arc::clone(self);
+        tokio::spawn(async move {
+            let run_dir = sup.run_dir(&id);
+            let spawned = Instant::now();
+            let mut latency_known = false;
+            let mut tick = tokio::time::interval(Duration::from_millis(20));
+            let status = loop {
+                tokio::select! {
+                    st = child.wait() => break st.ok(),
+                    _ = tick.tick(), if !latency_known => {
+                        if app_started(&run_dir) {
+                            latency_known = true;
+                            sup.record_latency(&id, spawned.elapsed());
+                        }
+                    }
+                }
+            };
+            sup.finish_run(&id, status, if latency_known { None } else { Some(spawned) });
+        });
+    }
+
+    /// Watches an arrow-vmm adopted after a restart (not our child: poll /proc).
+    pub(super) fn monitor_adopted(self: &Arc<Self>, id: String, pid: i32, start: u64) {
+        let sup = Arc::clone(self);
+        tokio::spawn(async move {
+            while procfs::is_alive(pid, start) {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            sup.finish_run(&id, None, None);
+        });
+    }
+
+    fn record_latency(&self, id: &str, elapsed: Duration) {
+        let ms = elapsed.as_millis() as u64;
+        self.metrics.start_latency(ms);
+        if let Err(e) = self.db.set_start_latency(id, ms as i64) {
+            tracing::warn!(instance = id, "cannot record start latency: {e}");
+        }
+    }
+
+    /// Records the end of a run. `status` is known for our own children; otherwise the
+    /// exit report tells. `spawned` is set when the start latency is still unknown.
+    pub(super) fn finish_run(
+        &self,
+        id: &str,
+        status: Option<std::process::ExitStatus>,
+        spawned: Option<Instant>,
+    ) {
+        let run_dir = self.run_dir(id);
+        let report = read_report(&run_dir);
+        if let (Some(_), Some(r)) = (spawned, &report) {
+            if let Some(us) = r.app_started_us {
+                self.record_latency(id, Duration::from_micros(us));
+            }
+        }
+        let stop_requested = self.mark_stopping(id, false);
+        let (state, code, reason) = match (&report, status) {
+            (Some(r), _) => (State::Exited, Some(r.exit_code), r.reason.clone()),
+            (None, Some(st)) => {
+                use std::os::unix::process::ExitStatusExt;
+                match (st.code(), st.signal()) {
+                    (Some(c), _) => (State::Exited, Some(c), format!("arrow-vmm exited with {c} (no report)")),
+                    (None, Some(sig)) => (
+                        State::Exited,
+                        Some(128 + sig),
+                        format!("arrow-vmm was killed by signal {sig}"),
+                    ),
+                    (None, None) => (State::Failed, None, "arrow-vmm ended for an unknown reason".to_owned()),
+                }
+            }
+            (None, None) => (
+                State::Failed,
+                None,
+                "arrow-vmm ended while arrowd was not its parent and left no exit report (killed by SIGKILL?)".to_owned(),
+            ),
+        };
+        let crashed = matches!(code, Some(122..=125)) || state == State::Failed;
+        if crashed && !stop_requested {
+            self.metrics.failure();
+        }
+        match self.db.finish(id, state, code, &reason, now_ms()) {
+            Ok(true) => tracing::info!(instance = id, ?code, %reason, "finished"),
+            Ok(false) => {}
+            Err(e) => tracing::error!(instance = id, "cannot record the end of a run: {e}"),
+        }
+        self.set_proxies(id, None);
+        if let Ok(Some(rec)) = self.db.get(id) {
+            if let Some(cg) = &rec.cgroup {
+                self.cgroups.remove(cg);
+            }
+        }
+        self.changed();
+    }
+}
