@@ -19,7 +19,7 @@ use virtio_queue::{Queue, QueueT};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::{
-    status, ActivateContext, IrqTrigger, QueueConfig, VirtioDevice, INT_CONFIG,
+    status, ActivateContext, ActivateError, IrqTrigger, QueueConfig, VirtioDevice, INT_CONFIG,
     VIRTIO_F_RING_EVENT_IDX, VIRTIO_F_VERSION_1,
 };
 use crate::devices::bus::BusDevice;
@@ -66,11 +66,28 @@ pub enum MmioError {
     EventFd(std::io::Error),
     #[error("invalid queue size {0} offered by the device")]
     QueueSize(u16),
+    #[error("snapshot is of device type {saved}, the device is type {actual}")]
+    DeviceType { saved: u32, actual: u32 },
+    #[error("snapshot has {saved} queues, the device has {actual}")]
+    QueueCount { saved: usize, actual: usize },
+    #[error("snapshot queue {index}: {reason}")]
+    Queue { index: usize, reason: String },
+    #[error("snapshot acknowledges features {acked:#x} the device does not offer ({offered:#x})")]
+    Features { acked: u64, offered: u64 },
+    #[error("snapshot status {0:#x} is not a state a driver can reach")]
+    Status(u32),
+    #[error("cannot re-activate the restored device: {0}")]
+    Activate(#[from] ActivateError),
 }
 
 /// Register state of the transport, for snapshots.
+///
+/// Take it with the vCPUs paused (the device lock is taken inside, so the
+/// ring positions are consistent with guest memory at that moment).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MmioTransportState {
+    /// Virtio device ID, checked on restore.
+    pub device_type: u32,
     pub device_features_sel: u32,
     pub driver_features_sel: u32,
     pub acked_features: u64,
@@ -78,8 +95,9 @@ pub struct MmioTransportState {
     pub status: u32,
     pub config_generation: u32,
     pub interrupt_status: u32,
-    /// Queue registers as the driver programmed them (the ring positions of an
-    /// active device come from the device itself).
+    /// Queue registers as the driver programmed them. While DRIVER_OK is set
+    /// they come from the active device and include its ring positions
+    /// (`next_avail` / `next_used`), so a restore continues the rings.
     pub queues: Vec<QueueConfig>,
 }
 
@@ -174,9 +192,27 @@ impl MmioTransport {
         self.irq.trigger(INT_CONFIG);
     }
 
-    /// Register state for snapshots.
+    /// Register state for snapshots (see [`MmioTransportState`]).
     pub fn state(&self) -> MmioTransportState {
+        let live = if self.has(status::DRIVER_OK) {
+            lock(&self.device).active_queues()
+        } else {
+            None
+        };
+        let queues = match live {
+            Some(q) if q.len() == self.queues.len() => q,
+            Some(q) => {
+                warn!(
+                    "virtio-mmio: device reports {} active queues, transport has {}",
+                    q.len(),
+                    self.queues.len()
+                );
+                self.queues.iter().map(|q| q.state().into()).collect()
+            }
+            None => self.queues.iter().map(|q| q.state().into()).collect(),
+        };
         MmioTransportState {
+            device_type: self.device_type,
             device_features_sel: self.device_features_sel,
             driver_features_sel: self.driver_features_sel,
             acked_features: self.acked_features,
@@ -184,8 +220,144 @@ impl MmioTransport {
             status: self.status,
             config_generation: self.config_generation,
             interrupt_status: self.irq.status(),
-            queues: self.queues.iter().map(|q| q.state().into()).collect(),
+            queues,
         }
+    }
+
+    /// Rebuilds a transport from a snapshot, around a device restored from
+    /// the same snapshot (still inactive).
+    ///
+    /// - The register file (feature selectors, acked features, queue
+    ///   select, status, config generation, queue registers) is as saved.
+    /// - If the saved status has DRIVER_OK (and not DEVICE_NEEDS_RESET), the
+    ///   device is activated with queues rebuilt from the saved
+    ///   configuration *including ring positions*: descriptors the guest
+    ///   made available before the snapshot and the device had not yet
+    ///   consumed are consumed after restore; used-ring indices continue.
+    /// - A saved InterruptStatus is re-raised (the irqfd eventfd is written;
+    ///   KVM delivers an event pending at `KVM_IRQFD` registration), so an
+    ///   interrupt in flight at snapshot time is not lost. At worst the
+    ///   guest sees one spurious interrupt.
+    /// - If the device reports a configuration change
+    ///   ([`VirtioDevice::take_config_changed`], e.g. a new vsock CID), the
+    ///   config generation is bumped and, with DRIVER_OK, a configuration
+    ///   interrupt raised.
+    ///
+    /// Everything in `state` is validated against the device and guest
+    /// memory; a snapshot that does not fit is an error, never a panic.
+    pub fn restore(
+        mem: GuestMemoryMmap,
+        device: Arc<Mutex<dyn VirtioDevice>>,
+        state: &MmioTransportState,
+    ) -> Result<Self, MmioError> {
+        let mut t = Self::new(mem, device)?;
+        if state.device_type != t.device_type {
+            return Err(MmioError::DeviceType {
+                saved: state.device_type,
+                actual: t.device_type,
+            });
+        }
+        if state.queues.len() != t.queues.len() {
+            return Err(MmioError::QueueCount {
+                saved: state.queues.len(),
+                actual: t.queues.len(),
+            });
+        }
+        if state.acked_features & !t.avail_features != 0 {
+            return Err(MmioError::Features {
+                acked: state.acked_features,
+                offered: t.avail_features,
+            });
+        }
+        let st = state.status;
+        let known = status::ACKNOWLEDGE
+            | status::DRIVER
+            | status::FEATURES_OK
+            | status::DRIVER_OK
+            | status::DEVICE_NEEDS_RESET
+            | status::FAILED;
+        let needs = |bit: u32, pre: u32| st & bit == 0 || st & pre == pre;
+        if st & !known != 0
+            || !needs(status::DRIVER, status::ACKNOWLEDGE)
+            || !needs(status::FEATURES_OK, status::DRIVER)
+            || !needs(status::DRIVER_OK, status::FEATURES_OK)
+        {
+            return Err(MmioError::Status(st));
+        }
+        let mut queues = Vec::with_capacity(state.queues.len());
+        for (index, (saved, current)) in state.queues.iter().zip(&t.queues).enumerate() {
+            if saved.max_size != current.max_size() {
+                return Err(MmioError::Queue {
+                    index,
+                    reason: format!(
+                        "max size {} but the device offers {}",
+                        saved.max_size,
+                        current.max_size()
+                    ),
+                });
+            }
+            let q = Queue::try_from(virtio_queue::QueueState::from(*saved)).map_err(|e| {
+                MmioError::Queue {
+                    index,
+                    reason: e.to_string(),
+                }
+            })?;
+            queues.push(q);
+        }
+        t.queues = queues;
+        t.device_features_sel = state.device_features_sel;
+        t.driver_features_sel = state.driver_features_sel;
+        t.acked_features = state.acked_features;
+        t.queue_select = state.queue_select;
+        t.config_generation = state.config_generation;
+        t.status = st;
+        if st & status::DRIVER_OK != 0 && st & status::DEVICE_NEEDS_RESET == 0 {
+            t.activate_restored()?;
+        }
+        if state.interrupt_status != 0 {
+            t.irq
+                .trigger(state.interrupt_status & (super::INT_VRING | INT_CONFIG));
+        }
+        if lock(&t.device).take_config_changed() {
+            t.config_generation = t.config_generation.wrapping_add(1);
+            if t.has(status::DRIVER_OK) {
+                t.irq.trigger(INT_CONFIG);
+            }
+        }
+        debug!(
+            "virtio-mmio: restored device type {} in status {:#x}",
+            t.device_type, t.status
+        );
+        Ok(t)
+    }
+
+    /// Hands the restored queues (with their ring positions) to the device.
+    fn activate_restored(&mut self) -> Result<(), MmioError> {
+        let event_idx = self.acked_features & (1 << VIRTIO_F_RING_EVENT_IDX) != 0;
+        let mut queues = Vec::with_capacity(self.queues.len());
+        for (index, q) in self.queues.iter().enumerate() {
+            if !q.is_valid(&self.mem) {
+                return Err(MmioError::Queue {
+                    index,
+                    reason: "rings are not ready or not inside guest memory".into(),
+                });
+            }
+            let mut state = q.state();
+            state.event_idx_enabled = event_idx;
+            let q = Queue::try_from(state).map_err(|e| MmioError::Queue {
+                index,
+                reason: e.to_string(),
+            })?;
+            queues.push(q);
+        }
+        let ctx = ActivateContext {
+            mem: self.mem.clone(),
+            acked_features: self.acked_features,
+            queues,
+            irq: self.irq.clone(),
+        };
+        lock(&self.device).activate(ctx)?;
+        Ok(())
     }
 
     fn has(&self, bits: u32) -> bool {
@@ -400,7 +572,7 @@ impl BusDevice for MmioTransport {
             return;
         }
         // Registers are 32 bits wide and naturally aligned (4.2.2.2).
-        if data.len() != 4 || offset % 4 != 0 {
+        if data.len() != 4 || offset & 3 != 0 {
             warn!("virtio-mmio: bad register read {offset:#x}/{}", data.len());
             data.fill(0);
             return;
@@ -417,7 +589,7 @@ impl BusDevice for MmioTransport {
             warn!("virtio-mmio: bad register write {offset:#x}/{}", data.len());
             return;
         };
-        if offset % 4 != 0 {
+        if offset & 3 != 0 {
             warn!("virtio-mmio: unaligned register write {offset:#x}");
             return;
         }

@@ -141,6 +141,16 @@ pub trait VirtioDevice: Send {
     fn activate(&mut self, ctx: ActivateContext) -> Result<(), ActivateError>;
     /// Stops the device and forgets the queues (driver wrote status 0).
     fn reset(&mut self);
+    /// The queues of an active device *with the device's ring positions*
+    /// (`next_avail` / `next_used`), for snapshots; `None` while inactive.
+    /// The transport's own register copies do not track ring positions.
+    fn active_queues(&self) -> Option<Vec<QueueConfig>>;
+    /// Returns true once after the device configuration changed behind the
+    /// driver's back (e.g. a restored vsock device got a new CID); the
+    /// transport then bumps ConfigGeneration and raises a config interrupt.
+    fn take_config_changed(&mut self) -> bool {
+        false
+    }
 }
 
 /// Serializable mirror of virtio-queue's [`QueueState`] (which has no serde

@@ -27,6 +27,8 @@ mod unix;
 #[cfg(test)]
 mod proptests;
 #[cfg(test)]
+mod restore_tests;
+#[cfg(test)]
 mod tests;
 
 use std::os::unix::net::UnixListener;
@@ -34,7 +36,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
 use virtio_vsock::packet::VsockPacket;
 use vm_memory::{Bytes, GuestMemory};
@@ -75,7 +77,10 @@ pub enum VsockError {
 }
 
 /// Device state for snapshots. Host connections are not restorable; after a
-/// restore the device sends TRANSPORT_RESET instead.
+/// restore the device sends TRANSPORT_RESET instead (see [`Vsock::restore`]).
+///
+/// `queues` (with ring positions) is informational: the transport's
+/// snapshot carries the same queues and re-activates the device from them.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VsockState {
     pub guest_cid: u64,
@@ -102,6 +107,13 @@ pub struct Vsock {
     active: Option<Active>,
     muxer: Muxer,
     event_reset_pending: bool,
+    /// Set by [`Vsock::restore`] until the first activation.
+    restored: bool,
+    /// TX chains that were already available when a restored device was
+    /// activated: they belong to connections that did not survive.
+    stale_tx: u16,
+    /// The CID changed on restore; reported once to the transport.
+    config_changed: bool,
 }
 
 fn valid_cid(cid: u64) -> bool {
@@ -133,7 +145,61 @@ impl Vsock {
             active: None,
             muxer: Muxer::new(guest_cid, path, listener, limits),
             event_reset_pending: false,
+            restored: false,
+            stale_tx: 0,
+            config_changed: false,
         })
+    }
+
+    /// Recreates the device from a snapshot, with a listener at `uds_path`
+    /// and guest CID `guest_cid` (a clone passes a fresh CID and socket).
+    ///
+    /// Semantics (the transport's `MmioTransport::restore` activates the
+    /// device again with the saved rings):
+    /// - Host connections do not survive: the ones in `state` are dropped
+    ///   (counted in the log). Once active, the device sends one
+    ///   TRANSPORT_RESET on the event queue (as soon as the guest has an
+    ///   event buffer there); the guest then drops its connections and
+    ///   re-reads the CID.
+    /// - A CID other than the saved one is also reported as a configuration
+    ///   change (ConfigGeneration bump and config interrupt, done by the
+    ///   transport through [`VirtioDevice::take_config_changed`]).
+    /// - TX: chains the guest had made available and the device had not
+    ///   consumed at snapshot time are consumed after restore (returned on
+    ///   the used ring, used-ring index continuing) but never forwarded to
+    ///   the host: each non-RST packet is answered with an RST, since its
+    ///   connection is gone (a pending REQUEST is refused). Chains made
+    ///   available after restore are handled normally.
+    /// - RX: buffers the guest had made available stay available and are
+    ///   filled with new packets; nothing half-written is replayed (the
+    ///   device never holds a popped RX buffer across a snapshot).
+    /// - Event queue: buffers stay available; the first receives the
+    ///   TRANSPORT_RESET. (A snapshot taken before the driver started the
+    ///   device has no connections to reset: the driver's own device reset
+    ///   during probe clears the pending event.)
+    /// - Metrics start from zero (they count this process's work); the
+    ///   saved ones remain in the snapshot.
+    pub fn restore(
+        guest_cid: u64,
+        uds_path: impl AsRef<Path>,
+        limits: Limits,
+        state: &VsockState,
+    ) -> Result<Self, VsockError> {
+        let mut dev = Self::new(guest_cid, uds_path, limits)?;
+        if !state.connections.is_empty() {
+            info!(
+                "vsock: {} host connection(s) from the snapshot are not restorable; \
+                 the guest gets TRANSPORT_RESET",
+                state.connections.len()
+            );
+        }
+        // Stale TX chains exist only if the driver had the device running;
+        // otherwise the next activation is a fresh driver start.
+        dev.restored = state.acked_features.is_some();
+        dev.event_reset_pending = true;
+        dev.config_changed = state.guest_cid != guest_cid;
+        debug!("vsock: restored (CID {} -> {guest_cid})", state.guest_cid);
+        Ok(dev)
     }
 
     pub fn guest_cid(&self) -> u64 {
@@ -230,7 +296,10 @@ impl Vsock {
                 popped += 1;
                 let head = chain.head_index();
                 let raw = chain.clone();
+                let stale = self.stale_tx > 0;
+                self.stale_tx = self.stale_tx.saturating_sub(1);
                 match VsockPacket::from_tx_virtq_chain(mem, &mut chain, MAX_PKT_DATA) {
+                    Ok(pkt) if stale => self.muxer.on_stale_packet(&Header::of(&pkt)),
                     Ok(pkt) => self
                         .muxer
                         .on_guest_packet(&Header::of(&pkt), pkt.data_slice()),
@@ -433,6 +502,24 @@ impl VirtioDevice for Vsock {
                 got: ctx.queues.len(),
             });
         }
+        if self.restored {
+            // Chains available now were made available before the
+            // snapshot (the vCPUs have not run since). Bounded by the ring
+            // size whatever the guest wrote.
+            let q = &ctx.queues[TXQ];
+            self.stale_tx = match q.avail_idx(&ctx.mem, std::sync::atomic::Ordering::Acquire) {
+                Ok(idx) => (idx - std::num::Wrapping(q.next_avail())).0.min(q.size()),
+                Err(e) => {
+                    warn!("vsock: restored TX ring unreadable: {e}");
+                    0
+                }
+            };
+            self.restored = false;
+            debug!(
+                "vsock: {} TX chain(s) pending from the snapshot",
+                self.stale_tx
+            );
+        }
         self.ctl_evt.write(1).map_err(ActivateError::Signal)?;
         self.active = Some(Active {
             mem: ctx.mem,
@@ -444,9 +531,21 @@ impl VirtioDevice for Vsock {
         Ok(())
     }
 
+    fn active_queues(&self) -> Option<Vec<QueueConfig>> {
+        self.active
+            .as_ref()
+            .map(|a| a.queues.iter().map(|q| q.state().into()).collect())
+    }
+
+    fn take_config_changed(&mut self) -> bool {
+        std::mem::take(&mut self.config_changed)
+    }
+
     fn reset(&mut self) {
         self.active = None;
         self.event_reset_pending = false;
+        self.restored = false;
+        self.stale_tx = 0;
         self.muxer.reset();
         // Sockets are unregistered and closed on the event loop.
         self.wake();

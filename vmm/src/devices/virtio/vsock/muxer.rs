@@ -86,6 +86,10 @@ pub struct VsockMetrics {
     pub host_io_errors: u64,
     /// Broken event queue buffers, TRANSPORT_RESET events sent.
     pub events_sent: u64,
+    /// TX packets queued before a snapshot and consumed after restore
+    /// (answered with RST, not forwarded).
+    #[serde(default)]
+    pub stale_tx: u64,
 }
 
 /// (local port on the host side, peer port on the guest side).
@@ -428,6 +432,16 @@ impl Muxer {
                     debug!("vsock: malformed packet for unknown connection {key:?}");
                 }
             }
+        }
+    }
+
+    /// A TX packet the guest queued before a snapshot: its connection did
+    /// not survive the restore, so it is answered with RST (unless it is
+    /// one) and never forwarded.
+    pub fn on_stale_packet(&mut self, h: &Header) {
+        self.metrics.stale_tx += 1;
+        if h.op != Op::Rst.as_u16() {
+            self.push_rst((h.dst_port, h.src_port));
         }
     }
 

@@ -21,8 +21,8 @@ use super::*;
 use crate::devices::virtio::{IrqTrigger, VirtioDevice};
 
 pub(super) const CID: u64 = 3;
-const QSIZE: u16 = 64;
-const MEM_SIZE: usize = 0x200_0000;
+pub(super) const QSIZE: u16 = 64;
+pub(super) const MEM_SIZE: usize = 0x200_0000;
 const RX_BUF: u64 = 0x10_0000;
 const TX_BUF: u64 = 0x100_0000;
 const EV_BUF: u64 = 0x1f0_0000;
@@ -62,6 +62,36 @@ impl<'a> Guest<'a> {
             avail: [0; 3],
             seen: [0; 3],
         }
+    }
+
+    /// The same driver state over another copy of guest memory (a
+    /// restored snapshot): rings are not touched.
+    pub(super) fn rebind<'b>(&self, mem: &'b GuestMemoryMmap) -> Guest<'b> {
+        Guest {
+            mem,
+            tables: [0, 1, 2].map(|q| DescriptorTable::new(mem, GuestAddress(ring_base(q)), QSIZE)),
+            next_desc: self.next_desc,
+            avail: self.avail,
+            seen: self.seen,
+        }
+    }
+
+    /// Head index the next TX chain will get.
+    pub(super) fn next_tx_head(&self) -> u16 {
+        self.next_desc[TXQ]
+    }
+
+    /// (descriptor table, avail ring, used ring) of queue `q`.
+    pub(super) fn ring_addrs(q: usize) -> (u64, u64, u64) {
+        let b = ring_base(q);
+        (b, b + AVAIL_OFF, b + USED_OFF)
+    }
+
+    /// The used index the device published for queue `q`.
+    pub(super) fn used_idx(&self, q: usize) -> u16 {
+        self.mem
+            .read_obj(GuestAddress(ring_base(q) + USED_OFF + 2))
+            .unwrap()
     }
 
     pub(super) fn queues(&self) -> Vec<Queue> {
@@ -285,12 +315,12 @@ impl Rig {
     }
 }
 
-fn ops(pkts: &[(Header, Vec<u8>)]) -> Vec<Op> {
+pub(super) fn ops(pkts: &[(Header, Vec<u8>)]) -> Vec<Op> {
     pkts.iter().map(|(h, _)| h.op().unwrap()).collect()
 }
 
 /// The peer closed: EOF, or ECONNRESET when it had unread data.
-fn assert_closed(s: &mut UnixStream) {
+pub(super) fn assert_closed(s: &mut UnixStream) {
     s.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
     let mut b = [0u8; 64];
     match s.read(&mut b) {
@@ -300,7 +330,7 @@ fn assert_closed(s: &mut UnixStream) {
     }
 }
 
-fn read_all_available(s: &mut UnixStream) -> Vec<u8> {
+pub(super) fn read_all_available(s: &mut UnixStream) -> Vec<u8> {
     s.set_read_timeout(Some(Duration::from_millis(200)))
         .unwrap();
     let mut out = Vec::new();
