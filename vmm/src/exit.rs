@@ -9,6 +9,7 @@
 //! | 122 | triple fault (KVM_EXIT_SHUTDOWN) |
 //! | 123 | the guest kernel panicked (GUEST_PANIC) |
 //! | 124 | the guest crashed the vCPU: KVM_EXIT_INTERNAL_ERROR (e.g. an instruction the host cannot emulate) or KVM_EXIT_FAIL_ENTRY |
+//! | 0 | also: stopped through the control API (`PUT /vm/shutdown`) |
 //! | 125 | arrow-vmm failed: bad arguments, unusable kernel/initrd, KVM errors (as `docker run`) |
 //!
 //! An app can of course exit with 120–125 itself; a caller that needs to
@@ -53,6 +54,8 @@ pub enum StopReason {
     },
     /// arrow-vmm received this signal.
     Signal(i32),
+    /// The control API asked for a shutdown.
+    Shutdown,
     /// KVM_RUN or a device failed on the host side.
     VmmError(String),
 }
@@ -75,6 +78,7 @@ impl StopReason {
             StopReason::TripleFault { .. } => EXIT_TRIPLE_FAULT,
             StopReason::InternalError { .. } | StopReason::FailEntry { .. } => EXIT_GUEST_CRASHED,
             StopReason::Signal(n) => 128 + n,
+            StopReason::Shutdown => 0,
             StopReason::VmmError(_) => EXIT_VMM_ERROR,
         }
     }
@@ -82,7 +86,10 @@ impl StopReason {
     /// Whether this is an ordinary end (the app exited or the VMM was asked
     /// to stop) rather than a guest or host failure.
     pub fn is_clean(&self) -> bool {
-        matches!(self, StopReason::AppExited { .. } | StopReason::Signal(_))
+        matches!(
+            self,
+            StopReason::AppExited { .. } | StopReason::Signal(_) | StopReason::Shutdown
+        )
     }
 }
 
@@ -109,6 +116,7 @@ impl fmt::Display for StopReason {
                 write!(f, "guest crashed: KVM_EXIT_FAIL_ENTRY on vCPU {cpu}, hardware reason {reason:#x}")
             }
             StopReason::Signal(n) => write!(f, "arrow-vmm stopped by signal {n}"),
+            StopReason::Shutdown => write!(f, "stopped through the control API"),
             StopReason::VmmError(e) => write!(f, "arrow-vmm failed while running the guest: {e}"),
         }
     }

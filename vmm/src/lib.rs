@@ -4,6 +4,7 @@
 //! devices, vCPUs), which runs until the guest or the host stops it; the
 //! `exit::StopReason` says why and maps to the process exit code.
 
+pub mod api;
 pub mod arch;
 pub mod config;
 pub mod devices;
@@ -12,6 +13,8 @@ pub mod exit;
 pub mod host;
 pub mod lifecycle;
 pub mod report;
+pub mod runtime;
+pub mod snapshot;
 pub mod vcpu;
 pub mod vm;
 

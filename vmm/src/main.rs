@@ -10,7 +10,7 @@ use arrow_vmm::arch::boot::BootProtocol;
 use arrow_vmm::arch::cpuid::{parse_clear_rule, ClearRule};
 use arrow_vmm::config::{parse_size, ConsoleSink, VmConfig, VsockConfig, DEFAULT_CMDLINE};
 use arrow_vmm::exit::EXIT_VMM_ERROR;
-use arrow_vmm::vm::Vm;
+use arrow_vmm::vm::{RestoreConfig, RunOptions, Vm};
 use clap::{Parser, Subcommand, ValueEnum};
 
 #[derive(Parser)]
@@ -39,6 +39,45 @@ enum HostCompat {
 enum Command {
     /// Boot a kernel and run the guest until it stops; exits with the app's status.
     Run(RunArgs),
+    /// Restore a snapshot (or start a clone of a template) and run it until it stops.
+    Restore(RestoreArgs),
+}
+
+/// How the running VM is served (both `run` and `restore`).
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// Control API (HTTP/JSON) on this Unix socket: GET /vm, PUT /vm/pause,
+    /// /vm/resume, /vm/snapshot {"dir": …}, /vm/shutdown.
+    #[arg(long)]
+    api_sock: Option<PathBuf>,
+    /// Start with the vCPUs paused (resume through the control API).
+    #[arg(long, requires = "api_sock")]
+    paused: bool,
+    /// Guest console output: stdout, none, or a file path.
+    #[arg(long, default_value = "stdout")]
+    console: ConsoleSink,
+    /// Write a JSON report (timings, memory, exit) here when the VM stops.
+    #[arg(long)]
+    report: Option<PathBuf>,
+}
+
+#[derive(clap::Args)]
+struct RestoreArgs {
+    /// Snapshot directory (state.json + memory.bin).
+    #[arg(long = "from")]
+    from: PathBuf,
+    /// Start a clone: the guest is told (new generation and nonce), vsock
+    /// connections are reset, and it needs its own --vsock-cid/--vsock-uds.
+    #[arg(long)]
+    clone: bool,
+    /// Host Unix socket for the restored vsock device.
+    #[arg(long)]
+    vsock_uds: Option<PathBuf>,
+    /// Guest CID for the restored vsock device (required with --clone).
+    #[arg(long)]
+    vsock_cid: Option<u64>,
+    #[command(flatten)]
+    serve: ServeArgs,
 }
 
 #[derive(clap::Args)]
@@ -58,9 +97,6 @@ struct RunArgs {
     /// Number of vCPUs.
     #[arg(long, default_value_t = 1)]
     vcpus: u8,
-    /// Guest console output: stdout, none, or a file path.
-    #[arg(long, default_value = "stdout")]
-    console: ConsoleSink,
     /// Boot protocol.
     #[arg(long, value_enum, default_value_t = BootProtocol::Auto)]
     boot_protocol: BootProtocol,
@@ -80,9 +116,8 @@ struct RunArgs {
     /// guest connections to host port P go to `<PATH>_P`.
     #[arg(long, requires = "vsock_cid")]
     vsock_uds: Option<PathBuf>,
-    /// Write a JSON report (timings, memory, exit) here when the VM stops.
-    #[arg(long)]
-    report: Option<PathBuf>,
+    #[command(flatten)]
+    serve: ServeArgs,
 }
 
 fn init_logging(level: &str) {
@@ -103,7 +138,7 @@ fn run(args: RunArgs, start: Instant) -> anyhow::Result<i32> {
         cmdline: args.cmdline,
         mem_size: args.memory,
         vcpus: args.vcpus,
-        console: args.console,
+        console: args.serve.console.clone(),
         boot_protocol: args.boot_protocol,
         cpuid_passthrough: args.cpuid_passthrough,
         cpuid_clear: args.cpuid_clear,
@@ -121,15 +156,37 @@ fn run(args: RunArgs, start: Instant) -> anyhow::Result<i32> {
     // before any thread exists so every thread inherits the mask.
     arrow_vmm::event_loop::block_stop_signals().context("cannot block stop signals")?;
     let vm = Vm::build(&config, start)?;
-    let (reason, report) = vm.run()?;
+    serve(vm, &args.serve)
+}
+
+fn restore(args: RestoreArgs, start: Instant) -> anyhow::Result<i32> {
+    let config = RestoreConfig {
+        dir: args.from,
+        clone: args.clone,
+        console: args.serve.console.clone(),
+        vsock_uds: args.vsock_uds,
+        vsock_cid: args.vsock_cid,
+    };
+    arrow_vmm::event_loop::block_stop_signals().context("cannot block stop signals")?;
+    let vm = Vm::restore(&config, start)?;
+    serve(vm, &args.serve)
+}
+
+/// Runs a built or restored VM; returns the exit code.
+fn serve(vm: Vm, args: &ServeArgs) -> anyhow::Result<i32> {
+    let opts = RunOptions {
+        api_sock: args.api_sock.clone(),
+        paused: args.paused,
+    };
+    let (reason, report) = vm.run(&opts)?;
     if !reason.is_clean() {
         eprintln!("arrow-vmm: {reason}");
     } else {
         tracing::info!(%reason, "VM stopped");
     }
-    if let Some(path) = args.report {
+    if let Some(path) = &args.report {
         let json = serde_json::to_string_pretty(&report)?;
-        std::fs::write(&path, json)
+        std::fs::write(path, json)
             .with_context(|| format!("cannot write report {}", path.display()))?;
     }
     Ok(reason.exit_code())
@@ -164,13 +221,15 @@ fn main() -> ExitCode {
     };
     init_logging(&cli.log_level);
     let code = match cli.command {
-        Command::Run(args) => match run(args, start) {
-            Ok(code) => code,
-            Err(e) => {
-                eprintln!("arrow-vmm: error: {}", error_chain(&e));
-                EXIT_VMM_ERROR
-            }
-        },
+        Command::Run(args) => run(args, start),
+        Command::Restore(args) => restore(args, start),
+    };
+    let code = match code {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("arrow-vmm: error: {}", error_chain(&e));
+            EXIT_VMM_ERROR
+        }
     };
     ExitCode::from(code.clamp(0, 255) as u8)
 }

@@ -1,6 +1,8 @@
 //! vCPU threads: run the guest, dispatch its exits to the buses, and turn
 //! fatal exits into a VM stop with a precise reason.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -12,6 +14,7 @@ use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 use crate::devices::bus::Bus;
 use crate::exit::StopReason;
 use crate::lifecycle::Lifecycle;
+use crate::snapshot::vcpu::{VcpuState, VcpuStateError};
 use crate::GuestMemoryMmap;
 
 /// What every vCPU thread shares.
@@ -22,6 +25,18 @@ pub struct VcpuContext {
     pub lifecycle: Arc<Lifecycle>,
     pub mem: GuestMemoryMmap,
     pub cpus: u8,
+    /// Set by the control API: vCPUs park outside KVM_RUN.
+    pub pause: Arc<AtomicBool>,
+    /// What a state save needs to know about the host.
+    pub msr_indices: Arc<Vec<u32>>,
+    pub has_xcrs: bool,
+}
+
+/// What a parked vCPU thread can be asked to do.
+pub enum VcpuRequest {
+    Resume,
+    Save(Sender<Result<VcpuState, VcpuStateError>>),
+    Stop,
 }
 
 /// The signal that kicks a vCPU out of KVM_RUN.
@@ -41,6 +56,8 @@ pub fn install_kick_handler() -> std::io::Result<()> {
 pub struct VcpuHandle {
     pub id: u8,
     thread: JoinHandle<()>,
+    requests: Sender<VcpuRequest>,
+    parked: Receiver<()>,
 }
 
 impl VcpuHandle {
@@ -49,10 +66,37 @@ impl VcpuHandle {
         let _ = self.thread.kill(kick_signal());
     }
 
-    /// Kicks the thread out of KVM_RUN until it has seen the stop and exits.
-    pub fn stop_and_join(self) {
-        while !self.thread.is_finished() {
+    /// Waits until the thread has parked (the caller set the pause flag);
+    /// returns false if the thread is gone.
+    pub fn wait_parked(&self) -> bool {
+        loop {
             // A kick can arrive just before KVM_RUN starts and be lost, so repeat.
+            self.kick();
+            match self.parked.recv_timeout(Duration::from_millis(2)) {
+                Ok(()) => return true,
+                Err(RecvTimeoutError::Timeout) if !self.thread.is_finished() => continue,
+                Err(_) => return false,
+            }
+        }
+    }
+
+    /// Lets a parked thread run again (the caller cleared the pause flag).
+    pub fn resume(&self) {
+        let _ = self.requests.send(VcpuRequest::Resume);
+    }
+
+    /// Saves the state of a parked vCPU, on its own thread.
+    pub fn save(&self) -> Option<Result<VcpuState, VcpuStateError>> {
+        let (tx, rx) = mpsc::channel();
+        self.requests.send(VcpuRequest::Save(tx)).ok()?;
+        rx.recv().ok()
+    }
+
+    /// Kicks the thread out of KVM_RUN (or its parking) until it has seen
+    /// the stop and exits.
+    pub fn stop_and_join(self) {
+        let _ = self.requests.send(VcpuRequest::Stop);
+        while !self.thread.is_finished() {
             let _ = self.thread.kill(kick_signal());
             std::thread::sleep(Duration::from_millis(2));
         }
@@ -64,17 +108,65 @@ impl VcpuHandle {
 
 /// Starts the thread for one configured vCPU.
 pub fn spawn(id: u8, vcpu: VcpuFd, ctx: VcpuContext) -> std::io::Result<VcpuHandle> {
+    let (requests, requests_rx) = mpsc::channel();
+    let (parked_tx, parked) = mpsc::channel();
     let thread = std::thread::Builder::new()
         .name(format!("vcpu{id}"))
-        .spawn(move || run_loop(id, vcpu, &ctx))?;
-    Ok(VcpuHandle { id, thread })
+        .spawn(move || run_loop(id, vcpu, &ctx, &requests_rx, &parked_tx))?;
+    Ok(VcpuHandle {
+        id,
+        thread,
+        requests,
+        parked,
+    })
 }
 
-fn run_loop(id: u8, mut vcpu: VcpuFd, ctx: &VcpuContext) {
+/// Parks the thread until resumed or stopped; serves state saves meanwhile.
+/// Returns false when the thread must exit.
+fn park(
+    id: u8,
+    vcpu: &mut VcpuFd,
+    ctx: &VcpuContext,
+    requests: &Receiver<VcpuRequest>,
+    parked: &Sender<()>,
+) -> bool {
+    // KVM finishes an I/O or MMIO read only on the next KVM_RUN; enter once
+    // with immediate_exit so the saved state has the instruction completed.
+    vcpu.set_kvm_immediate_exit(1);
+    match vcpu.run() {
+        Err(e) if e.errno() == libc::EINTR => {}
+        other => tracing::debug!(cpu = id, ?other, "completing KVM_RUN before parking"),
+    }
+    vcpu.set_kvm_immediate_exit(0);
+    let _ = parked.send(());
+    loop {
+        match requests.recv() {
+            Ok(VcpuRequest::Resume) => return true,
+            Ok(VcpuRequest::Save(reply)) => {
+                let _ = reply.send(VcpuState::save(vcpu, id, &ctx.msr_indices, ctx.has_xcrs));
+            }
+            Ok(VcpuRequest::Stop) | Err(_) => return false,
+        }
+    }
+}
+
+fn run_loop(
+    id: u8,
+    mut vcpu: VcpuFd,
+    ctx: &VcpuContext,
+    requests: &Receiver<VcpuRequest>,
+    parked: &Sender<()>,
+) {
     if id == 0 {
         ctx.lifecycle.mark_first_run();
     }
     while !ctx.lifecycle.stopping() {
+        if ctx.pause.load(Ordering::SeqCst) {
+            if !park(id, &mut vcpu, ctx, requests, parked) {
+                return;
+            }
+            continue;
+        }
         let stop = match vcpu.run() {
             Ok(exit) => handle_exit(id, exit, ctx),
             Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {

@@ -2,6 +2,8 @@
 
 use std::fs::File;
 use std::io::Write;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -12,6 +14,7 @@ use kvm_ioctls::{IoEventAddress, Kvm, VcpuFd, VmFd};
 use vm_memory::{Address, GuestMemoryBackend, GuestMemoryRegion};
 use vmm_sys_util::eventfd::EventFd;
 
+use crate::api::ApiServer;
 use crate::arch::boot::{self, BootError};
 use crate::arch::layout::{self, KVM_TSS_ADDR};
 use crate::arch::regs::{self, RegsError};
@@ -30,6 +33,8 @@ use crate::exit::StopReason;
 use crate::host::HostKind;
 use crate::lifecycle::Lifecycle;
 use crate::report::RunReport;
+use crate::runtime::{Runtime, VsockParts};
+use crate::snapshot;
 use crate::vcpu::{self, VcpuContext};
 use crate::GuestMemoryMmap;
 use event_manager::SubscriberOps;
@@ -75,6 +80,10 @@ pub enum VmError {
     Vsock(#[from] VsockError),
     #[error("virtio-mmio transport: {0}")]
     Mmio(#[from] MmioError),
+    #[error(transparent)]
+    Snapshot(#[from] snapshot::SnapshotError),
+    #[error("cannot restore the snapshot: {0}")]
+    Restore(String),
     #[error("host setup failed ({what}): {source}")]
     Host {
         what: &'static str,
@@ -133,6 +142,12 @@ fn check_limits(config: &VmConfig, kvm: &Kvm) -> Result<(), VmError> {
 fn create_memory(vm: &VmFd, mem_size: u64) -> Result<GuestMemoryMmap, VmError> {
     let mem = GuestMemoryMmap::from_ranges(&layout::ram_regions(mem_size))
         .map_err(|e| VmError::MemoryAlloc(mem_size >> 20, e.to_string()))?;
+    register_memory(vm, &mem)?;
+    Ok(mem)
+}
+
+/// Tells KVM about every region of `mem`.
+fn register_memory(vm: &VmFd, mem: &GuestMemoryMmap) -> Result<(), VmError> {
     for (slot, region) in mem.iter().enumerate() {
         let r = kvm_userspace_memory_region {
             slot: slot as u32,
@@ -145,7 +160,7 @@ fn create_memory(vm: &VmFd, mem_size: u64) -> Result<GuestMemoryMmap, VmError> {
         // `memory_size` bytes, and `mem` outlives the VM (both live in `Vm`).
         unsafe { vm.set_user_memory_region(r) }.map_err(kvm_err("set user memory region"))?;
     }
-    Ok(mem)
+    Ok(())
 }
 
 /// Inserts a kernel parameter before a `--` (after it, it would be init's argv).
@@ -171,18 +186,118 @@ fn console_writer(sink: &ConsoleSink) -> Result<Box<dyn Write + Send>, VmError> 
     })
 }
 
+/// Options of a restore.
+#[derive(Debug, Clone)]
+pub struct RestoreConfig {
+    pub dir: PathBuf,
+    /// Restore as a clone: new generation and nonce, new vsock identity.
+    pub clone: bool,
+    pub console: ConsoleSink,
+    /// New vsock host socket (required when the snapshot has vsock).
+    pub vsock_uds: Option<PathBuf>,
+    /// New guest CID (a clone must not reuse the template's).
+    pub vsock_cid: Option<u64>,
+}
+
+/// How the running VM is served.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// Control API socket.
+    pub api_sock: Option<PathBuf>,
+    /// Start with vCPUs parked (resume through the API).
+    pub paused: bool,
+}
+
 /// A configured VM, ready to run.
 pub struct Vm {
     // Field order matters for drop: vCPUs and the VM fd go before memory.
     vcpus: Vec<VcpuFd>,
-    _vm: VmFd,
+    vm: Arc<VmFd>,
     mem: GuestMemoryMmap,
+    mem_size: u64,
     ctx: VcpuContext,
     serial: Arc<Mutex<SerialDevice>>,
+    notify: Arc<Mutex<NotifyDevice>>,
+    vsock: Option<VsockParts>,
     lifecycle: Arc<Lifecycle>,
     console_is_stdout: bool,
-    /// Device backends served by the event loop.
-    subscribers: Vec<Subscriber>,
+}
+
+/// KVM VM with irqchip and PIT, as every VM needs them.
+fn create_vm(kvm: &Kvm) -> Result<VmFd, VmError> {
+    let vm = kvm.create_vm().map_err(kvm_err("create VM"))?;
+    vm.set_tss_address(KVM_TSS_ADDR as usize)
+        .map_err(kvm_err("set TSS address"))?;
+    vm.create_irq_chip().map_err(kvm_err("create irqchip"))?;
+    let pit = kvm_pit_config {
+        flags: KVM_PIT_SPEAKER_DUMMY,
+        ..Default::default()
+    };
+    vm.create_pit2(pit).map_err(kvm_err("create PIT"))?;
+    Ok(vm)
+}
+
+/// The port-I/O bus with the devices the VM keeps handles to.
+struct LegacyDevices {
+    pio: Bus,
+    serial: Arc<Mutex<SerialDevice>>,
+    notify: Arc<Mutex<NotifyDevice>>,
+}
+
+/// Serial, i8042 and notify on the port-I/O bus.
+fn legacy_devices(
+    vm: &VmFd,
+    lifecycle: &Arc<Lifecycle>,
+    serial: SerialDevice,
+    serial_irq: &EventFd,
+    notify: NotifyDevice,
+) -> Result<LegacyDevices, VmError> {
+    vm.register_irqfd(serial_irq, COM1_IRQ)
+        .map_err(kvm_err("register serial irqfd"))?;
+    let serial = Arc::new(Mutex::new(serial));
+    let notify = Arc::new(Mutex::new(notify));
+    let mut pio = Bus::new();
+    pio.insert(serial.clone(), u64::from(COM1_PORT), SERIAL_LEN)?;
+    pio.insert(
+        Arc::new(Mutex::new(I8042::new(lifecycle.clone()))),
+        u64::from(I8042_PORT),
+        I8042_LEN,
+    )?;
+    pio.insert(notify.clone(), u64::from(NOTIFY_PORT), NOTIFY_LEN)?;
+    Ok(LegacyDevices {
+        pio,
+        serial,
+        notify,
+    })
+}
+
+/// Puts a vsock device and its transport on the MMIO bus with its irqfd and
+/// ioeventfds.
+fn attach_vsock(
+    vm: &VmFd,
+    mmio: &mut Bus,
+    device: Arc<Mutex<Vsock>>,
+    transport: MmioTransport,
+) -> Result<VsockParts, VmError> {
+    let base = layout::VIRTIO_MMIO_BASE;
+    vm.register_irqfd(transport.irq_evt(), layout::VIRTIO_IRQ_BASE)
+        .map_err(kvm_err("register vsock irqfd"))?;
+    for (i, evt) in transport.queue_evts().iter().enumerate() {
+        vm.register_ioevent(evt, &IoEventAddress::Mmio(base + NOTIFY_OFFSET), i as u32)
+            .map_err(kvm_err("register vsock ioeventfd"))?;
+    }
+    let transport = Arc::new(Mutex::new(transport));
+    mmio.insert(transport.clone(), base, MMIO_WINDOW_SIZE)?;
+    Ok(VsockParts { device, transport })
+}
+
+/// MSRs a snapshot must carry, and whether XCRs exist on this host.
+fn snapshot_host_info(kvm: &Kvm) -> Result<(Arc<Vec<u32>>, bool), VmError> {
+    let list = kvm
+        .get_msr_index_list()
+        .map_err(kvm_err("get MSR index list"))?;
+    let has_xcrs = kvm.check_extension(kvm_ioctls::Cap::Xcrs);
+    Ok((Arc::new(list.as_slice().to_vec()), has_xcrs))
 }
 
 impl Vm {
@@ -190,16 +305,7 @@ impl Vm {
     pub fn build(config: &VmConfig, start: Instant) -> Result<Self, VmError> {
         let kvm = open_kvm()?;
         check_limits(config, &kvm)?;
-        let vm = kvm.create_vm().map_err(kvm_err("create VM"))?;
-        vm.set_tss_address(KVM_TSS_ADDR as usize)
-            .map_err(kvm_err("set TSS address"))?;
-        vm.create_irq_chip().map_err(kvm_err("create irqchip"))?;
-        let pit = kvm_pit_config {
-            flags: KVM_PIT_SPEAKER_DUMMY,
-            ..Default::default()
-        };
-        vm.create_pit2(pit).map_err(kvm_err("create PIT"))?;
-
+        let vm = create_vm(&kvm)?;
         let mem = create_memory(&vm, config.mem_size)?;
         let host = match config.host_compat {
             Some(true) => HostKind::NestedPvm,
@@ -208,21 +314,14 @@ impl Vm {
         };
         let mut cmdline = host.adapt_cmdline(&config.cmdline);
         let mut mmio = Bus::new();
-        let mut subscribers: Vec<Subscriber> = Vec::new();
+        let mut vsock = None;
         if let Some(vs) = &config.vsock {
-            let base = layout::VIRTIO_MMIO_BASE;
-            let gsi = layout::VIRTIO_IRQ_BASE;
             let dev = Arc::new(Mutex::new(Vsock::new(vs.cid, &vs.uds, Limits::default())?));
             let transport = MmioTransport::new(mem.clone(), dev.clone())?;
-            vm.register_irqfd(transport.irq_evt(), gsi)
-                .map_err(kvm_err("register vsock irqfd"))?;
-            for (i, evt) in transport.queue_evts().iter().enumerate() {
-                vm.register_ioevent(evt, &IoEventAddress::Mmio(base + NOTIFY_OFFSET), i as u32)
-                    .map_err(kvm_err("register vsock ioeventfd"))?;
-            }
-            mmio.insert(Arc::new(Mutex::new(transport)), base, MMIO_WINDOW_SIZE)?;
-            cmdline = insert_kernel_param(&cmdline, &virtio::cmdline_fragment(base, gsi));
-            subscribers.push(dev);
+            vsock = Some(attach_vsock(&vm, &mut mmio, dev, transport)?);
+            let fragment =
+                virtio::cmdline_fragment(layout::VIRTIO_MMIO_BASE, layout::VIRTIO_IRQ_BASE);
+            cmdline = insert_kernel_param(&cmdline, &fragment);
         }
         tracing::debug!(?host, %cmdline, "guest command line");
         let (entry, kernel_end) = boot::load_kernel(&mem, &config.kernel, config.boot_protocol)?;
@@ -235,23 +334,20 @@ impl Vm {
 
         let lifecycle = Arc::new(Lifecycle::new(start).map_err(host_err("eventfd"))?);
         let serial_irq = EventFd::new(libc::EFD_NONBLOCK).map_err(host_err("eventfd"))?;
-        vm.register_irqfd(&serial_irq, COM1_IRQ)
-            .map_err(kvm_err("register serial irqfd"))?;
-        let serial = Arc::new(Mutex::new(SerialDevice::new(
-            serial_irq,
+        let serial = SerialDevice::new(
+            serial_irq.try_clone().map_err(host_err("eventfd"))?,
             console_writer(&config.console)?,
-        )));
-        let mut pio = Bus::new();
-        pio.insert(serial.clone(), u64::from(COM1_PORT), SERIAL_LEN)?;
-        pio.insert(
-            Arc::new(Mutex::new(I8042::new(lifecycle.clone()))),
-            u64::from(I8042_PORT),
-            I8042_LEN,
-        )?;
-        pio.insert(
-            Arc::new(Mutex::new(NotifyDevice::new(lifecycle.clone()))),
-            u64::from(NOTIFY_PORT),
-            NOTIFY_LEN,
+        );
+        let LegacyDevices {
+            pio,
+            serial,
+            notify,
+        } = legacy_devices(
+            &vm,
+            &lifecycle,
+            serial,
+            &serial_irq,
+            NotifyDevice::new(lifecycle.clone()),
         )?;
 
         let base_cpuid = kvm
@@ -279,27 +375,140 @@ impl Vm {
             }
             vcpus.push(vcpu);
         }
+        let (msr_indices, has_xcrs) = snapshot_host_info(&kvm)?;
         let ctx = VcpuContext {
             pio,
             mmio,
             lifecycle: lifecycle.clone(),
             mem: mem.clone(),
             cpus: config.vcpus,
+            pause: Arc::new(AtomicBool::new(false)),
+            msr_indices,
+            has_xcrs,
         };
         Ok(Self {
             vcpus,
-            _vm: vm,
+            vm: Arc::new(vm),
             mem,
+            mem_size: config.mem_size,
             ctx,
             serial,
+            notify,
+            vsock,
             lifecycle,
             console_is_stdout: config.console == ConsoleSink::Stdout,
-            subscribers,
+        })
+    }
+
+    /// Recreates a VM from a snapshot directory; the guest continues where
+    /// it was paused. Every check (format, checksum, CPU, memory file) runs
+    /// before any guest code does.
+    pub fn restore(config: &RestoreConfig, start: Instant) -> Result<Self, VmError> {
+        let state = snapshot::read_state(&config.dir)?;
+        let kvm = open_kvm()?;
+        let vcpu_count = u8::try_from(state.vcpus.len()).map_err(|_| VmError::NoVcpus)?;
+        if vcpu_count == 0 {
+            return Err(VmError::NoVcpus);
+        }
+        let vm = create_vm(&kvm)?;
+        let mem =
+            snapshot::memory::map_private(&config.dir.join(snapshot::MEMORY_FILE), &state.regions)
+                .map_err(snapshot::SnapshotError::from)?;
+        register_memory(&vm, &mem)?;
+        state
+            .vm
+            .restore(&vm)
+            .map_err(|e| VmError::Restore(e.to_string()))?;
+
+        let lifecycle = Arc::new(Lifecycle::new(start).map_err(host_err("eventfd"))?);
+        let serial_irq = EventFd::new(libc::EFD_NONBLOCK).map_err(host_err("eventfd"))?;
+        let serial = SerialDevice::from_state(
+            &(&state.devices.serial).into(),
+            serial_irq.try_clone().map_err(host_err("eventfd"))?,
+            console_writer(&config.console)?,
+        )
+        .map_err(|e| VmError::Restore(format!("serial state: {e}")))?;
+        let (generation, nonce) = if config.clone {
+            (state.devices.generation.wrapping_add(1), clone_nonce())
+        } else {
+            (state.devices.generation, 0)
+        };
+        let notify = NotifyDevice::restored(lifecycle.clone(), generation, nonce);
+        let LegacyDevices {
+            pio,
+            serial,
+            notify,
+        } = legacy_devices(&vm, &lifecycle, serial, &serial_irq, notify)?;
+
+        let mut mmio = Bus::new();
+        let mut vsock = None;
+        if let Some(vs) = &state.devices.vsock {
+            let uds = config.vsock_uds.as_ref().ok_or_else(|| {
+                VmError::Restore(
+                    "the snapshot has a vsock device: give it a new host socket with --vsock-uds"
+                        .into(),
+                )
+            })?;
+            let cid = match (config.vsock_cid, config.clone) {
+                (Some(cid), _) => cid,
+                (None, false) => vs.device.guest_cid,
+                (None, true) => {
+                    return Err(VmError::Restore(
+                        "a clone needs its own vsock CID: pass --vsock-cid".into(),
+                    ))
+                }
+            };
+            let dev = Arc::new(Mutex::new(Vsock::restore(
+                cid,
+                uds,
+                Limits::default(),
+                &vs.device,
+            )?));
+            let transport = MmioTransport::restore(mem.clone(), dev.clone(), &vs.transport)?;
+            vsock = Some(attach_vsock(&vm, &mut mmio, dev, transport)?);
+        }
+
+        let mut vcpus = Vec::with_capacity(state.vcpus.len());
+        for (i, vs) in state.vcpus.iter().enumerate() {
+            if usize::from(vs.id) != i {
+                return Err(VmError::Restore(format!(
+                    "vCPU {i} of the snapshot has id {}",
+                    vs.id
+                )));
+            }
+            let vcpu = vm.create_vcpu(i as u64).map_err(kvm_err("create vCPU"))?;
+            vs.restore(&vcpu)
+                .map_err(|e| VmError::Restore(e.to_string()))?;
+            vcpus.push(vcpu);
+        }
+        let (msr_indices, has_xcrs) = snapshot_host_info(&kvm)?;
+        let ctx = VcpuContext {
+            pio,
+            mmio,
+            lifecycle: lifecycle.clone(),
+            mem: mem.clone(),
+            cpus: vcpu_count,
+            pause: Arc::new(AtomicBool::new(false)),
+            msr_indices,
+            has_xcrs,
+        };
+        tracing::debug!(dir = %config.dir.display(), clone = config.clone, generation, "restored");
+        Ok(Self {
+            vcpus,
+            vm: Arc::new(vm),
+            mem,
+            mem_size: state.mem_size,
+            ctx,
+            serial,
+            notify,
+            vsock,
+            lifecycle,
+            console_is_stdout: config.console == ConsoleSink::Stdout,
         })
     }
 
     /// Runs the guest until it stops; returns why, with timing figures.
-    pub fn run(mut self) -> Result<(StopReason, RunReport), VmError> {
+    pub fn run(mut self, opts: &RunOptions) -> Result<(StopReason, RunReport), VmError> {
         let mut em = EventManager::new().map_err(|e| VmError::Host {
             what: "event manager",
             source: std::io::Error::other(format!("{e:?}")),
@@ -307,8 +516,8 @@ impl Vm {
         em.add_subscriber(Arc::new(Mutex::new(StopWatcher(self.lifecycle.clone()))) as Subscriber);
         let signals = SignalWatcher::new(self.lifecycle.clone()).map_err(host_err("signalfd"))?;
         em.add_subscriber(Arc::new(Mutex::new(signals)) as Subscriber);
-        for s in self.subscribers.drain(..) {
-            em.add_subscriber(s);
+        if let Some(v) = &self.vsock {
+            em.add_subscriber(v.device.clone() as Subscriber);
         }
         if self.console_is_stdout {
             if let Some(input) = ConsoleInput::from_tty_stdin(self.serial.clone()) {
@@ -317,6 +526,8 @@ impl Vm {
         }
 
         vcpu::install_kick_handler().map_err(host_err("vCPU kick signal handler"))?;
+        let pause = self.ctx.pause.clone();
+        pause.store(opts.paused, Ordering::SeqCst);
         let mut handles = Vec::new();
         for (id, fd) in self.vcpus.drain(..).enumerate() {
             match vcpu::spawn(id as u8, fd, self.ctx.clone()) {
@@ -329,13 +540,42 @@ impl Vm {
                 }
             }
         }
-        // Each second, let every vCPU look whether it is halted for good.
+        let runtime = Arc::new(Mutex::new(Runtime {
+            handles,
+            pause,
+            vm: self.vm.clone(),
+            mem: self.mem.clone(),
+            mem_size: self.mem_size,
+            serial: self.serial.clone(),
+            notify: self.notify.clone(),
+            vsock: self.vsock.clone(),
+            lifecycle: self.lifecycle.clone(),
+        }));
+        if let Some(path) = &opts.api_sock {
+            match ApiServer::bind(path, runtime.clone()) {
+                Ok(server) => {
+                    em.add_subscriber(Arc::new(Mutex::new(server)) as Subscriber);
+                }
+                Err(e) => self.lifecycle.request_stop(StopReason::VmmError(format!(
+                    "cannot listen on control socket {}: {e}",
+                    path.display()
+                ))),
+            }
+        }
+        // Each second, let every running vCPU look whether it is halted for good.
         event_loop::run_until_stopped(&mut em, &self.lifecycle, || {
-            handles.iter().for_each(|h| h.kick())
+            let rt = runtime.lock().unwrap_or_else(|e| e.into_inner());
+            if !rt.paused() {
+                rt.handles.iter().for_each(|h| h.kick());
+            }
         });
+        let handles =
+            std::mem::take(&mut runtime.lock().unwrap_or_else(|e| e.into_inner()).handles);
         for h in handles {
             h.stop_and_join();
         }
+        // Dropping the event manager closes the control socket (and removes it).
+        drop(em);
         let reason = self
             .lifecycle
             .reason()
@@ -343,6 +583,19 @@ impl Vm {
         let report = RunReport::collect(&self.lifecycle, &reason, &self.mem);
         Ok((reason, report))
     }
+}
+
+/// A random 32-bit value for a clone's notify nonce (never 0).
+fn clone_nonce() -> u32 {
+    let mut b = [0u8; 4];
+    // SAFETY: getrandom writes at most b.len() bytes into the valid buffer.
+    let n = unsafe { libc::getrandom(b.as_mut_ptr().cast(), b.len(), 0) };
+    let v = if n == 4 {
+        u32::from_ne_bytes(b)
+    } else {
+        std::process::id() ^ 0x9e37_79b9
+    };
+    v.max(1)
 }
 
 #[cfg(test)]

@@ -36,6 +36,15 @@ impl SerialDevice {
         Self(Serial::new(IrqTrigger(irq), out))
     }
 
+    /// A UART with restored registers and input buffer.
+    pub fn from_state(
+        state: &vm_superio::serial::SerialState,
+        irq: EventFd,
+        out: Box<dyn Write + Send>,
+    ) -> Result<Self, vm_superio::serial::Error<std::io::Error>> {
+        Serial::from_state(state, IrqTrigger(irq), vm_superio::serial::NoEvents, out).map(Self)
+    }
+
     /// Queues host input for the guest; returns how many bytes fit.
     pub fn enqueue_input(&mut self, bytes: &[u8]) -> usize {
         self.0.enqueue_raw_bytes(bytes).unwrap_or(0)

@@ -10,8 +10,9 @@ use crate::lifecycle::Lifecycle;
 
 /// The I/O port of the notify device.
 pub const NOTIFY_PORT: u16 = 0x0ae0;
-/// It answers 4 bytes of port space.
-pub const NOTIFY_LEN: u64 = 4;
+/// It answers 8 bytes of port space: writes at +0; reads at +0 (clone
+/// generation) and +4 (clone nonce).
+pub const NOTIFY_LEN: u64 = 8;
 
 pub const EVENT_APP_STARTED: u8 = 0x01;
 pub const EVENT_APP_READY: u8 = 0x02;
@@ -47,13 +48,38 @@ impl NotifyEvent {
 }
 
 /// The device model; it acts on the VM's lifecycle.
+///
+/// Host → guest: a 32-bit read at +0 returns the clone generation (0 for a
+/// VM that booted, incremented by every restore as a clone), at +4 a random
+/// nonce that differs between clones (0 before the first clone). A guest that
+/// sees either change knows it was cloned: it should reseed its randomness
+/// and drop state tied to its identity.
 pub struct NotifyDevice {
     lifecycle: Arc<Lifecycle>,
+    generation: u32,
+    nonce: u32,
 }
 
 impl NotifyDevice {
     pub fn new(lifecycle: Arc<Lifecycle>) -> Self {
-        Self { lifecycle }
+        Self {
+            lifecycle,
+            generation: 0,
+            nonce: 0,
+        }
+    }
+
+    /// A device for a restored VM.
+    pub fn restored(lifecycle: Arc<Lifecycle>, generation: u32, nonce: u32) -> Self {
+        Self {
+            lifecycle,
+            generation,
+            nonce,
+        }
+    }
+
+    pub fn generation(&self) -> u32 {
+        self.generation
     }
 
     fn handle(&self, event: NotifyEvent) {
@@ -86,9 +112,16 @@ impl NotifyDevice {
 }
 
 impl BusDevice for NotifyDevice {
-    fn read(&mut self, _offset: u64, data: &mut [u8]) {
-        // Reads carry no information yet; reserved for host → guest facts.
-        data.fill(0);
+    fn read(&mut self, offset: u64, data: &mut [u8]) {
+        let value = match offset {
+            0 => self.generation,
+            4 => self.nonce,
+            _ => 0,
+        };
+        match data.len() {
+            4 => data.copy_from_slice(&value.to_le_bytes()),
+            _ => data.fill(0),
+        }
     }
 
     fn write(&mut self, offset: u64, data: &[u8]) {
@@ -137,6 +170,20 @@ mod tests {
                 payload: 1
             }
         );
+    }
+
+    #[test]
+    fn reads_report_clone_generation_and_nonce() {
+        let l = Arc::new(Lifecycle::new(Instant::now()).unwrap());
+        let mut d = NotifyDevice::restored(l, 2, 0xabcd);
+        let mut b = [0u8; 4];
+        d.read(0, &mut b);
+        assert_eq!(u32::from_le_bytes(b), 2);
+        d.read(4, &mut b);
+        assert_eq!(u32::from_le_bytes(b), 0xabcd);
+        let mut one = [9u8; 1];
+        d.read(0, &mut one);
+        assert_eq!(one, [0]);
     }
 
     #[test]

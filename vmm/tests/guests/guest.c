@@ -15,6 +15,10 @@
  *   halt             hlt with interrupts off (no notify)
  *   count=N          print N numbered lines
  *   popcnt           run popcnt at CPL0 (nested-PVM hosts cannot emulate it)
+ *   tick=N           print "tick K gen G" for K = 1..N with a delay between,
+ *                    a counter in memory checked against one in a register
+ *   clonetest        wait until the notify device reports a clone nonce, then
+ *                    show a memory cell, write the nonce into it, read it back
  *   virtio           read the identification registers of the virtio-mmio
  *                    device at 0xd0000000
  */
@@ -149,6 +153,53 @@ static void ports(void) {
     puts("still running\n");
 }
 
+static u32 clone_generation(void) { return inl(NOTIFY_PORT); }
+static u32 clone_nonce(void) { return inl(NOTIFY_PORT + 4); }
+
+static volatile u64 tick_counter;
+static void tick(u64 limit) {
+    register u64 doubled = 0;
+    for (;;) {
+        tick_counter++;
+        doubled += 2;
+        if (doubled != 2 * tick_counter) {
+            puts("MISMATCH\n");
+            exit_with(98);
+        }
+        puts("tick ");
+        putu(tick_counter);
+        puts(" gen ");
+        putu(clone_generation());
+        putc('\n');
+        if (tick_counter >= limit) exit_with(0);
+        delay(10000);
+    }
+}
+
+static volatile u32 clone_mark;
+static void clonetest(void) {
+    puts("waiting to be cloned\n");
+    for (;;) {
+        u32 nonce = clone_nonce();
+        if (nonce) {
+            puts("cloned gen ");
+            putu(clone_generation());
+            puts(" nonce ");
+            puthex(nonce);
+            puts(" mark ");
+            puthex(clone_mark);
+            putc('\n');
+            clone_mark = nonce;
+            delay(2000);
+            puts("after mark ");
+            puthex(clone_mark);
+            putc('\n');
+            exit_with(clone_mark == nonce ? 0 : 97);
+        }
+        delay(1000);
+    }
+}
+
 struct idt_ptr { u16 limit; u64 base; } __attribute__((packed));
 
 void guest_main(const u8 *zp) {
@@ -172,6 +223,8 @@ void guest_main(const u8 *zp) {
         for (u64 i = 1; i <= n; i++) { puts("count "); putu(i); putc('\n'); }
         exit_with(0);
     }
+    if ((v = find_word(cl, "tick="))) tick(parse_u(v));
+    if (find_word(cl, "clonetest")) clonetest();
     if (find_word(cl, "virtio")) {
         volatile u32 *regs = (volatile u32 *)0xd0000000UL;
         puts("virtio magic ");

@@ -1,0 +1,173 @@
+//! A running VM as the control API sees it: pause, resume, snapshot, state.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use kvm_ioctls::VmFd;
+use serde_json::json;
+
+use crate::api::http::Response;
+use crate::devices::legacy::SerialDevice;
+use crate::devices::notify::NotifyDevice;
+use crate::devices::virtio::mmio::MmioTransport;
+use crate::devices::virtio::vsock::Vsock;
+use crate::exit::StopReason;
+use crate::lifecycle::Lifecycle;
+use crate::snapshot::devices::VsockSnapshot;
+use crate::snapshot::{self, CpuSignature, DeviceStates, SnapshotState, VmState};
+use crate::vcpu::VcpuHandle;
+use crate::GuestMemoryMmap;
+
+/// The vsock device and its transport, kept for snapshots.
+#[derive(Clone)]
+pub struct VsockParts {
+    pub device: Arc<Mutex<Vsock>>,
+    pub transport: Arc<Mutex<MmioTransport>>,
+}
+
+pub struct Runtime {
+    pub handles: Vec<VcpuHandle>,
+    pub pause: Arc<AtomicBool>,
+    pub vm: Arc<VmFd>,
+    pub mem: GuestMemoryMmap,
+    pub mem_size: u64,
+    pub serial: Arc<Mutex<SerialDevice>>,
+    pub notify: Arc<Mutex<NotifyDevice>>,
+    pub vsock: Option<VsockParts>,
+    pub lifecycle: Arc<Lifecycle>,
+}
+
+fn lock<T: ?Sized>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Runtime {
+    pub fn paused(&self) -> bool {
+        self.pause.load(Ordering::SeqCst)
+    }
+
+    /// The state for `GET /vm`.
+    pub fn describe(&self) -> serde_json::Value {
+        let ms = |d: std::time::Duration| d.as_millis() as u64;
+        json!({
+            "state": if self.lifecycle.stopping() { "stopping" } else if self.paused() { "paused" } else { "running" },
+            "vcpus": self.handles.len(),
+            "memory_bytes": self.mem_size,
+            "uptime_ms": ms(self.lifecycle.elapsed()),
+            "app_started_ms": self.lifecycle.app_started().map(ms),
+            "app_ready_ms": self.lifecycle.app_ready().map(|(d, _)| ms(d)),
+            "app_ready_port": self.lifecycle.app_ready().map(|(_, p)| p),
+            "generation": lock(&self.notify).generation(),
+            "vsock_cid": self.vsock.as_ref().map(|v| lock(&v.device).guest_cid()),
+        })
+    }
+
+    /// Parks every vCPU outside KVM_RUN.
+    pub fn pause(&mut self) -> Result<serde_json::Value, Response> {
+        if self.lifecycle.stopping() {
+            return Err(Response::error(409, "the VM is stopping"));
+        }
+        if !self.pause.swap(true, Ordering::SeqCst) {
+            let t = Instant::now();
+            for h in &self.handles {
+                if !h.wait_parked() {
+                    return Err(Response::error(500, format!("vCPU {} is gone", h.id)));
+                }
+            }
+            tracing::info!(us = t.elapsed().as_micros() as u64, "VM paused");
+        }
+        Ok(json!({ "state": "paused" }))
+    }
+
+    pub fn resume(&mut self) -> Result<serde_json::Value, Response> {
+        if self.lifecycle.stopping() {
+            return Err(Response::error(409, "the VM is stopping"));
+        }
+        if self.pause.swap(false, Ordering::SeqCst) {
+            for h in &self.handles {
+                h.resume();
+            }
+            tracing::info!("VM resumed");
+        }
+        Ok(json!({ "state": "running" }))
+    }
+
+    pub fn shutdown(&mut self) -> serde_json::Value {
+        self.lifecycle.request_stop(StopReason::Shutdown);
+        json!({ "state": "stopping" })
+    }
+
+    /// Writes a snapshot to `dir` (created; must not exist or be empty).
+    /// A running VM is paused for the duration and resumed afterwards.
+    pub fn snapshot(&mut self, dir: &Path) -> Result<serde_json::Value, Response> {
+        let t = Instant::now();
+        prepare_dir(dir).map_err(|e| Response::error(400, e))?;
+        let was_running = !self.paused();
+        self.pause()?;
+        let result = self.write_snapshot(dir);
+        if was_running {
+            self.resume()?;
+        }
+        let pages = result.map_err(|e| Response::error(500, format!("snapshot failed: {e}")))?;
+        let ms = t.elapsed().as_millis() as u64;
+        tracing::info!(dir = %dir.display(), pages, ms, "snapshot written");
+        Ok(json!({ "dir": dir, "memory_pages_written": pages, "ms": ms }))
+    }
+
+    fn write_snapshot(&self, dir: &Path) -> Result<u64, String> {
+        let mut vcpus = Vec::with_capacity(self.handles.len());
+        for h in &self.handles {
+            match h.save() {
+                Some(Ok(s)) => vcpus.push(s),
+                Some(Err(e)) => return Err(e.to_string()),
+                None => return Err(format!("vCPU {} is gone", h.id)),
+            }
+        }
+        let vm = VmState::save(&self.vm).map_err(|e| e.to_string())?;
+        let vsock = self.vsock.as_ref().map(|v| VsockSnapshot {
+            transport: lock(&v.transport).state(),
+            device: lock(&v.device).state(),
+        });
+        let devices = DeviceStates {
+            serial: (&lock(&self.serial).0.state()).into(),
+            generation: lock(&self.notify).generation(),
+            vsock,
+        };
+        let (regions, pages) = snapshot::memory::dump(&self.mem, &dir.join(snapshot::MEMORY_FILE))
+            .map_err(|e| e.to_string())?;
+        let state = SnapshotState {
+            arrow_vmm_version: env!("CARGO_PKG_VERSION").to_string(),
+            cpu: CpuSignature::host(),
+            mem_size: self.mem_size,
+            regions,
+            vm,
+            vcpus,
+            devices,
+        };
+        snapshot::write_state(dir, &state).map_err(|e| e.to_string())?;
+        Ok(pages)
+    }
+}
+
+fn prepare_dir(dir: &Path) -> Result<(), String> {
+    if dir.as_os_str().is_empty() || !dir.is_absolute() {
+        return Err(format!(
+            "snapshot dir must be an absolute path, got '{}'",
+            dir.display()
+        ));
+    }
+    if dir.exists() {
+        let empty = std::fs::read_dir(dir)
+            .map(|mut d| d.next().is_none())
+            .unwrap_or(false);
+        if !empty {
+            return Err(format!(
+                "{} exists and is not an empty directory: choose a new one",
+                dir.display()
+            ));
+        }
+    }
+    std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))
+}

@@ -1,0 +1,303 @@
+//! Snapshot, restore and clones with the test guest on the real /dev/kvm.
+
+mod common;
+use common::*;
+
+use std::path::Path;
+use std::time::Duration;
+
+const T: Duration = Duration::from_secs(60);
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+fn expected_ticks(n: u32, gen_from: impl Fn(u32) -> u32) -> String {
+    (1..=n)
+        .map(|k| format!("tick {k} gen {}\n", gen_from(k)))
+        .collect()
+}
+
+#[test]
+fn pause_snapshot_restore_continues_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let (sock, console, snap) = (
+        dir.path().join("api.sock"),
+        dir.path().join("a.log"),
+        dir.path().join("snap"),
+    );
+    let elf = guest_elf().to_str().unwrap().to_string();
+    let child = spawn_vmm(&[
+        "run",
+        "--kernel",
+        &elf,
+        "--cmdline",
+        "tick=12",
+        "--api-sock",
+        s(&sock),
+        "--console",
+        s(&console),
+    ]);
+    wait_for_path(&sock, T);
+    wait_for_text(&console, "tick 3 ", T);
+
+    let (st, v) = api(&sock, "PUT", "/vm/pause", None);
+    assert_eq!((st, v["state"].as_str()), (200, Some("paused")));
+    let (_, v) = api(&sock, "GET", "/vm", None);
+    assert_eq!(v["state"], "paused");
+    let before = std::fs::read_to_string(&console).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        std::fs::read_to_string(&console).unwrap(),
+        before,
+        "a paused guest prints nothing"
+    );
+
+    let body = format!(r#"{{"dir":"{}"}}"#, s(&snap));
+    let (st, v) = api(&sock, "PUT", "/vm/snapshot", Some(&body));
+    assert_eq!(st, 200, "{v}");
+    assert!(snap.join("state.json").exists() && snap.join("memory.bin").exists());
+    // A second snapshot into a used directory is refused.
+    let (st, v) = api(&sock, "PUT", "/vm/snapshot", Some(&body));
+    assert_eq!(st, 400, "{v}");
+    let (st, _) = api(&sock, "PUT", "/vm/shutdown", None);
+    assert_eq!(st, 200);
+    let o = wait_with_timeout(child, T);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "shutdown through the API exits 0: {}",
+        stderr(&o)
+    );
+    assert!(!sock.exists(), "the control socket is removed on exit");
+
+    // The restored guest prints exactly the rest of the sequence.
+    let o = run_vmm(&["restore", "--from", s(&snap)]);
+    assert_eq!(o.status.code(), Some(0), "stderr: {}", stderr(&o));
+    let whole = before + &stdout(&o);
+    assert_eq!(whole, expected_ticks(12, |_| 0));
+    // A snapshot can be restored again: it is never modified.
+    let o = run_vmm(&["restore", "--from", s(&snap), "--console", "none"]);
+    assert_eq!(o.status.code(), Some(0), "stderr: {}", stderr(&o));
+}
+
+#[test]
+fn running_vm_is_resumed_after_snapshot() {
+    let dir = tempfile::tempdir().unwrap();
+    let (sock, snap) = (dir.path().join("api.sock"), dir.path().join("snap"));
+    let elf = guest_elf().to_str().unwrap().to_string();
+    let child = spawn_vmm(&[
+        "run",
+        "--kernel",
+        &elf,
+        "--cmdline",
+        "tick=6",
+        "--api-sock",
+        s(&sock),
+    ]);
+    wait_for_path(&sock, T);
+    let (st, v) = api(
+        &sock,
+        "PUT",
+        "/vm/snapshot",
+        Some(&format!(r#"{{"dir":"{}"}}"#, s(&snap))),
+    );
+    assert_eq!(st, 200, "{v}");
+    let o = wait_with_timeout(child, T);
+    assert_eq!(o.status.code(), Some(0));
+    assert_eq!(
+        stdout(&o),
+        expected_ticks(6, |_| 0),
+        "the VM ran on to its end"
+    );
+}
+
+#[test]
+fn ten_clones_run_independently_and_leave_the_template_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let (sock, console, tpl) = (
+        dir.path().join("api.sock"),
+        dir.path().join("t.log"),
+        dir.path().join("template"),
+    );
+    let elf = guest_elf().to_str().unwrap().to_string();
+    let child = spawn_vmm(&[
+        "run",
+        "--kernel",
+        &elf,
+        "--cmdline",
+        "clonetest",
+        "--api-sock",
+        s(&sock),
+        "--console",
+        s(&console),
+    ]);
+    wait_for_path(&sock, T);
+    wait_for_text(&console, "waiting to be cloned\n", T);
+    api(&sock, "PUT", "/vm/pause", None);
+    let (st, v) = api(
+        &sock,
+        "PUT",
+        "/vm/snapshot",
+        Some(&format!(r#"{{"dir":"{}"}}"#, s(&tpl))),
+    );
+    assert_eq!(st, 200, "{v}");
+    api(&sock, "PUT", "/vm/shutdown", None);
+    assert_eq!(wait_with_timeout(child, T).status.code(), Some(0));
+    let template_bytes = std::fs::read(tpl.join("memory.bin")).unwrap();
+
+    let clones: Vec<_> = (0..10)
+        .map(|_| spawn_vmm(&["restore", "--from", s(&tpl), "--clone"]))
+        .collect();
+    let mut nonces = std::collections::HashSet::new();
+    for c in clones {
+        let o = wait_with_timeout(c, T);
+        assert_eq!(o.status.code(), Some(0), "stderr: {}", stderr(&o));
+        let out = stdout(&o);
+        // Each clone sees the template's memory (mark 0), not another clone's write.
+        let line = out
+            .lines()
+            .find(|l| l.starts_with("cloned gen 1 nonce "))
+            .unwrap_or_else(|| panic!("{out}"));
+        assert!(line.ends_with(" mark 0x0000000000000000"), "{out}");
+        let nonce = line.split(' ').nth(4).unwrap().to_string();
+        assert!(out.contains(&format!("after mark {nonce}\n")), "{out}");
+        assert!(nonces.insert(nonce), "every clone gets its own nonce");
+    }
+    assert_eq!(
+        std::fs::read(tpl.join("memory.bin")).unwrap(),
+        template_bytes,
+        "clones never write the template"
+    );
+}
+
+#[test]
+fn bad_snapshots_are_refused_before_the_guest_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let fails = |from: &Path, needle: &str| {
+        let o = run_vmm(&["restore", "--from", s(from)]);
+        assert_eq!(o.status.code(), Some(125), "stderr: {}", stderr(&o));
+        assert!(stderr(&o).contains(needle), "{needle}: {}", stderr(&o));
+        assert!(stdout(&o).is_empty());
+    };
+    fails(&dir.path().join("missing"), "cannot read");
+
+    // Make a real snapshot, then damage copies of it.
+    let (sock, snap) = (dir.path().join("api.sock"), dir.path().join("snap"));
+    let elf = guest_elf().to_str().unwrap().to_string();
+    let child = spawn_vmm(&[
+        "run",
+        "--kernel",
+        &elf,
+        "--cmdline",
+        "tick=1000",
+        "--api-sock",
+        s(&sock),
+        "--console",
+        "none",
+        "--paused",
+    ]);
+    wait_for_path(&sock, T);
+    let (st, v) = api(
+        &sock,
+        "PUT",
+        "/vm/snapshot",
+        Some(&format!(r#"{{"dir":"{}"}}"#, s(&snap))),
+    );
+    assert_eq!(st, 200, "{v}");
+    api(&sock, "PUT", "/vm/shutdown", None);
+    wait_with_timeout(child, T);
+
+    let copy = |name: &str| {
+        let d = dir.path().join(name);
+        std::fs::create_dir(&d).unwrap();
+        for f in ["state.json", "memory.bin"] {
+            std::fs::copy(snap.join(f), d.join(f)).unwrap();
+        }
+        d
+    };
+    let corrupt = copy("corrupt");
+    let mut state = std::fs::read(corrupt.join("state.json")).unwrap();
+    let n = state.len();
+    state[n / 2] ^= 0x01;
+    std::fs::write(corrupt.join("state.json"), state).unwrap();
+    fails(&corrupt, "checksum");
+
+    let truncated = copy("truncated");
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(truncated.join("memory.bin"))
+        .unwrap()
+        .set_len(4096)
+        .unwrap();
+    fails(&truncated, "truncated");
+
+    let version = copy("version");
+    let text = std::fs::read(version.join("state.json")).unwrap();
+    let mut v2 = b"ARROW-SNAPSHOT 2".to_vec();
+    v2.extend_from_slice(&text[16..]);
+    std::fs::write(version.join("state.json"), v2).unwrap();
+    fails(&version, "format version 2");
+
+    let other_cpu = copy("othercpu");
+    let text = String::from_utf8(std::fs::read(other_cpu.join("state.json")).unwrap()).unwrap();
+    let (_, body) = text.split_once('\n').unwrap();
+    let mut state: serde_json::Value = serde_json::from_str(body).unwrap();
+    state["cpu"]["model"] = serde_json::json!(state["cpu"]["model"].as_u64().unwrap() ^ 0xff);
+    let body = state.to_string();
+    use sha2::Digest;
+    let sum: String = sha2::Sha256::digest(body.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    std::fs::write(
+        other_cpu.join("state.json"),
+        format!("ARROW-SNAPSHOT 1 sha256={sum}\n{body}"),
+    )
+    .unwrap();
+    fails(&other_cpu, "same CPU model");
+}
+
+#[test]
+fn control_api_rejects_bad_requests() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("api.sock");
+    let elf = guest_elf().to_str().unwrap().to_string();
+    let child = spawn_vmm(&[
+        "run",
+        "--kernel",
+        &elf,
+        "--cmdline",
+        "tick=1000",
+        "--api-sock",
+        s(&sock),
+        "--console",
+        "none",
+        "--paused",
+    ]);
+    wait_for_path(&sock, T);
+    assert_eq!(api(&sock, "GET", "/nope", None).0, 404);
+    assert_eq!(api(&sock, "DELETE", "/vm/pause", None).0, 405);
+    assert_eq!(api(&sock, "PUT", "/vm/snapshot", Some("not json")).0, 400);
+    assert_eq!(
+        api(&sock, "PUT", "/vm/snapshot", Some(r#"{"dir":"relative"}"#)).0,
+        400
+    );
+    // Garbage on the socket gets a 400 and the VMM keeps serving.
+    {
+        use std::io::{Read, Write};
+        let mut c = std::os::unix::net::UnixStream::connect(&sock).unwrap();
+        c.write_all(b"\x00\x01\x02 nonsense\r\n\r\n").unwrap();
+        let mut r = String::new();
+        c.read_to_string(&mut r).unwrap();
+        assert!(r.starts_with("HTTP/1.1 400"), "{r}");
+    }
+    let (st, v) = api(&sock, "GET", "/vm", None);
+    assert_eq!(
+        (st, v["state"].as_str(), v["vcpus"].as_u64()),
+        (200, Some("paused"), Some(1))
+    );
+    assert_eq!(api(&sock, "PUT", "/vm/resume", None).1["state"], "running");
+    assert_eq!(api(&sock, "PUT", "/vm/shutdown", None).0, 200);
+    assert_eq!(wait_with_timeout(child, T).status.code(), Some(0));
+}
