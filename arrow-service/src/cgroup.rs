@@ -52,7 +52,10 @@ impl Cgroups {
             .map_err(|e| format!("{} is not a cgroup v2 directory: {e}", parent.display()))?;
         for c in ["cpu", "memory"] {
             if !controllers.split_whitespace().any(|x| x == c) {
-                return Err(format!("controller {c} is not available in {}", parent.display()));
+                return Err(format!(
+                    "controller {c} is not available in {}",
+                    parent.display()
+                ));
             }
         }
         let enable = |dir: &Path| {
@@ -60,7 +63,8 @@ impl Cgroups {
                 .map_err(|e| format!("cannot enable cpu/memory in {}: {e}", dir.display()))
         };
         enable(parent)?;
-        std::fs::create_dir_all(root).map_err(|e| format!("cannot create {}: {e}", root.display()))?;
+        std::fs::create_dir_all(root)
+            .map_err(|e| format!("cannot create {}: {e}", root.display()))?;
         enable(root)
     }
 
@@ -71,7 +75,10 @@ impl Cgroups {
         let dir = root.join(id);
         let result = (|| -> std::io::Result<CString> {
             std::fs::create_dir_all(&dir)?;
-            std::fs::write(dir.join("cpu.max"), format!("{} 100000", u64::from(vcpus) * 100_000))?;
+            std::fs::write(
+                dir.join("cpu.max"),
+                format!("{} 100000", u64::from(vcpus) * 100_000),
+            )?;
             let bytes = (u64::from(memory_mib) + VMM_OVERHEAD_MIB) * 1024 * 1024;
             std::fs::write(dir.join("memory.max"), bytes.to_string())?;
             CString::new(dir.join("cgroup.procs").to_string_lossy().into_owned())
@@ -80,7 +87,11 @@ impl Cgroups {
         match result {
             Ok(procs) => Some((dir, procs)),
             Err(e) => {
-                tracing::warn!(instance = id, "cannot set up cgroup {}: {e}; running without limits", dir.display());
+                tracing::warn!(
+                    instance = id,
+                    "cannot set up cgroup {}: {e}; running without limits",
+                    dir.display()
+                );
                 None
             }
         }

@@ -26,11 +26,22 @@ pub struct Config {
     /// Guest kernel (vmlinux) for every instance; default: <state-dir>/vmlinux.
     #[arg(long, env = "ARROW_KERNEL")]
     pub kernel: Option<PathBuf>,
+    /// Kernel command line before arrowd's `arrow.hostname=…` and the image's app part.
+    #[arg(
+        long,
+        env = "ARROW_KERNEL_CMDLINE",
+        default_value = "console=ttyS0 reboot=k panic=-1"
+    )]
+    pub kernel_cmdline: String,
     /// arrow-vmm binary; default: next to arrowd, else `arrow-vmm` on PATH.
     #[arg(long, env = "ARROW_VMM")]
     pub vmm: Option<PathBuf>,
     /// cgroup v2 directory under which each instance gets its own cgroup.
-    #[arg(long, env = "ARROWD_CGROUP_ROOT", default_value = "/sys/fs/cgroup/arrow")]
+    #[arg(
+        long,
+        env = "ARROWD_CGROUP_ROOT",
+        default_value = "/sys/fs/cgroup/arrow"
+    )]
     pub cgroup_root: PathBuf,
     /// Do not put instances into cgroups.
     #[arg(long)]

@@ -243,7 +243,13 @@ impl Db {
     }
 
     /// Records the spawned process: `starting` → `running`.
-    pub fn set_running(&self, id: &str, pid: i32, pid_start: u64, cgroup: Option<&str>) -> Result<bool> {
+    pub fn set_running(
+        &self,
+        id: &str,
+        pid: i32,
+        pid_start: u64,
+        cgroup: Option<&str>,
+    ) -> Result<bool> {
         let conn = self.lock();
         let n = conn.execute(
             "UPDATE instances SET state = 'running', pid = ?2, pid_start = ?3, cgroup = ?4

@@ -108,9 +108,12 @@ async fn forward(mut tcp: TcpStream, uds: &Path, guest_port: u32) -> std::io::Re
         .write_all(format!("CONNECT {guest_port}\n").as_bytes())
         .await?;
     let mut line = String::new();
-    tokio::time::timeout(std::time::Duration::from_secs(10), unix.read_line(&mut line))
-        .await
-        .map_err(|_| std::io::Error::other("the guest did not answer CONNECT within 10 s"))??;
+    tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        unix.read_line(&mut line),
+    )
+    .await
+    .map_err(|_| std::io::Error::other("the guest did not answer CONNECT within 10 s"))??;
     if !line.starts_with("OK ") {
         return Err(std::io::Error::other(format!(
             "the guest refused vsock port {guest_port}: {:?}",

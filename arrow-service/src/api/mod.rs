@@ -115,9 +115,5 @@ async fn info(State(s): State<Arc<Supervisor>>) -> Json<serde_json::Value> {
 
 async fn metrics(State(s): State<Arc<Supervisor>>) -> Result<Response, ApiError> {
     let text = s.metrics_text()?;
-    Ok((
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        text,
-    )
-        .into_response())
+    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response())
 }

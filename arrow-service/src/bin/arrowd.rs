@@ -19,6 +19,7 @@ fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
@@ -78,7 +79,10 @@ async fn run(cfg: Config) -> Result<()> {
         bail!("--tcp needs --token (or ARROWD_TOKEN): the TCP API is never served without one");
     }
     std::fs::create_dir_all(cfg.run_root()).with_context(|| {
-        format!("cannot create the state directory {}", cfg.state_dir.display())
+        format!(
+            "cannot create the state directory {}",
+            cfg.state_dir.display()
+        )
     })?;
     let _lock = lock_state_dir(&cfg.state_dir)?;
     let db = Db::open(&cfg.db_path())?;

@@ -1,1 +1,161 @@
-//! actl
+//! actl: the operator CLI over arrowd's REST API (docker-like commands and exit codes).
+
+mod commands;
+mod table;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+pub use commands::run;
+
+/// actl: manage Arrow instances through arrowd.
+#[derive(Debug, Parser)]
+#[command(name = "actl", version)]
+pub struct Cli {
+    /// arrowd address: unix:///path/to/arrowd.sock or tcp://host:port.
+    #[arg(
+        short = 'H',
+        long,
+        env = "ARROW_HOST",
+        default_value = "unix:///run/arrow/arrowd.sock",
+        global = true
+    )]
+    pub host: String,
+    /// Bearer token for a tcp:// host.
+    #[arg(long, env = "ARROW_TOKEN", hide_env_values = true, global = true)]
+    pub token: Option<String>,
+    /// The command.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// How listings are printed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    /// Aligned columns.
+    Table,
+    /// JSON, as the API returns it.
+    Json,
+}
+
+/// Instance creation flags shared by `run` and `create`.
+#[derive(Debug, Args)]
+pub struct CreateArgs {
+    /// Image reference (name:tag), digest or short ID.
+    pub image: String,
+    /// Arguments for the app (replace the image's).
+    #[arg(trailing_var_arg = true)]
+    pub args: Vec<String>,
+    /// Environment variable KEY=VALUE (repeatable).
+    #[arg(short = 'e', long = "env", value_name = "KEY=VALUE")]
+    pub env: Vec<String>,
+    /// Export a port: [IP:]HOST_PORT:VSOCK_PORT (repeatable).
+    #[arg(short = 'p', long = "publish", value_name = "[IP:]HOST:VSOCK")]
+    pub publish: Vec<String>,
+    /// Guest memory, e.g. 256M or 1G.
+    #[arg(short = 'm', long)]
+    pub memory: Option<String>,
+    /// Number of vCPUs.
+    #[arg(long)]
+    pub cpus: Option<u8>,
+    /// Instance name.
+    #[arg(long)]
+    pub name: Option<String>,
+}
+
+/// actl's subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create and start an instance; without -d, print its console and exit with its status.
+    Run {
+        #[command(flatten)]
+        create: CreateArgs,
+        /// Run in the background and print the instance ID.
+        #[arg(short = 'd', long)]
+        detach: bool,
+        /// Remove the instance when it exits (not with -d).
+        #[arg(long)]
+        rm: bool,
+    },
+    /// Create an instance without starting it; prints its ID.
+    Create {
+        #[command(flatten)]
+        create: CreateArgs,
+    },
+    /// Start instances.
+    Start {
+        /// Instance IDs or names.
+        #[arg(required = true)]
+        instances: Vec<String>,
+    },
+    /// List instances (running only, unless -a).
+    Ps {
+        /// Show all instances.
+        #[arg(short = 'a', long)]
+        all: bool,
+        /// Only print IDs.
+        #[arg(short = 'q', long)]
+        quiet: bool,
+        /// Output format.
+        #[arg(short = 'o', long, value_enum, default_value = "table")]
+        output: Output,
+    },
+    /// Print an instance's console output.
+    Logs {
+        /// Instance ID or name.
+        instance: String,
+        /// Keep printing new output until the instance stops.
+        #[arg(short = 'f', long)]
+        follow: bool,
+        /// Only the last N lines.
+        #[arg(short = 'n', long)]
+        tail: Option<usize>,
+    },
+    /// Stop instances gracefully (killed after the timeout).
+    Stop {
+        /// Seconds to wait before killing.
+        #[arg(short = 't', long)]
+        time: Option<u64>,
+        /// Instance IDs or names.
+        #[arg(required = true)]
+        instances: Vec<String>,
+    },
+    /// Send a signal (default KILL) to instances' VMMs.
+    Kill {
+        /// Signal name or number.
+        #[arg(short = 's', long, default_value = "KILL")]
+        signal: String,
+        /// Instance IDs or names.
+        #[arg(required = true)]
+        instances: Vec<String>,
+    },
+    /// Remove instances.
+    Rm {
+        /// Kill running instances first.
+        #[arg(short = 'f', long)]
+        force: bool,
+        /// Instance IDs or names.
+        #[arg(required = true)]
+        instances: Vec<String>,
+    },
+    /// Show instances as JSON.
+    Inspect {
+        /// Instance IDs or names.
+        #[arg(required = true)]
+        instances: Vec<String>,
+    },
+    /// Block until instances stop; print their exit codes.
+    Wait {
+        /// Instance IDs or names.
+        #[arg(required = true)]
+        instances: Vec<String>,
+    },
+    /// List images in the store.
+    Images {
+        /// Only print image IDs.
+        #[arg(short = 'q', long)]
+        quiet: bool,
+        /// Output format.
+        #[arg(short = 'o', long, value_enum, default_value = "table")]
+        output: Output,
+    },
+}

@@ -69,7 +69,9 @@ fn new_id() -> Result<String> {
     let mut b = [0u8; 8];
     std::fs::File::open("/dev/urandom")
         .and_then(|mut f| f.read_exact(&mut b))
-        .map_err(|e| Error::Internal(format!("cannot read /dev/urandom for an instance ID: {e}")))?;
+        .map_err(|e| {
+            Error::Internal(format!("cannot read /dev/urandom for an instance ID: {e}"))
+        })?;
     Ok(b.iter().map(|x| format!("{x:02x}")).collect())
 }
 
@@ -77,15 +79,17 @@ impl Supervisor {
     fn check_ports(&self, ports: &[PortMapping]) -> Result<()> {
         let active = self.db.list()?;
         for (i, m) in ports.iter().enumerate() {
-            if ports[..i].iter().any(|o| o.host_port == m.host_port && o.host_ip == m.host_ip) {
+            if ports[..i]
+                .iter()
+                .any(|o| o.host_port == m.host_port && o.host_ip == m.host_ip)
+            {
                 return Err(Error::Invalid(format!(
                     "host port {} is mapped twice: give each -p a different host port",
                     m.host_port
                 )));
             }
             if let Some(other) = active.iter().find(|r| {
-                !r.state.is_finished()
-                    && r.spec.ports.iter().any(|o| o.host_port == m.host_port)
+                !r.state.is_finished() && r.spec.ports.iter().any(|o| o.host_port == m.host_port)
             }) {
                 return Err(Error::Conflict(format!(
                     "host port {} is already exported by instance {} ({}): choose another host port or remove that instance",
@@ -147,7 +151,10 @@ impl Supervisor {
             args: spec.args.clone(),
             ports: req.ports.clone(),
             vsock_cid: 0,
-            cmdline: format!("console=ttyS0 reboot=k panic=-1 arrow.hostname={name} {app_cmdline}"),
+            cmdline: format!(
+                "{} arrow.hostname={name} {app_cmdline}",
+                self.cfg.kernel_cmdline
+            ),
         };
         self.db.insert(&id, &name, &mut ispec, now_ms())?;
         tracing::info!(instance = %id, %name, image = %req.image, "created");

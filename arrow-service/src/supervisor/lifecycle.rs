@@ -29,7 +29,10 @@ impl Supervisor {
         let image = self
             .store
             .image_by_digest(&rec.spec.image_digest.parse().map_err(|_| {
-                Error::Internal(format!("stored image digest {:?} is damaged", rec.spec.image_digest))
+                Error::Internal(format!(
+                    "stored image digest {:?} is damaged",
+                    rec.spec.image_digest
+                ))
             })?)
             .map_err(|e| image_error(&rec.spec.image, e))?;
         let initrd = self
@@ -38,15 +41,19 @@ impl Supervisor {
             .map_err(|e| image_error(&rec.spec.image, e))?;
         let run_dir = self.run_dir(&rec.id);
         std::fs::create_dir_all(&run_dir).map_err(|e| {
-            Error::Internal(format!("cannot create run directory {}: {e}", run_dir.display()))
+            Error::Internal(format!(
+                "cannot create run directory {}: {e}",
+                run_dir.display()
+            ))
         })?;
         let vsock = run_dir.join(VSOCK_SOCK);
         // Bind exported ports first: a port in use fails the start before anything runs.
         let proxies = proxy::start(&rec.id, &rec.spec.ports, &vsock).await?;
-        if !self
-            .db
-            .begin_start(&rec.id, &[State::Created, State::Exited, State::Failed], now_ms())?
-        {
+        if !self.db.begin_start(
+            &rec.id,
+            &[State::Created, State::Exited, State::Failed],
+            now_ms(),
+        )? {
             return Err(Error::Conflict(format!(
                 "instance {} changed state while starting; try again",
                 rec.name
@@ -55,11 +62,14 @@ impl Supervisor {
         self.changed();
         let _ = std::fs::remove_file(run_dir.join(REPORT));
         let _ = std::fs::remove_file(&vsock);
-        let cg = self.cgroups.create(&rec.id, rec.spec.vcpus, rec.spec.memory_mib);
+        let cg = self
+            .cgroups
+            .create(&rec.id, rec.spec.vcpus, rec.spec.memory_mib);
         match self.spawn(&rec, &kernel, &initrd, cg.as_ref().map(|(_, p)| p.clone())) {
             Ok((child, pid, start)) => {
                 let cg_dir = cg.map(|(d, _)| d.display().to_string());
-                self.db.set_running(&rec.id, pid, start, cg_dir.as_deref())?;
+                self.db
+                    .set_running(&rec.id, pid, start, cg_dir.as_deref())?;
                 self.set_proxies(&rec.id, Some(proxies));
                 self.metrics.start();
                 tracing::info!(instance = %rec.id, pid, "started");
@@ -68,8 +78,12 @@ impl Supervisor {
                 self.inspect(&rec.id)
             }
             Err(e) => {
-                let reason = format!("cannot start arrow-vmm {}: {e}", self.cfg.vmm_path().display());
-                self.db.finish(&rec.id, State::Failed, None, &reason, now_ms())?;
+                let reason = format!(
+                    "cannot start arrow-vmm {}: {e}",
+                    self.cfg.vmm_path().display()
+                );
+                self.db
+                    .finish(&rec.id, State::Failed, None, &reason, now_ms())?;
                 self.metrics.failure();
                 self.changed();
                 Err(Error::Internal(format!(
@@ -148,7 +162,10 @@ impl Supervisor {
                 Some(r) if r.state.is_active() => {}
                 _ => return Ok(true),
             }
-            if tokio::time::timeout_at(deadline, rx.changed()).await.is_err() {
+            if tokio::time::timeout_at(deadline, rx.changed())
+                .await
+                .is_err()
+            {
                 return Ok(false);
             }
         }

@@ -15,7 +15,11 @@ pub type LogStream = std::pin::Pin<Box<dyn Stream<Item = std::io::Result<Vec<u8>
 
 fn last_lines(data: &[u8], n: usize) -> &[u8] {
     let mut count = 0;
-    let end = if data.ends_with(b"\n") { data.len() - 1 } else { data.len() };
+    let end = if data.ends_with(b"\n") {
+        data.len() - 1
+    } else {
+        data.len()
+    };
     for i in (0..end).rev() {
         if data[i] == b'\n' {
             count += 1;
@@ -50,7 +54,12 @@ fn read_from(path: &std::path::Path, offset: u64) -> std::io::Result<Vec<u8>> {
 impl Supervisor {
     /// The console log; `tail` keeps the last N lines; `follow` streams until the instance
     /// finishes (or is removed).
-    pub fn logs(self: &Arc<Self>, reference: &str, follow: bool, tail: Option<usize>) -> Result<LogStream> {
+    pub fn logs(
+        self: &Arc<Self>,
+        reference: &str,
+        follow: bool,
+        tail: Option<usize>,
+    ) -> Result<LogStream> {
         let rec = self.db.find(reference)?;
         let path = self.run_dir(&rec.id).join(CONSOLE_LOG);
         let mut offset = 0;
@@ -79,8 +88,10 @@ impl Supervisor {
                 // Check the state before reading so that output written just before the
                 // instance finished is still delivered.
                 let finished = match st.sup.db.get(&st.id) {
-                    Ok(Some(r)) => !r.state.is_active() && r.state != crate::model::State::Created
-                        || (r.state == crate::model::State::Created && !st.follow),
+                    Ok(Some(r)) => {
+                        !r.state.is_active() && r.state != crate::model::State::Created
+                            || (r.state == crate::model::State::Created && !st.follow)
+                    }
                     _ => true,
                 };
                 match read_from(&path, st.offset) {

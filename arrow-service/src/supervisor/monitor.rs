@@ -51,7 +51,11 @@ impl Supervisor {
                     }
                 }
             };
-            sup.finish_run(&id, status, if latency_known { None } else { Some(spawned) });
+            sup.finish_run(
+                &id,
+                status,
+                if latency_known { None } else { Some(spawned) },
+            );
         });
     }
 

@@ -42,9 +42,11 @@ impl Supervisor {
             };
             match vmm {
                 Some(f) if matches => {
-                    self.db.set_running(&rec.id, f.pid, f.start, rec.cgroup.as_deref())?;
+                    self.db
+                        .set_running(&rec.id, f.pid, f.start, rec.cgroup.as_deref())?;
                     if rec.state == State::Stopping {
-                        self.db.set_state(&rec.id, &[State::Running], State::Stopping)?;
+                        self.db
+                            .set_state(&rec.id, &[State::Running], State::Stopping)?;
                     }
                     let vsock = self.run_dir(&rec.id).join(super::VSOCK_SOCK);
                     match proxy::start(&rec.id, &rec.spec.ports, &vsock).await {
