@@ -96,17 +96,17 @@ fn run_ps_logs_stop_wait_rm_with_actl() {
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
 
-    // Graceful stop: arrow-vmm gets SIGTERM → 143; `wait` prints the code.
+    // Graceful stop through arrow-vmm's control API (PUT /vm/shutdown → exit 0).
     let out = d.actl(&["stop", "-t", "5", "l1"]);
     assert!(out.status.success(), "{}", stderr(&out));
-    assert_eq!(stdout(&d.actl(&["wait", "l1"])).trim(), "143");
+    assert_eq!(stdout(&d.actl(&["wait", "l1"])).trim(), "0");
     assert!(
         std::net::TcpStream::connect(("127.0.0.1", port)).is_err(),
         "port released"
     );
     let inspect: Value = serde_json::from_slice(&d.actl(&["inspect", "l1"]).stdout).unwrap();
     assert_eq!(inspect[0]["state"], "exited");
-    assert_eq!(inspect[0]["exit_code"], 143);
+    assert_eq!(inspect[0]["exit_code"], 0);
 
     // Restart the same instance, kill it, remove it.
     let again = d.post(&format!("/instances/{id}/start"), None).unwrap();

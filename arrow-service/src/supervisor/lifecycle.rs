@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::create::image_error;
-use super::{Supervisor, CONSOLE_LOG, REPORT, VMM_LOG, VSOCK_SOCK};
+use super::{Supervisor, API_SOCK, CONSOLE_LOG, REPORT, VMM_LOG, VSOCK_SOCK};
 use crate::clock::now_ms;
 use crate::db::Record;
 use crate::error::{Error, Result};
@@ -62,6 +62,7 @@ impl Supervisor {
         self.changed();
         let _ = std::fs::remove_file(run_dir.join(REPORT));
         let _ = std::fs::remove_file(&vsock);
+        let _ = std::fs::remove_file(run_dir.join(API_SOCK));
         let cg = self
             .cgroups
             .create(&rec.id, rec.spec.vcpus, rec.spec.memory_mib);
@@ -122,7 +123,9 @@ impl Supervisor {
             .arg("--log-level")
             .arg("info")
             .arg("--report")
-            .arg(run_dir.join(REPORT));
+            .arg(run_dir.join(REPORT))
+            .arg("--api-sock")
+            .arg(run_dir.join(API_SOCK));
         if !rec.spec.ports.is_empty() {
             cmd.arg("--vsock-cid")
                 .arg(rec.spec.vsock_cid.to_string())
@@ -171,7 +174,31 @@ impl Supervisor {
         }
     }
 
-    /// Graceful stop: SIGTERM to arrow-vmm (the VM stops), SIGKILL after `timeout`.
+    /// Asks arrow-vmm to stop the VM through its control API (`PUT /vm/shutdown`).
+    async fn shutdown_via_api(&self, id: &str) -> bool {
+        let ep = crate::client::Endpoint::Unix(self.run_dir(id).join(API_SOCK));
+        let call = ep.send(hyper::Method::PUT, "/vm/shutdown", None);
+        match tokio::time::timeout(Duration::from_secs(2), call).await {
+            Ok(Ok(_)) => true,
+            Ok(Err(e)) => {
+                tracing::info!(
+                    instance = id,
+                    "control API shutdown failed ({e}); sending SIGTERM"
+                );
+                false
+            }
+            Err(_) => {
+                tracing::info!(
+                    instance = id,
+                    "control API did not answer in 2 s; sending SIGTERM"
+                );
+                false
+            }
+        }
+    }
+
+    /// Graceful stop: `PUT /vm/shutdown` on arrow-vmm's control socket (SIGTERM if that
+    /// fails), SIGKILL after `timeout`.
     pub async fn stop(self: &Arc<Self>, reference: &str, timeout: Option<u64>) -> Result<Instance> {
         let rec = self.db.find(reference)?;
         if !rec.state.is_active() {
@@ -182,7 +209,9 @@ impl Supervisor {
         self.db
             .set_state(&rec.id, &[State::Starting, State::Running], State::Stopping)?;
         self.changed();
-        self.signal_vmm(&rec.id, libc::SIGTERM).await?;
+        if !self.shutdown_via_api(&rec.id).await {
+            self.signal_vmm(&rec.id, libc::SIGTERM).await?;
+        }
         if !self.wait_inactive(&rec.id, timeout).await? {
             tracing::warn!(instance = %rec.id, "did not stop within {timeout:?}; killing");
             self.signal_vmm(&rec.id, libc::SIGKILL).await?;

@@ -31,6 +31,8 @@ pub const CONSOLE_LOG: &str = "console.log";
 pub const VMM_LOG: &str = "vmm.log";
 /// arrow-vmm's exit report (`--report`).
 pub const REPORT: &str = "report.json";
+/// arrow-vmm's control API socket (`--api-sock`).
+pub const API_SOCK: &str = "api.sock";
 /// The vsock device's Unix socket.
 pub const VSOCK_SOCK: &str = "vsock.sock";
 
