@@ -43,6 +43,7 @@ pub fn guest_elf() -> &'static Path {
                 "-fno-asynchronous-unwind-tables",
                 "-fno-builtin",
                 "-Wl,--build-id=none",
+                "-Wl,--no-warn-rwx-segments",
                 "-T",
             ])
             .arg(src.join("guest.ld"))

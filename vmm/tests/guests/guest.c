@@ -19,6 +19,7 @@
  *                    a counter in memory checked against one in a register
  *   clonetest        wait until the notify device reports a clone nonce, then
  *                    show a memory cell, write the nonce into it, read it back
+ *   idle             sleep in HLT with interrupts on, forever (an idle app)
  *   virtio           read the identification registers of the virtio-mmio
  *                    device at 0xd0000000
  */
@@ -225,6 +226,10 @@ void guest_main(const u8 *zp) {
     }
     if ((v = find_word(cl, "tick="))) tick(parse_u(v));
     if (find_word(cl, "clonetest")) clonetest();
+    if (find_word(cl, "idle")) {
+        puts("idle\n");
+        for (;;) __asm__ volatile("sti; hlt");
+    }
     if (find_word(cl, "virtio")) {
         volatile u32 *regs = (volatile u32 *)0xd0000000UL;
         puts("virtio magic ");
