@@ -24,8 +24,7 @@ VMLINUX=$(bash guest-kernel/build.sh | tail -n 1) || fail "guest kernel build"
 step "package examples/apps/hello as an Arrow image"
 STORE=${ARROW_DEMO_STORE:-$PWD/target/demo-store}
 $ASDK --store "$STORE" build examples/apps/hello/hello.c -t hello:demo || fail "asdk build"
-INITRD=$($ASDK --store "$STORE" inspect hello:demo --output json | python3 -c 'import json,sys; print(json.load(sys.stdin)["initrd_path"])') \
-  || fail "asdk inspect"
+INITRD=$($ASDK --store "$STORE" initrd hello:demo) || fail "asdk initrd"
 
 step "boot it: arrow-vmm run (about 25 s on nested-KVM hosts, where the guest kernel is emulated)"
 set +e
