@@ -20,7 +20,7 @@ pub fn parse_mib(text: &str) -> Result<u32, String> {
     let mib = match unit.trim().to_ascii_lowercase().as_str() {
         "" | "m" | "mb" | "mib" => Some(n),
         "g" | "gb" | "gib" => n.checked_mul(1024),
-        "k" | "kb" | "kib" if n % 1024 == 0 => Some(n / 1024),
+        "k" | "kb" | "kib" if n.is_multiple_of(1024) => Some(n / 1024),
         _ => None,
     }
     .ok_or_else(bad)?;

@@ -74,7 +74,7 @@ fn kill_9_while_creating_then_restart_and_sigterm() {
             );
             std::thread::sleep(Duration::from_millis(5));
         }
-        unsafe { libc::kill(pid, libc::SIGKILL) };
+        common::kill(pid, libc::SIGKILL);
     });
     d.signal(libc::SIGKILL); // reap
     let before = d.vmms().len();
@@ -111,7 +111,7 @@ fn kill_9_while_creating_then_restart_and_sigterm() {
     let (victim, vpid) = running.iter().nth(1).cloned().unwrap_or_default();
     d.signal(libc::SIGKILL);
     if vpid > 0 {
-        unsafe { libc::kill(vpid, libc::SIGKILL) };
+        common::kill(vpid, libc::SIGKILL);
         let t = Instant::now();
         while arrow_service::procfs::start_time(vpid).is_some() {
             assert!(t.elapsed() < common::TIMEOUT);

@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::io::Write;
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, bail, Result};
 use http_body_util::BodyExt;
 use hyper::Method;
 use serde_json::{json, Value};
@@ -346,7 +346,7 @@ where
 {
     let mut code = 0;
     for id in ids {
-        if let Err(e) = f(id.clone()).await.with_context(|| format!("{id}")) {
+        if let Err(e) = f(id.clone()).await {
             eprintln!("Error: {}", root_message(&e));
             code = 1;
         }

@@ -197,7 +197,7 @@ impl Daemon {
     /// Sends `sig` to arrowd and reaps it.
     pub fn signal(&mut self, sig: i32) {
         if let Some(mut c) = self.child.take() {
-            unsafe { libc::kill(c.id() as i32, sig) };
+            kill(c.id() as i32, sig);
             let start = Instant::now();
             while c.try_wait().unwrap().is_none() {
                 assert!(start.elapsed() < TIMEOUT, "arrowd did not stop");
@@ -308,7 +308,7 @@ pub fn wait_output(child: Child) -> Output {
     match rx.recv_timeout(TIMEOUT) {
         Ok(out) => out.unwrap(),
         Err(_) => {
-            unsafe { libc::kill(pid, libc::SIGKILL) };
+            kill(pid, libc::SIGKILL);
             panic!("command did not finish within {TIMEOUT:?}");
         }
     }
@@ -320,4 +320,10 @@ pub fn stdout(o: &Output) -> String {
 
 pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Sends a signal to a process the test started.
+pub fn kill(pid: i32, sig: i32) {
+    // SAFETY: kill(2) touches no memory of ours.
+    unsafe { libc::kill(pid, sig) };
 }
