@@ -291,6 +291,19 @@ fn attach_vsock(
     Ok(VsockParts { device, transport })
 }
 
+/// What `build` and `restore` hand to `assemble`.
+struct Parts {
+    vm: VmFd,
+    vcpus: Vec<VcpuFd>,
+    mem: GuestMemoryMmap,
+    mem_size: u64,
+    legacy: LegacyDevices,
+    mmio: Bus,
+    vsock: Option<VsockParts>,
+    lifecycle: Arc<Lifecycle>,
+    console_is_stdout: bool,
+}
+
 /// MSRs a snapshot must carry, and whether XCRs exist on this host.
 fn snapshot_host_info(kvm: &Kvm) -> Result<(Arc<Vec<u32>>, bool), VmError> {
     let list = kvm
@@ -338,11 +351,7 @@ impl Vm {
             serial_irq.try_clone().map_err(host_err("eventfd"))?,
             console_writer(&config.console)?,
         );
-        let LegacyDevices {
-            pio,
-            serial,
-            notify,
-        } = legacy_devices(
+        let legacy = legacy_devices(
             &vm,
             &lifecycle,
             serial,
@@ -375,28 +384,46 @@ impl Vm {
             }
             vcpus.push(vcpu);
         }
-        let (msr_indices, has_xcrs) = snapshot_host_info(&kvm)?;
+        Self::assemble(
+            &kvm,
+            Parts {
+                vm,
+                vcpus,
+                mem,
+                mem_size: config.mem_size,
+                legacy,
+                mmio,
+                vsock,
+                lifecycle,
+                console_is_stdout: config.console == ConsoleSink::Stdout,
+            },
+        )
+    }
+
+    /// Puts the pieces built by `build` or `restore` together.
+    fn assemble(kvm: &Kvm, p: Parts) -> Result<Self, VmError> {
+        let (msr_indices, has_xcrs) = snapshot_host_info(kvm)?;
         let ctx = VcpuContext {
-            pio,
-            mmio,
-            lifecycle: lifecycle.clone(),
-            mem: mem.clone(),
-            cpus: config.vcpus,
+            pio: p.legacy.pio,
+            mmio: p.mmio,
+            lifecycle: p.lifecycle.clone(),
+            mem: p.mem.clone(),
+            cpus: p.vcpus.len() as u8,
             pause: Arc::new(AtomicBool::new(false)),
             msr_indices,
             has_xcrs,
         };
         Ok(Self {
-            vcpus,
-            vm: Arc::new(vm),
-            mem,
-            mem_size: config.mem_size,
+            vcpus: p.vcpus,
+            vm: Arc::new(p.vm),
+            mem: p.mem,
+            mem_size: p.mem_size,
             ctx,
-            serial,
-            notify,
-            vsock,
-            lifecycle,
-            console_is_stdout: config.console == ConsoleSink::Stdout,
+            serial: p.legacy.serial,
+            notify: p.legacy.notify,
+            vsock: p.vsock,
+            lifecycle: p.lifecycle,
+            console_is_stdout: p.console_is_stdout,
         })
     }
 
@@ -434,11 +461,7 @@ impl Vm {
             (state.devices.generation, 0)
         };
         let notify = NotifyDevice::restored(lifecycle.clone(), generation, nonce);
-        let LegacyDevices {
-            pio,
-            serial,
-            notify,
-        } = legacy_devices(&vm, &lifecycle, serial, &serial_irq, notify)?;
+        let legacy = legacy_devices(&vm, &lifecycle, serial, &serial_irq, notify)?;
 
         let mut mmio = Bus::new();
         let mut vsock = None;
@@ -481,30 +504,21 @@ impl Vm {
                 .map_err(|e| VmError::Restore(e.to_string()))?;
             vcpus.push(vcpu);
         }
-        let (msr_indices, has_xcrs) = snapshot_host_info(&kvm)?;
-        let ctx = VcpuContext {
-            pio,
-            mmio,
-            lifecycle: lifecycle.clone(),
-            mem: mem.clone(),
-            cpus: vcpu_count,
-            pause: Arc::new(AtomicBool::new(false)),
-            msr_indices,
-            has_xcrs,
-        };
         tracing::debug!(dir = %config.dir.display(), clone = config.clone, generation, "restored");
-        Ok(Self {
-            vcpus,
-            vm: Arc::new(vm),
-            mem,
-            mem_size: state.mem_size,
-            ctx,
-            serial,
-            notify,
-            vsock,
-            lifecycle,
-            console_is_stdout: config.console == ConsoleSink::Stdout,
-        })
+        Self::assemble(
+            &kvm,
+            Parts {
+                vm,
+                vcpus,
+                mem,
+                mem_size: state.mem_size,
+                legacy,
+                mmio,
+                vsock,
+                lifecycle,
+                console_is_stdout: config.console == ConsoleSink::Stdout,
+            },
+        )
     }
 
     /// Runs the guest until it stops; returns why, with timing figures.

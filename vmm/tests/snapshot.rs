@@ -12,6 +12,53 @@ fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 
+/// Boots the test guest with a control socket in `dir`; returns the child
+/// and the socket once it is up.
+fn boot_with_api(
+    dir: &Path,
+    scenario: &str,
+    extra: &[&str],
+) -> (std::process::Child, std::path::PathBuf) {
+    let sock = dir.join("api.sock");
+    let elf = guest_elf().to_str().unwrap().to_string();
+    let mut args = vec![
+        "run",
+        "--kernel",
+        &elf,
+        "--cmdline",
+        scenario,
+        "--api-sock",
+        s(&sock),
+    ];
+    args.extend_from_slice(extra);
+    let child = spawn_vmm(&args);
+    wait_for_path(&sock, T);
+    (child, sock)
+}
+
+/// Snapshots through the API into `snap`, which must succeed.
+fn take_snapshot(sock: &Path, snap: &Path) {
+    let (st, v) = api(
+        sock,
+        "PUT",
+        "/vm/snapshot",
+        Some(&format!(r#"{{"dir":"{}"}}"#, s(snap))),
+    );
+    assert_eq!(st, 200, "{v}");
+}
+
+/// Shuts the VM down through the API; it must exit 0.
+fn shut_down(child: std::process::Child, sock: &Path) {
+    assert_eq!(api(sock, "PUT", "/vm/shutdown", None).0, 200);
+    let o = wait_with_timeout(child, T);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "shutdown through the API exits 0: {}",
+        stderr(&o)
+    );
+}
+
 fn expected_ticks(n: u32, gen_from: impl Fn(u32) -> u32) -> String {
     (1..=n)
         .map(|k| format!("tick {k} gen {}\n", gen_from(k)))
@@ -298,6 +345,5 @@ fn control_api_rejects_bad_requests() {
         (200, Some("paused"), Some(1))
     );
     assert_eq!(api(&sock, "PUT", "/vm/resume", None).1["state"], "running");
-    assert_eq!(api(&sock, "PUT", "/vm/shutdown", None).0, 200);
-    assert_eq!(wait_with_timeout(child, T).status.code(), Some(0));
+    shut_down(child, &sock);
 }

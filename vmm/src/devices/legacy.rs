@@ -51,20 +51,37 @@ impl SerialDevice {
     }
 }
 
-impl BusDevice for SerialDevice {
+/// A legacy device with byte-wide registers. Wider or out-of-range accesses
+/// read as 0xff (no device there) and writes are dropped.
+trait ByteRegisters: Send {
+    fn read_byte(&mut self, offset: u8) -> u8;
+    fn write_byte(&mut self, offset: u8, value: u8);
+}
+
+impl<T: ByteRegisters> BusDevice for T {
     fn read(&mut self, offset: u64, data: &mut [u8]) {
         match (u8::try_from(offset), data.len()) {
-            (Ok(off), 1) => data[0] = self.0.read(off),
+            (Ok(off), 1) => data[0] = self.read_byte(off),
             _ => data.fill(0xff),
         }
     }
 
     fn write(&mut self, offset: u64, data: &[u8]) {
         if let (Ok(off), [value]) = (u8::try_from(offset), data) {
-            if let Err(e) = self.0.write(off, *value) {
-                // The console sink failing (closed pipe, full disk) must not stop the guest.
-                tracing::debug!(error = %e, "serial output failed");
-            }
+            self.write_byte(off, *value);
+        }
+    }
+}
+
+impl ByteRegisters for SerialDevice {
+    fn read_byte(&mut self, offset: u8) -> u8 {
+        self.0.read(offset)
+    }
+
+    fn write_byte(&mut self, offset: u8, value: u8) {
+        if let Err(e) = self.0.write(offset, value) {
+            // The console sink failing (closed pipe, full disk) must not stop the guest.
+            tracing::debug!(error = %e, "serial output failed");
         }
     }
 }
@@ -90,19 +107,14 @@ impl I8042 {
     }
 }
 
-impl BusDevice for I8042 {
-    fn read(&mut self, offset: u64, data: &mut [u8]) {
-        match (u8::try_from(offset), data.len()) {
-            (Ok(off), 1) => data[0] = self.0.read(off),
-            _ => data.fill(0xff),
-        }
+impl ByteRegisters for I8042 {
+    fn read_byte(&mut self, offset: u8) -> u8 {
+        self.0.read(offset)
     }
 
-    fn write(&mut self, offset: u64, data: &[u8]) {
-        if let (Ok(off), [value]) = (u8::try_from(offset), data) {
-            // ResetTrigger never fails.
-            let _ = self.0.write(off, *value);
-        }
+    fn write_byte(&mut self, offset: u8, value: u8) {
+        // ResetTrigger never fails.
+        let _ = self.0.write(offset, value);
     }
 }
 
