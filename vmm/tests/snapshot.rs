@@ -68,24 +68,8 @@ fn expected_ticks(n: u32, gen_from: impl Fn(u32) -> u32) -> String {
 #[test]
 fn pause_snapshot_restore_continues_exactly() {
     let dir = tempfile::tempdir().unwrap();
-    let (sock, console, snap) = (
-        dir.path().join("api.sock"),
-        dir.path().join("a.log"),
-        dir.path().join("snap"),
-    );
-    let elf = guest_elf().to_str().unwrap().to_string();
-    let child = spawn_vmm(&[
-        "run",
-        "--kernel",
-        &elf,
-        "--cmdline",
-        "tick=12",
-        "--api-sock",
-        s(&sock),
-        "--console",
-        s(&console),
-    ]);
-    wait_for_path(&sock, T);
+    let (console, snap) = (dir.path().join("a.log"), dir.path().join("snap"));
+    let (child, sock) = boot_with_api(dir.path(), "tick=12", &["--console", s(&console)]);
     wait_for_text(&console, "tick 3 ", T);
 
     let (st, v) = api(&sock, "PUT", "/vm/pause", None);
@@ -100,22 +84,17 @@ fn pause_snapshot_restore_continues_exactly() {
         "a paused guest prints nothing"
     );
 
-    let body = format!(r#"{{"dir":"{}"}}"#, s(&snap));
-    let (st, v) = api(&sock, "PUT", "/vm/snapshot", Some(&body));
-    assert_eq!(st, 200, "{v}");
+    take_snapshot(&sock, &snap);
     assert!(snap.join("state.json").exists() && snap.join("memory.bin").exists());
     // A second snapshot into a used directory is refused.
-    let (st, v) = api(&sock, "PUT", "/vm/snapshot", Some(&body));
-    assert_eq!(st, 400, "{v}");
-    let (st, _) = api(&sock, "PUT", "/vm/shutdown", None);
-    assert_eq!(st, 200);
-    let o = wait_with_timeout(child, T);
-    assert_eq!(
-        o.status.code(),
-        Some(0),
-        "shutdown through the API exits 0: {}",
-        stderr(&o)
+    let (st, v) = api(
+        &sock,
+        "PUT",
+        "/vm/snapshot",
+        Some(&format!(r#"{{"dir":"{}"}}"#, s(&snap))),
     );
+    assert_eq!(st, 400, "{v}");
+    shut_down(child, &sock);
     assert!(!sock.exists(), "the control socket is removed on exit");
 
     // The restored guest prints exactly the rest of the sequence.
@@ -131,25 +110,8 @@ fn pause_snapshot_restore_continues_exactly() {
 #[test]
 fn running_vm_is_resumed_after_snapshot() {
     let dir = tempfile::tempdir().unwrap();
-    let (sock, snap) = (dir.path().join("api.sock"), dir.path().join("snap"));
-    let elf = guest_elf().to_str().unwrap().to_string();
-    let child = spawn_vmm(&[
-        "run",
-        "--kernel",
-        &elf,
-        "--cmdline",
-        "tick=6",
-        "--api-sock",
-        s(&sock),
-    ]);
-    wait_for_path(&sock, T);
-    let (st, v) = api(
-        &sock,
-        "PUT",
-        "/vm/snapshot",
-        Some(&format!(r#"{{"dir":"{}"}}"#, s(&snap))),
-    );
-    assert_eq!(st, 200, "{v}");
+    let (child, sock) = boot_with_api(dir.path(), "tick=6", &[]);
+    take_snapshot(&sock, &dir.path().join("snap"));
     let o = wait_with_timeout(child, T);
     assert_eq!(o.status.code(), Some(0));
     assert_eq!(
@@ -162,35 +124,12 @@ fn running_vm_is_resumed_after_snapshot() {
 #[test]
 fn ten_clones_run_independently_and_leave_the_template_alone() {
     let dir = tempfile::tempdir().unwrap();
-    let (sock, console, tpl) = (
-        dir.path().join("api.sock"),
-        dir.path().join("t.log"),
-        dir.path().join("template"),
-    );
-    let elf = guest_elf().to_str().unwrap().to_string();
-    let child = spawn_vmm(&[
-        "run",
-        "--kernel",
-        &elf,
-        "--cmdline",
-        "clonetest",
-        "--api-sock",
-        s(&sock),
-        "--console",
-        s(&console),
-    ]);
-    wait_for_path(&sock, T);
+    let (console, tpl) = (dir.path().join("t.log"), dir.path().join("template"));
+    let (child, sock) = boot_with_api(dir.path(), "clonetest", &["--console", s(&console)]);
     wait_for_text(&console, "waiting to be cloned\n", T);
     api(&sock, "PUT", "/vm/pause", None);
-    let (st, v) = api(
-        &sock,
-        "PUT",
-        "/vm/snapshot",
-        Some(&format!(r#"{{"dir":"{}"}}"#, s(&tpl))),
-    );
-    assert_eq!(st, 200, "{v}");
-    api(&sock, "PUT", "/vm/shutdown", None);
-    assert_eq!(wait_with_timeout(child, T).status.code(), Some(0));
+    take_snapshot(&sock, &tpl);
+    shut_down(child, &sock);
     let template_bytes = std::fs::read(tpl.join("memory.bin")).unwrap();
 
     let clones: Vec<_> = (0..10)
@@ -230,30 +169,10 @@ fn bad_snapshots_are_refused_before_the_guest_runs() {
     fails(&dir.path().join("missing"), "cannot read");
 
     // Make a real snapshot, then damage copies of it.
-    let (sock, snap) = (dir.path().join("api.sock"), dir.path().join("snap"));
-    let elf = guest_elf().to_str().unwrap().to_string();
-    let child = spawn_vmm(&[
-        "run",
-        "--kernel",
-        &elf,
-        "--cmdline",
-        "tick=1000",
-        "--api-sock",
-        s(&sock),
-        "--console",
-        "none",
-        "--paused",
-    ]);
-    wait_for_path(&sock, T);
-    let (st, v) = api(
-        &sock,
-        "PUT",
-        "/vm/snapshot",
-        Some(&format!(r#"{{"dir":"{}"}}"#, s(&snap))),
-    );
-    assert_eq!(st, 200, "{v}");
-    api(&sock, "PUT", "/vm/shutdown", None);
-    wait_with_timeout(child, T);
+    let snap = dir.path().join("snap");
+    let (child, sock) = boot_with_api(dir.path(), "tick=1000", &["--console", "none", "--paused"]);
+    take_snapshot(&sock, &snap);
+    shut_down(child, &sock);
 
     let copy = |name: &str| {
         let d = dir.path().join(name);
@@ -308,21 +227,7 @@ fn bad_snapshots_are_refused_before_the_guest_runs() {
 #[test]
 fn control_api_rejects_bad_requests() {
     let dir = tempfile::tempdir().unwrap();
-    let sock = dir.path().join("api.sock");
-    let elf = guest_elf().to_str().unwrap().to_string();
-    let child = spawn_vmm(&[
-        "run",
-        "--kernel",
-        &elf,
-        "--cmdline",
-        "tick=1000",
-        "--api-sock",
-        s(&sock),
-        "--console",
-        "none",
-        "--paused",
-    ]);
-    wait_for_path(&sock, T);
+    let (child, sock) = boot_with_api(dir.path(), "tick=1000", &["--console", "none", "--paused"]);
     assert_eq!(api(&sock, "GET", "/nope", None).0, 404);
     assert_eq!(api(&sock, "DELETE", "/vm/pause", None).0, 405);
     assert_eq!(api(&sock, "PUT", "/vm/snapshot", Some("not json")).0, 400);
