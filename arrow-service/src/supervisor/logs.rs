@@ -9,6 +9,7 @@ use futures_util::stream::{self, Stream};
 
 use super::{Supervisor, CONSOLE_LOG};
 use crate::error::Result;
+use crate::model::State;
 
 /// A stream of console bytes.
 pub type LogStream = std::pin::Pin<Box<dyn Stream<Item = std::io::Result<Vec<u8>>> + Send>>;
@@ -87,11 +88,11 @@ impl Supervisor {
             loop {
                 // Check the state before reading so that output written just before the
                 // instance finished is still delivered.
+                // Following a never-started instance waits for it to run; otherwise
+                // the stream ends once the instance is no longer active (or removed).
                 let finished = match st.sup.db.get(&st.id) {
-                    Ok(Some(r)) => {
-                        !r.state.is_active() && r.state != crate::model::State::Created
-                            || (r.state == crate::model::State::Created && !st.follow)
-                    }
+                    Ok(Some(r)) if r.state == State::Created => !st.follow,
+                    Ok(Some(r)) => !r.state.is_active(),
                     _ => true,
                 };
                 match read_from(&path, st.offset) {
