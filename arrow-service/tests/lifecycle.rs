@@ -272,3 +272,41 @@ fn concurrent_clients() {
         "{m}"
     );
 }
+
+#[test]
+fn tcp_listener_requires_the_token() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_arrowd"))
+        .args(["--tcp", "127.0.0.1:0", "--socket", "/nonexistent/x.sock"])
+        .env_remove("ARROWD_TOKEN")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("--token"), "{}", stderr(&out));
+
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let d = Daemon::with_args(&["--tcp", &addr, "--token", "s3cret"]);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let call = |token: Option<&str>| {
+        let ep = arrow_service::client::Endpoint::Tcp(addr.clone(), token.map(str::to_owned));
+        rt.block_on(ep.send(hyper::Method::GET, "/version", None))
+            .map(|r| r.status().as_u16())
+    };
+    match call(None) {
+        Err(arrow_service::client::ClientError::Api { status, message }) => {
+            assert_eq!(status.as_u16(), 401);
+            assert!(message.contains("ARROW_TOKEN"), "{message}");
+        }
+        other => panic!("TCP without token: {other:?}"),
+    }
+    assert!(call(Some("wrong")).is_err());
+    assert_eq!(call(Some("s3cret")).unwrap(), 200);
+    drop(d);
+}
