@@ -10,7 +10,7 @@ fn run_ps_logs_stop_wait_rm_with_actl() {
     let d = Daemon::new();
     d.image("exit3", &["exit=3"]);
     d.image("hello", &["hello"]);
-    d.image("long", &["count=100000000"]);
+    d.image("long", &["idle"]);
 
     let out = d.actl(&["images"]);
     assert!(out.status.success(), "{}", stderr(&out));
@@ -88,7 +88,7 @@ fn run_ps_logs_stop_wait_rm_with_actl() {
     let start = std::time::Instant::now();
     loop {
         let logs = stdout(&d.actl(&["logs", "--tail", "2", "l1"]));
-        if logs.contains("count ") {
+        if logs.contains("idle") {
             assert!(logs.lines().count() <= 2, "{logs}");
             break;
         }
@@ -138,7 +138,7 @@ fn run_ps_logs_stop_wait_rm_with_actl() {
 #[test]
 fn bad_input_gets_4xx_and_arrowd_survives() {
     let d = Daemon::new();
-    d.image("long", &["count=100000000"]);
+    d.image("long", &["idle"]);
     let err = |r: Result<Value, (u16, String)>| r.expect_err("must fail");
 
     let (code, msg) = err(d.post("/instances", Some(json!({"image": "nope:1"}))));

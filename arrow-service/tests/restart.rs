@@ -48,7 +48,7 @@ fn check_consistent(d: &Daemon) -> BTreeSet<(String, i32)> {
 #[test]
 fn kill_9_while_creating_then_restart_and_sigterm() {
     let mut d = Daemon::new();
-    d.image("long", &["count=100000000"]);
+    d.image("long", &["idle"]);
     let pid = d.child.as_ref().unwrap().id() as i32;
 
     std::thread::scope(|s| {

@@ -59,12 +59,16 @@ static void __attribute__((noreturn)) exit_with(u32 status) { notify(EV_EXITED, 
 static int starts_with(const char *s, const char *p) { while (*p) if (*s++ != *p++) return 0; return 1; }
 static u64 slen(const char *s) { u64 n = 0; while (s[n]) n++; return n; }
 static u64 parse_u(const char *s) { u64 v = 0; while (*s >= '0' && *s <= '9') v = v * 10 + (u64)(*s++ - '0'); return v; }
-/* Finds "key" as a whole word in the command line; returns what follows it. */
+/* Finds the word "key" on the command line; returns what follows it. A key
+ * ending in '=' matches the start of a word ("exit=" in "exit=3"), any other
+ * key only a whole word (so "panic" does not match "panic=-1"). */
 static const char *find_word(const char *cl, const char *key) {
     const char *w = cl;
+    u64 n = slen(key);
+    int prefix = n && key[n - 1] == '=';
     while (*w) {
         while (*w == ' ') w++;
-        if (starts_with(w, key)) return w + slen(key);
+        if (starts_with(w, key) && (prefix || w[n] == ' ' || w[n] == 0)) return w + n;
         while (*w && *w != ' ') w++;
     }
     return 0;
