@@ -69,10 +69,13 @@ pub fn build(cpus: u8, base: u32) -> Result<Vec<u8>, MpTableError> {
     entries.extend_from_slice(b"ISA   ");
     entries.extend_from_slice(&[2, ioapic_id, IOAPIC_VERSION, 1]);
     entries.extend_from_slice(&IOAPIC_ADDR.to_le_bytes());
+    // KVM's default routing sends GSI n to IOAPIC pin n (and the PIC), so
+    // every ISA IRQ, the PIT's IRQ 0 included, is a plain INT on its own pin.
+    // (Reporting pin 0 as ExtINT makes Linux's timer check take a path that
+    // expects an 8259 cascade through the IOAPIC and crash.)
     for pin in 0..IOAPIC_PINS {
-        let kind = if pin == 0 { IRQ_EXTINT } else { IRQ_INT };
         // type, irq type, flags (conforming), bus 0, bus irq, ioapic, pin
-        entries.extend_from_slice(&[3, kind, 0, 0, 0, pin, ioapic_id, pin]);
+        entries.extend_from_slice(&[3, IRQ_INT, 0, 0, 0, pin, ioapic_id, pin]);
     }
     // LINT0 = ExtINT, LINT1 = NMI on every local APIC (0xff).
     entries.extend_from_slice(&[4, IRQ_EXTINT, 0, 0, 0, 0, 0xff, 0]);
