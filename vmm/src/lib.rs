@@ -14,6 +14,7 @@ pub mod host;
 pub mod lifecycle;
 pub mod report;
 pub mod runtime;
+pub mod seccomp;
 pub mod snapshot;
 pub mod vcpu;
 pub mod vm;

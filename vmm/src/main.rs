@@ -10,6 +10,7 @@ use arrow_vmm::arch::boot::BootProtocol;
 use arrow_vmm::arch::cpuid::{parse_clear_rule, ClearRule};
 use arrow_vmm::config::{parse_size, ConsoleSink, VmConfig, VsockConfig, DEFAULT_CMDLINE};
 use arrow_vmm::exit::EXIT_VMM_ERROR;
+use arrow_vmm::seccomp::SeccompLevel;
 use arrow_vmm::vm::{RestoreConfig, RunOptions, Vm};
 use clap::{Parser, Subcommand, ValueEnum};
 
@@ -59,6 +60,9 @@ struct ServeArgs {
     /// Write a JSON report (timings, memory, exit) here when the VM stops.
     #[arg(long)]
     report: Option<PathBuf>,
+    /// Per-thread system call filters: trap (block, report, exit 125), log, off.
+    #[arg(long, value_enum, default_value_t = SeccompLevel::Trap)]
+    seccomp: SeccompLevel,
 }
 
 #[derive(clap::Args)]
@@ -177,6 +181,7 @@ fn serve(vm: Vm, args: &ServeArgs) -> anyhow::Result<i32> {
     let opts = RunOptions {
         api_sock: args.api_sock.clone(),
         paused: args.paused,
+        seccomp: args.seccomp,
     };
     let (reason, report) = vm.run(&opts)?;
     if !reason.is_clean() {

@@ -14,6 +14,7 @@ use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 use crate::devices::bus::Bus;
 use crate::exit::StopReason;
 use crate::lifecycle::Lifecycle;
+use crate::seccomp::{self, SeccompLevel, ThreadRole};
 use crate::snapshot::vcpu::{VcpuState, VcpuStateError};
 use crate::GuestMemoryMmap;
 
@@ -30,6 +31,7 @@ pub struct VcpuContext {
     /// What a state save needs to know about the host.
     pub msr_indices: Arc<Vec<u32>>,
     pub has_xcrs: bool,
+    pub seccomp: SeccompLevel,
 }
 
 /// What a parked vCPU thread can be asked to do.
@@ -157,6 +159,11 @@ fn run_loop(
     requests: &Receiver<VcpuRequest>,
     parked: &Sender<()>,
 ) {
+    if let Err(e) = seccomp::install(ThreadRole::Vcpu, ctx.seccomp) {
+        ctx.lifecycle
+            .request_stop(StopReason::VmmError(format!("vCPU {id}: {e}")));
+        return;
+    }
     if id == 0 {
         ctx.lifecycle.mark_first_run();
     }

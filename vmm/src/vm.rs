@@ -34,6 +34,7 @@ use crate::host::HostKind;
 use crate::lifecycle::Lifecycle;
 use crate::report::RunReport;
 use crate::runtime::{Runtime, VsockParts};
+use crate::seccomp::{SeccompLevel, ThreadRole};
 use crate::snapshot;
 use crate::vcpu::{self, VcpuContext};
 use crate::GuestMemoryMmap;
@@ -206,6 +207,8 @@ pub struct RunOptions {
     pub api_sock: Option<PathBuf>,
     /// Start with vCPUs parked (resume through the API).
     pub paused: bool,
+    /// Per-thread system call filters.
+    pub seccomp: SeccompLevel,
 }
 
 /// A configured VM, ready to run.
@@ -412,6 +415,7 @@ impl Vm {
             pause: Arc::new(AtomicBool::new(false)),
             msr_indices,
             has_xcrs,
+            seccomp: SeccompLevel::default(),
         };
         Ok(Self {
             vcpus: p.vcpus,
@@ -540,6 +544,10 @@ impl Vm {
         }
 
         vcpu::install_kick_handler().map_err(host_err("vCPU kick signal handler"))?;
+        self.ctx.seccomp = opts.seccomp;
+        if opts.seccomp != SeccompLevel::Off {
+            crate::seccomp::install_sigsys_handler().map_err(host_err("SIGSYS handler"))?;
+        }
         let pause = self.ctx.pause.clone();
         pause.store(opts.paused, Ordering::SeqCst);
         let mut handles = Vec::new();
@@ -575,6 +583,11 @@ impl Vm {
                     path.display()
                 ))),
             }
+        }
+        // Everything this thread opens from here on is in its filter's list.
+        if let Err(e) = crate::seccomp::install(ThreadRole::EventLoop, opts.seccomp) {
+            self.lifecycle
+                .request_stop(StopReason::VmmError(e.to_string()));
         }
         // Each second, let every running vCPU look whether it is halted for good.
         event_loop::run_until_stopped(&mut em, &self.lifecycle, || {
