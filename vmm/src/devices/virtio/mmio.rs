@@ -314,9 +314,9 @@ impl MmioTransport {
         if st & status::DRIVER_OK != 0 && st & status::DEVICE_NEEDS_RESET == 0 {
             t.activate_restored()?;
         }
-        if state.interrupt_status != 0 {
-            t.irq
-                .trigger(state.interrupt_status & (super::INT_VRING | INT_CONFIG));
+        let pending = state.interrupt_status & (super::INT_VRING | INT_CONFIG);
+        if pending != 0 {
+            t.irq.trigger(pending);
         }
         if lock(&t.device).take_config_changed() {
             t.config_generation = t.config_generation.wrapping_add(1);

@@ -39,7 +39,7 @@ use serde::{Deserialize, Serialize};
 use tracing::{debug, info, warn};
 use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
 use virtio_vsock::packet::VsockPacket;
-use vm_memory::{Bytes, GuestMemory};
+use vm_memory::{Address, Bytes, GuestMemory, VolatileSlice};
 use vmm_sys_util::eventfd::EventFd;
 
 pub use connection::ConnectionInfo;
@@ -114,6 +114,8 @@ pub struct Vsock {
     stale_tx: u16,
     /// The CID changed on restore; reported once to the transport.
     config_changed: bool,
+    /// Scratch buffer for TX packets in layouts `VsockPacket` does not take.
+    tx_buf: Vec<u8>,
 }
 
 fn valid_cid(cid: u64) -> bool {
@@ -148,6 +150,7 @@ impl Vsock {
             restored: false,
             stale_tx: 0,
             config_changed: false,
+            tx_buf: Vec::new(),
         })
     }
 
@@ -303,10 +306,29 @@ impl Vsock {
                     Ok(pkt) => self
                         .muxer
                         .on_guest_packet(&Header::of(&pkt), pkt.data_slice()),
-                    Err(e) => {
-                        warn!("vsock: malformed TX chain: {e}");
-                        self.muxer.on_malformed(raw_header(raw));
-                    }
+                    // `VsockPacket` takes only the layouts Linux commonly
+                    // uses (header + data in one or two descriptors); any
+                    // other layout is valid virtio and is gathered here.
+                    Err(first) => match gather_tx(mem, raw.clone(), &mut self.tx_buf) {
+                        Ok(h) if stale => self.muxer.on_stale_packet(&h),
+                        Ok(h) => {
+                            self.muxer.metrics.tx_gathered += 1;
+                            let data = self.tx_buf.get_mut(HEADER_SIZE..).unwrap_or_default();
+                            let slice = (!data.is_empty()).then(|| VolatileSlice::from(data));
+                            self.muxer.on_guest_packet(&h, slice.as_ref());
+                        }
+                        Err(e) => {
+                            warn!("vsock: malformed TX chain: {first}; {e}");
+                            // Reset the connection it names, if a whole
+                            // header was readable.
+                            let h = self
+                                .tx_buf
+                                .first_chunk::<HEADER_SIZE>()
+                                .map(Header::from_bytes)
+                                .or_else(|| raw_header(raw));
+                            self.muxer.on_malformed(h);
+                        }
+                    },
                 }
                 if let Err(e) = q.add_used(mem, head, 0) {
                     warn!("vsock: TX used ring: {e}");
@@ -439,6 +461,71 @@ impl Vsock {
         if used {
             Self::signal_used(act, EVQ);
         }
+    }
+}
+
+/// Why a TX chain could not be gathered.
+#[derive(Debug, thiserror::Error)]
+enum GatherError {
+    #[error("device-writable descriptor in a TX chain")]
+    WriteOnly,
+    #[error("chain holds {got} bytes, the packet needs {need}")]
+    Short { got: usize, need: usize },
+    #[error("payload length {0} exceeds the maximum")]
+    TooLong(u32),
+    #[error("guest memory: {0}")]
+    Memory(vm_memory::GuestMemoryError),
+}
+
+/// Copies a TX packet laid out over any number of device-readable
+/// descriptors into `buf` (header, then payload); returns the header.
+/// Reads at most `HEADER_SIZE + MAX_PKT_DATA` bytes whatever the chain
+/// claims; the chain iterator itself is bounded by the queue size.
+fn gather_tx<M: GuestMemory>(
+    mem: &M,
+    chain: impl Iterator<Item = virtio_queue::desc::split::Descriptor>,
+    buf: &mut Vec<u8>,
+) -> Result<Header, GatherError> {
+    buf.clear();
+    let mut header: Option<Header> = None;
+    let mut need = HEADER_SIZE;
+    for d in chain {
+        if d.is_write_only() {
+            return Err(GatherError::WriteOnly);
+        }
+        let mut addr = d.addr();
+        let mut left = d.len() as usize;
+        while left > 0 && buf.len() < need {
+            let n = left.min(need - buf.len());
+            let at = buf.len();
+            buf.resize(at + n, 0);
+            mem.read_slice(&mut buf[at..], addr)
+                .map_err(GatherError::Memory)?;
+            left -= n;
+            addr = addr.checked_add(n as u64).ok_or(GatherError::Memory(
+                vm_memory::GuestMemoryError::InvalidGuestAddress(addr),
+            ))?;
+            if header.is_none() && buf.len() >= HEADER_SIZE {
+                let mut b = [0u8; HEADER_SIZE];
+                b.copy_from_slice(&buf[..HEADER_SIZE]);
+                let h = Header::from_bytes(&b);
+                if h.len > MAX_PKT_DATA {
+                    return Err(GatherError::TooLong(h.len));
+                }
+                need = HEADER_SIZE + h.len as usize;
+                header = Some(h);
+            }
+        }
+        if buf.len() >= need {
+            break;
+        }
+    }
+    match header {
+        Some(h) if buf.len() >= need => Ok(h),
+        _ => Err(GatherError::Short {
+            got: buf.len(),
+            need,
+        }),
     }
 }
 

@@ -90,6 +90,10 @@ pub struct VsockMetrics {
     /// (answered with RST, not forwarded).
     #[serde(default)]
     pub stale_tx: u64,
+    /// TX packets in a descriptor layout gathered by the device (header
+    /// or payload split over several descriptors).
+    #[serde(default)]
+    pub tx_gathered: u64,
 }
 
 /// (local port on the host side, peer port on the guest side).
