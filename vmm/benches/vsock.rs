@@ -74,19 +74,19 @@ fn run(
     let bytes = mib << 20;
     let data = pattern(bytes);
 
-    // Guest-initiated echo first: the guest dials as soon as it runs.
+    f.boot_to_ready_s = g
+        .wait_for(ECHO_READY)
+        .map_err(|e| with_console(&g, e))?
+        .as_secs_f64();
+    g.wait_for(BULK_READY).map_err(|e| with_console(&g, e))?;
+
+    // The guest dialed while booting; its connection waits in the backlog.
     let s = g.accept(&dial).map_err(|e| with_console(&g, e))?;
     let dt = g
         .echo_roundtrip(&s, &data)
         .map_err(|e| with_console(&g, e))?;
     f.echo_guest_initiated_mib_s = mib as f64 / dt.as_secs_f64();
     drop(s);
-
-    f.boot_to_ready_s = g
-        .wait_for(ECHO_READY)
-        .map_err(|e| with_console(&g, e))?
-        .as_secs_f64();
-    g.wait_for(BULK_READY).map_err(|e| with_console(&g, e))?;
 
     // Connection setup: N sequential CONNECT → OK to vsock-echo.
     let (first, _) = g

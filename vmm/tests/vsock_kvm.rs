@@ -3,7 +3,10 @@
 //! small vsock-peer launcher (tests/apps), then in that boot:
 //! - host-initiated: `CONNECT 5000` → `OK`, 1 MiB echoed back intact;
 //! - guest-initiated: the guest dials CID 2 port 6000, which the device
-//!   connects to `<uds>_6000`; 1 MiB echoed back intact.
+//!   connects to `<uds>_6000`; 1 MiB echoed back intact;
+//! - then, with a host connection still open, the VM is paused and
+//!   snapshotted through the control API and restored as a clone (new CID,
+//!   new socket): a new CONNECT → OK and a 64 KiB echo work there.
 //!
 //! The guest is killed after 180 s at most. No KVM, no kernel, or no
 //! musl-gcc is a failure with the reason, never a skip.
@@ -72,12 +75,53 @@ fn vsock_host_and_guest_initiated_megabyte_echo() {
         setup.as_secs_f64() * 1e3,
         dt.as_secs_f64()
     );
-    drop(c);
 
     // The guest saw the end of its dialed connection.
     g.wait_for("vsock-peer: dial 0 echoed 1048576 bytes")
         .unwrap_or_else(|e| fail(Some(&g), "guest-side end of the dialed connection", e));
     g.check_alive()
         .unwrap_or_else(|e| fail(Some(&g), "guest after the transfers", e));
+
+    // Snapshot with the host connection `c` still open, then restore the
+    // snapshot as a clone with a new CID and socket (no second boot): the
+    // guest gets TRANSPORT_RESET for its stale connection and serves new
+    // ones under the new CID.
+    let api = api_sock(&uds);
+    let snap = dir.path().join("snap");
+    for (method, path, body) in [
+        ("PUT", "/vm/pause", String::new()),
+        (
+            "PUT",
+            "/vm/snapshot",
+            format!(r#"{{"dir":"{}"}}"#, snap.display()),
+        ),
+    ] {
+        match vsock_guest::api(&api, method, path, &body) {
+            Ok((200, _)) => {}
+            Ok((st, b)) => fail(Some(&g), &format!("{method} {path}"), format!("{st} {b}")),
+            Err(e) => fail(Some(&g), &format!("{method} {path}"), e),
+        }
+    }
     g.kill();
+    drop(c);
+    let uds2 = dir.path().join("clone.sock");
+    let bin = std::path::Path::new(env!("CARGO_BIN_EXE_arrow-vmm"));
+    let mut clone = Guest::restore_clone(bin, &snap, &uds2, 4, GUEST_TIMEOUT)
+        .unwrap_or_else(|e| fail(None, "starting the clone", e));
+    let (c2, setup) = clone
+        .connect_retry(ECHO_PORT)
+        .unwrap_or_else(|e| fail(Some(&clone), "CONNECT to the clone", e));
+    let small = pattern(64 << 10);
+    let dt = clone
+        .echo_roundtrip(&c2, &small)
+        .unwrap_or_else(|e| fail(Some(&clone), "64 KiB echo through the clone", e));
+    eprintln!(
+        "clone: CONNECT -> OK in {:.1} ms; 64 KiB echoed in {:.2} s",
+        setup.as_secs_f64() * 1e3,
+        dt.as_secs_f64()
+    );
+    clone
+        .check_alive()
+        .unwrap_or_else(|e| fail(Some(&clone), "clone after the transfer", e));
+    clone.kill();
 }

@@ -228,7 +228,9 @@ impl Guest {
                         noapic()
                     ))
                     .args(["--memory", "128M", "--vsock-cid", "3", "--vsock-uds"])
-                    .arg(uds);
+                    .arg(uds)
+                    .arg("--api-sock")
+                    .arg(api_sock(uds));
             }
             Vmm::Firecracker(bin) => {
                 let dir = uds.parent().unwrap_or(Path::new("/tmp"));
@@ -241,6 +243,7 @@ impl Guest {
                             noapic()
                         ),
                     },
+                    "drives": [],
                     "machine-config": { "vcpu_count": 1, "mem_size_mib": 128 },
                     "vsock": { "guest_cid": 3, "uds_path": uds },
                 });
@@ -255,6 +258,31 @@ impl Guest {
                     .arg(dir.join("firecracker.log"));
             }
         }
+        Self::spawn(cmd, vmm, uds, timeout)
+    }
+
+    /// Restores an Arrow snapshot as a clone with guest CID `cid` and its
+    /// vsock socket at `uds`.
+    pub fn restore_clone(
+        bin: &Path,
+        snapshot: &Path,
+        uds: &Path,
+        cid: u32,
+        timeout: Duration,
+    ) -> Result<Self, String> {
+        let mut cmd = Command::new(bin);
+        cmd.arg("restore")
+            .arg("--from")
+            .arg(snapshot)
+            .arg("--clone")
+            .arg("--vsock-cid")
+            .arg(cid.to_string())
+            .arg("--vsock-uds")
+            .arg(uds);
+        Self::spawn(cmd, &Vmm::Arrow(bin.to_path_buf()), uds, timeout)
+    }
+
+    fn spawn(mut cmd: Command, vmm: &Vmm, uds: &Path, timeout: Duration) -> Result<Self, String> {
         let started = Instant::now();
         let mut child = cmd
             .stdin(Stdio::null())
@@ -483,6 +511,40 @@ impl Drop for Guest {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// The control socket `Guest::boot` gives an Arrow guest.
+pub fn api_sock(uds: &Path) -> PathBuf {
+    let mut p = uds.to_path_buf().into_os_string();
+    p.push(".api");
+    PathBuf::from(p)
+}
+
+/// One request on arrow-vmm's control socket; returns the status code and
+/// the body.
+pub fn api(sock: &Path, method: &str, path: &str, body: &str) -> Result<(u16, String), String> {
+    let mut s = UnixStream::connect(sock).map_err(|e| format!("{}: {e}", sock.display()))?;
+    s.set_read_timeout(Some(Duration::from_secs(120)))
+        .map_err(|e| e.to_string())?;
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .map_err(|e| format!("{method} {path}: {e}"))?;
+    let mut resp = String::new();
+    s.read_to_string(&mut resp)
+        .map_err(|e| format!("{method} {path}: {e}"))?;
+    let status = resp
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = resp
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Ok((status, body))
 }
 
 /// `len` bytes of a pattern that catches reordering and loss.
