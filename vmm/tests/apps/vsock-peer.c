@@ -4,9 +4,11 @@
  *   --dial P      connect to the host (CID 2) port P, echo everything back
  *                 until EOF, then dial again (up to --dials N times, default 1);
  *   --bulk P      serve port P with one command per connection:
- *                   'S'            sink: read to EOF, answer the byte count
- *                                  (8 bytes, little endian);
+ *                   'S' + u64 len  sink: read len bytes (or to EOF), answer
+ *                                  the byte count (u64);
  *                   'G' + u64 len  source: send len bytes, then close;
+ *                 (u64 little endian; no half-close needed, which
+ *                 Firecracker's vsock does not pass on)
  * and finally execs `--exec PATH [ARGS...]` (e.g. /vsock-echo --port 5000), so
  * that program stays PID 1. Progress goes to stdout (the console) as lines
  * starting with "vsock-peer:".
@@ -119,9 +121,15 @@ static void bulk_conn(int c)
     if (read_full(c, &cmd, 1) != 0)
         return;
     if (cmd == 'S') {
-        uint64_t total = 0;
-        for (;;) {
-            ssize_t n = read(c, buf, sizeof buf);
+        unsigned char want[8];
+        if (read_full(c, (char *)want, 8) != 0)
+            return;
+        uint64_t len = 0, total = 0;
+        for (int i = 0; i < 8; i++)
+            len |= (uint64_t)want[i] << (8 * i);
+        while (total < len) {
+            uint64_t left = len - total;
+            ssize_t n = read(c, buf, left < sizeof buf ? (size_t)left : sizeof buf);
             if (n < 0 && errno == EINTR)
                 continue;
             if (n <= 0)

@@ -460,7 +460,9 @@ impl Guest {
         let (mut s, _) = self.connect_retry(BULK_PORT)?;
         let chunk = vec![0x5au8; 1 << 16];
         let t0 = Instant::now();
-        s.write_all(b"S").map_err(|e| e.to_string())?;
+        let mut req = vec![b'S'];
+        req.extend_from_slice(&(len as u64).to_le_bytes());
+        s.write_all(&req).map_err(|e| e.to_string())?;
         let mut left = len;
         while left > 0 {
             let n = left.min(chunk.len());
@@ -468,8 +470,6 @@ impl Guest {
                 .map_err(|e| format!("sink write: {e}"))?;
             left -= n;
         }
-        s.shutdown(std::net::Shutdown::Write)
-            .map_err(|e| e.to_string())?;
         let mut le = [0u8; 8];
         s.read_exact(&mut le)
             .map_err(|e| format!("sink count: {e}"))?;
