@@ -446,6 +446,24 @@ impl Vm {
             snapshot::memory::map_private(&config.dir.join(snapshot::MEMORY_FILE), &state.regions)
                 .map_err(snapshot::SnapshotError::from)?;
         register_memory(&vm, &mem)?;
+        // vCPUs (and their LAPICs) before the interrupt controllers: setting
+        // the IOAPIC re-delivers its pending interrupts, which must find the
+        // restored LAPICs (an IOAPIC restored first keeps an undeliverable
+        // edge pending and never delivers that pin again); the devices'
+        // irqfds, registered below, may fire at once too.
+        let mut vcpus = Vec::with_capacity(state.vcpus.len());
+        for (i, vs) in state.vcpus.iter().enumerate() {
+            if usize::from(vs.id) != i {
+                return Err(VmError::Restore(format!(
+                    "vCPU {i} of the snapshot has id {}",
+                    vs.id
+                )));
+            }
+            let vcpu = vm.create_vcpu(i as u64).map_err(kvm_err("create vCPU"))?;
+            vs.restore(&vcpu)
+                .map_err(|e| VmError::Restore(e.to_string()))?;
+            vcpus.push(vcpu);
+        }
         state
             .vm
             .restore(&vm)
@@ -495,19 +513,6 @@ impl Vm {
             vsock = Some(attach_vsock(&vm, &mut mmio, dev, transport)?);
         }
 
-        let mut vcpus = Vec::with_capacity(state.vcpus.len());
-        for (i, vs) in state.vcpus.iter().enumerate() {
-            if usize::from(vs.id) != i {
-                return Err(VmError::Restore(format!(
-                    "vCPU {i} of the snapshot has id {}",
-                    vs.id
-                )));
-            }
-            let vcpu = vm.create_vcpu(i as u64).map_err(kvm_err("create vCPU"))?;
-            vs.restore(&vcpu)
-                .map_err(|e| VmError::Restore(e.to_string()))?;
-            vcpus.push(vcpu);
-        }
         tracing::debug!(dir = %config.dir.display(), clone = config.clone, generation, "restored");
         Self::assemble(
             &kvm,

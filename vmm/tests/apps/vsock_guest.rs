@@ -169,18 +169,6 @@ pub fn app_args(dials: u32) -> String {
     )
 }
 
-/// `noapic` unless `ARROW_E2E_APIC` is set: arrow-vmm's MP table routes
-/// IOAPIC pin 0 as ExtINT and Linux then oopses in check_timer() (the same
-/// workaround as the arrow-e2e tests; see tests/src/lib.rs). Used for both
-/// VMMs so that the comparison runs the same guest configuration.
-fn noapic() -> &'static str {
-    if std::env::var_os("ARROW_E2E_APIC").is_some() {
-        ""
-    } else {
-        "noapic"
-    }
-}
-
 /// Which VMM runs the guest.
 #[derive(Clone, Debug)]
 pub enum Vmm {
@@ -224,8 +212,7 @@ impl Guest {
                     .arg(initrd)
                     .arg("--cmdline")
                     .arg(format!(
-                        "console=ttyS0 reboot=k panic=-1 {} arrow.app=/app -- {app_args}",
-                        noapic()
+                        "console=ttyS0 reboot=k panic=-1 arrow.app=/app -- {app_args}"
                     ))
                     .args(["--memory", "128M", "--vsock-cid", "3", "--vsock-uds"])
                     .arg(uds)
@@ -239,8 +226,7 @@ impl Guest {
                         "kernel_image_path": kernel,
                         "initrd_path": initrd,
                         "boot_args": format!(
-                            "console=ttyS0 panic=-1 {COMPAT_FLAGS} {} arrow.app=/app -- {app_args}",
-                            noapic()
+                            "console=ttyS0 panic=-1 {COMPAT_FLAGS} arrow.app=/app -- {app_args}"
                         ),
                     },
                     "drives": [],
