@@ -299,7 +299,20 @@ fn tcp_listener_requires_the_token() {
         rt.block_on(ep.send(hyper::Method::GET, "/version", None))
             .map(|r| r.status().as_u16())
     };
-    match call(None) {
+    // arrowd opens its TCP listener after the Unix socket the helper waits
+    // for: retry while the port still refuses connections.
+    let start = std::time::Instant::now();
+    let first = loop {
+        match call(None) {
+            Err(arrow_service::client::ClientError::Connect(..))
+                if start.elapsed() < common::TIMEOUT =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            other => break other,
+        }
+    };
+    match first {
         Err(arrow_service::client::ClientError::Api { status, message }) => {
             assert_eq!(status.as_u16(), 401);
             assert!(message.contains("ARROW_TOKEN"), "{message}");
