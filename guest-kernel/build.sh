@@ -120,7 +120,12 @@ fi
 # ---- unpack ---------------------------------------------------------------------------
 step "unpack $SOURCE_TARBALL"
 WORK=$(mktemp -d "$CACHE_ROOT/.build-$KEY.XXXXXX")
-cleanup() { [[ ${ARROW_KERNEL_KEEP_BUILD:-0} == 1 ]] || rm -rf "$WORK"; }
+MAKE_PID=
+cleanup() {
+    # make passes a fatal signal on to the compilers it runs.
+    [[ -z $MAKE_PID ]] || kill "$MAKE_PID" 2>/dev/null || true
+    [[ ${ARROW_KERNEL_KEEP_BUILD:-0} == 1 ]] || rm -rf "$WORK"
+}
 trap cleanup EXIT
 tar -xJf "$SOURCE_TARBALL" -C "$WORK"
 SRC=$WORK/linux-source-6.12
@@ -129,7 +134,8 @@ SRC=$WORK/linux-source-6.12
 # ---- patches ------------------------------------------------------------------------------
 for p in "${PATCHES[@]}"; do
     step "apply patch $(basename "$p")"
-    patch -d "$SRC" -p1 --forward --batch --quiet < "$p" >&2 \
+    # --fuzz=0: a patch applies exactly to the pinned source or not at all.
+    patch -d "$SRC" -p1 --forward --batch --quiet --fuzz=0 < "$p" >&2 \
         || fail "patch $(basename "$p") does not apply to $SOURCE_PKG $SOURCE_VERSION"
 done
 
@@ -179,9 +185,11 @@ while kill -0 "$MAKE_PID" 2>/dev/null; do
     fi
 done
 if ! wait "$MAKE_PID"; then
+    MAKE_PID=
     { grep -E -m 20 '(error|Error [0-9]+|undefined reference)' "$LOGFILE" || tail -n 30 "$LOGFILE"; } >&2
     fail "make vmlinux failed (full log: $LOGFILE)"
 fi
+MAKE_PID=
 [[ -f $SRC/vmlinux ]] || fail "make succeeded but produced no vmlinux"
 
 # ---- store ------------------------------------------------------------------------------------
