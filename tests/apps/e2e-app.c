@@ -29,6 +29,7 @@ int main(int argc, char **argv)
            stat("/proc/self", &st) == 0, stat("/sys/kernel", &st) == 0,
            stat("/dev/null", &st) == 0, stat("/tmp", &st) == 0 && (st.st_mode & 01777) == 01777,
            stat("/dev/console", &st) == 0);
+    printf("ARROW-E2E: cpus online=%ld\n", sysconf(_SC_NPROCESSORS_ONLN));
     fflush(stdout);
     if (argc > 1 && strcmp(argv[argc - 1], "segv") == 0)
         *(volatile int *)0 = 0;

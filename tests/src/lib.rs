@@ -52,11 +52,28 @@ pub fn kernel() -> PathBuf {
                 .stderr(Stdio::inherit())
                 .output()
                 .expect("run guest-kernel/build.sh");
-            assert!(out.status.success(), "guest-kernel/build.sh failed: {}", out.status);
+            assert!(
+                out.status.success(),
+                "guest-kernel/build.sh failed: {}",
+                out.status
+            );
             let stdout = String::from_utf8_lossy(&out.stdout);
-            let path = PathBuf::from(stdout.lines().last().expect("build.sh printed a path").trim());
-            assert!(path.is_file(), "build.sh printed {path:?}, which is not a file");
-            eprintln!("e2e: kernel {} ({:.1} s)", path.display(), t.elapsed().as_secs_f64());
+            let path = PathBuf::from(
+                stdout
+                    .lines()
+                    .last()
+                    .expect("build.sh printed a path")
+                    .trim(),
+            );
+            assert!(
+                path.is_file(),
+                "build.sh printed {path:?}, which is not a file"
+            );
+            eprintln!(
+                "e2e: kernel {} ({:.1} s)",
+                path.display(),
+                t.elapsed().as_secs_f64()
+            );
             path
         })
         .clone()
@@ -87,7 +104,9 @@ pub fn arrow_vmm() -> PathBuf {
 /// Compiles `apps/<name>.c` into a static executable: `musl-gcc` when
 /// installed (Debian `musl-tools`), else the system `cc -static` (glibc).
 pub fn static_c_app(name: &str, out_dir: &Path) -> PathBuf {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("apps").join(format!("{name}.c"));
+    let src = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("apps")
+        .join(format!("{name}.c"));
     let out = out_dir.join(name);
     let compilers: &[&str] = &["musl-gcc", "cc"];
     for cc in compilers {
@@ -143,6 +162,12 @@ impl Run {
 /// Boots `kernel` with `initrd` and `cmdline` under a timeout; `marker` is a
 /// console string whose first appearance is timed.
 pub fn boot(initrd: &Path, cmdline: &str, marker: &str) -> Run {
+    boot_with_vcpus(initrd, cmdline, marker, 1)
+}
+
+/// `boot` with `vcpus` vCPUs.
+pub fn boot_with_vcpus(initrd: &Path, cmdline: &str, marker: &str, vcpus: u8) -> Run {
+    let vcpus = vcpus.to_string();
     let timeout = std::env::var("ARROW_E2E_TIMEOUT")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -156,7 +181,7 @@ pub fn boot(initrd: &Path, cmdline: &str, marker: &str) -> Run {
         .arg(kernel())
         .arg("--initrd")
         .arg(initrd)
-        .args(["--cmdline", cmdline, "--memory", "128M", "--vcpus", "1"])
+        .args(["--cmdline", cmdline, "--memory", "128M", "--vcpus", &vcpus])
         .args(["--console", "stdout", "--log-level", "info", "--report"])
         .arg(&report)
         .env("NO_COLOR", "1")
@@ -209,19 +234,20 @@ pub fn boot(initrd: &Path, cmdline: &str, marker: &str) -> Run {
         .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
         .and_then(|v| v.get("app_started_us").and_then(|u| u.as_u64()))
         .map(Duration::from_micros);
-    Run { exit_code, console, stderr, wall, app_started, first_marker_line }
+    Run {
+        exit_code,
+        console,
+        stderr,
+        wall,
+        app_started,
+        first_marker_line,
+    }
 }
 
 /// The kernel command line the tests use: console and reset as arrow-vmm's
 /// default; arrow-vmm adds the nested-PVM flags itself on such hosts.
-///
-/// `noapic`: arrow-vmm's MP table currently routes IOAPIC pin 0 as ExtINT, and
-/// Linux then oopses in check_timer() (IRQ 0 has no IOAPIC vector). Until the
-/// table lists pin 0 as an ordinary INT (as Firecracker's does), the tests
-/// route legacy IRQs through the PIC. Set ARROW_E2E_APIC=1 to boot with it.
 pub fn cmdline(extra: &str) -> String {
-    let noapic = if std::env::var_os("ARROW_E2E_APIC").is_some() { "" } else { "noapic " };
-    format!("console=ttyS0 reboot=k panic=-1 {noapic}{extra}")
+    format!("console=ttyS0 reboot=k panic=-1 {extra}")
 }
 
 /// A readable failure message with the tail of the console and stderr.
