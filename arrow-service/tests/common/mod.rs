@@ -155,19 +155,22 @@ impl Daemon {
             .append(true)
             .open(self.dir.path().join("arrowd.log"))
             .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_arrowd"))
-            .arg("--socket")
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_arrowd"));
+        cmd.arg("--socket")
             .arg(self.socket())
             .arg("--state-dir")
             .arg(self.dir.path().join("state"))
             .arg("--store")
             .arg(self.store_dir())
-            .arg("--kernel")
-            .arg(guest_elf())
             .arg("--vmm")
-            .arg(vmm_bin())
-            // The test guest acts on words such as "panic" anywhere on its command line.
-            .args(["--kernel-cmdline", "console=ttyS0"])
+            .arg(vmm_bin());
+        // The freestanding test guest unless the test brings its own kernel.
+        if !self.extra.iter().any(|a| a == "--kernel") {
+            cmd.arg("--kernel")
+                .arg(guest_elf())
+                .args(["--kernel-cmdline", "console=ttyS0"]);
+        }
+        let child = cmd
             .args(&self.extra)
             .env_remove("RUST_LOG")
             .stdin(Stdio::null())
