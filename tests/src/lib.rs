@@ -264,3 +264,37 @@ pub fn explain(run: &Run) -> String {
         tail(&run.stderr, 20)
     )
 }
+
+/// Builds the freestanding test guest (vmm/tests/guests: a tiny ELF that
+/// arrow-vmm boots in milliseconds and that acts on words on its command
+/// line) with the system gcc into `out`. Runs at CPL0, which nested-PVM hosts
+/// emulate: plain integer code only (ENVIRONMENT.md's flags).
+pub fn build_test_guest(out: &Path) {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../vmm/tests/guests");
+    let status = Command::new("gcc")
+        .args([
+            "-ffreestanding",
+            "-nostdlib",
+            "-mgeneral-regs-only",
+            "-mno-red-zone",
+            "-O1",
+            "-fno-pic",
+            "-no-pie",
+            "-static",
+            "-fno-stack-protector",
+            "-fcf-protection=none",
+            "-fno-asynchronous-unwind-tables",
+            "-fno-builtin",
+            "-Wl,--build-id=none",
+            "-Wl,--no-warn-rwx-segments",
+            "-T",
+        ])
+        .arg(src.join("guest.ld"))
+        .arg("-o")
+        .arg(out)
+        .arg(src.join("start.S"))
+        .arg(src.join("guest.c"))
+        .status()
+        .expect("gcc must be installed to build the test guest");
+    assert!(status.success(), "building the test guest with gcc failed");
+}

@@ -25,37 +25,12 @@ fn tmp() -> PathBuf {
     PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
 }
 
-/// The test guest, built with the system gcc exactly as vmm/tests/common does.
+/// The freestanding test guest (built by arrow-e2e with the system gcc).
 pub fn guest_elf() -> &'static Path {
     static ELF: OnceLock<PathBuf> = OnceLock::new();
     ELF.get_or_init(|| {
-        let src = repo_root().join("vmm/tests/guests");
         let out = tmp().join(format!("arrowd-test-guest-{}.elf", std::process::id()));
-        let status = Command::new("gcc")
-            .args([
-                "-ffreestanding",
-                "-nostdlib",
-                "-mgeneral-regs-only",
-                "-mno-red-zone",
-                "-O1",
-                "-fno-pic",
-                "-no-pie",
-                "-static",
-                "-fno-stack-protector",
-                "-fcf-protection=none",
-                "-fno-asynchronous-unwind-tables",
-                "-fno-builtin",
-                "-Wl,--build-id=none",
-                "-T",
-            ])
-            .arg(src.join("guest.ld"))
-            .arg("-o")
-            .arg(&out)
-            .arg(src.join("start.S"))
-            .arg(src.join("guest.c"))
-            .status()
-            .expect("gcc must be installed to build the test guest");
-        assert!(status.success(), "building the test guest failed");
+        arrow_e2e::build_test_guest(&out);
         out
     })
 }

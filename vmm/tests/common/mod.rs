@@ -25,35 +25,9 @@ pub fn require_kvm() {
 pub fn guest_elf() -> &'static Path {
     static ELF: OnceLock<PathBuf> = OnceLock::new();
     ELF.get_or_init(|| {
-        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/guests");
         let out = Path::new(env!("CARGO_TARGET_TMPDIR"))
             .join(format!("test-guest-{}.elf", std::process::id()));
-        let status = Command::new("gcc")
-            .args([
-                "-ffreestanding",
-                "-nostdlib",
-                "-mgeneral-regs-only",
-                "-mno-red-zone",
-                "-O1",
-                "-fno-pic",
-                "-no-pie",
-                "-static",
-                "-fno-stack-protector",
-                "-fcf-protection=none",
-                "-fno-asynchronous-unwind-tables",
-                "-fno-builtin",
-                "-Wl,--build-id=none",
-                "-Wl,--no-warn-rwx-segments",
-                "-T",
-            ])
-            .arg(src.join("guest.ld"))
-            .arg("-o")
-            .arg(&out)
-            .arg(src.join("start.S"))
-            .arg(src.join("guest.c"))
-            .status()
-            .expect("gcc must be installed to build the test guest");
-        assert!(status.success(), "building the test guest with gcc failed");
+        arrow_e2e::build_test_guest(&out);
         out
     })
 }
