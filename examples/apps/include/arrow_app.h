@@ -9,6 +9,7 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
+#include <signal.h>
 #include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -19,6 +20,31 @@
 
 #ifndef AF_VSOCK
 #define AF_VSOCK 40
+/* Accepts connections on fd forever, each served by handler(conn) in a
+ * child process (in this process if fork fails). Children are reaped
+ * automatically: the app may be PID 1. */
+static void arrow_serve_forever(int fd, void (*handler)(int))
+{
+    signal(SIGCHLD, SIG_IGN);
+    for (;;) {
+        int c = accept(fd, NULL, NULL);
+        if (c < 0) {
+            if (errno != EINTR)
+                perror("accept");
+            continue;
+        }
+        pid_t pid = fork();
+        if (pid == 0) {
+            close(fd);
+            handler(c);
+            _exit(0);
+        }
+        if (pid < 0)
+            handler(c);
+        close(c);
+    }
+}
+
 #endif
 #define ARROW_VMADDR_CID_ANY 0xFFFFFFFFu
 
@@ -147,6 +173,31 @@ static int arrow_write_all(int fd, const char *buf, size_t len)
         len -= (size_t)n;
     }
     return 0;
+}
+
+/* Accepts connections on fd forever, each served by handler(conn) in a
+ * child process (in this process if fork fails). Children are reaped
+ * automatically: the app may be PID 1. */
+static void arrow_serve_forever(int fd, void (*handler)(int))
+{
+    signal(SIGCHLD, SIG_IGN);
+    for (;;) {
+        int c = accept(fd, NULL, NULL);
+        if (c < 0) {
+            if (errno != EINTR)
+                perror("accept");
+            continue;
+        }
+        pid_t pid = fork();
+        if (pid == 0) {
+            close(fd);
+            handler(c);
+            _exit(0);
+        }
+        if (pid < 0)
+            handler(c);
+        close(c);
+    }
 }
 
 #endif

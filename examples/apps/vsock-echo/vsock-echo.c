@@ -19,24 +19,5 @@ static void echo(int c)
 int main(int argc, char **argv)
 {
     struct arrow_opts o = arrow_parse_opts(argc, argv, 5000);
-    int fd = arrow_listen(&o);
-    /* Children are reaped automatically (we may be PID 1). */
-    signal(SIGCHLD, SIG_IGN);
-    for (;;) {
-        int c = accept(fd, NULL, NULL);
-        if (c < 0) {
-            if (errno != EINTR)
-                perror("accept");
-            continue;
-        }
-        pid_t pid = fork();
-        if (pid == 0) {
-            close(fd);
-            echo(c);
-            _exit(0);
-        }
-        if (pid < 0)
-            echo(c);
-        close(c);
-    }
+    arrow_serve_forever(arrow_listen(&o), echo);
 }

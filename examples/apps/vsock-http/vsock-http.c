@@ -109,24 +109,6 @@ static void serve(int c)
 int main(int argc, char **argv)
 {
     struct arrow_opts o = arrow_parse_opts(argc, argv, 8080);
-    int fd = arrow_listen(&o);
-    signal(SIGCHLD, SIG_IGN);
     signal(SIGPIPE, SIG_IGN);
-    for (;;) {
-        int c = accept(fd, NULL, NULL);
-        if (c < 0) {
-            if (errno != EINTR)
-                perror("accept");
-            continue;
-        }
-        pid_t pid = fork();
-        if (pid == 0) {
-            close(fd);
-            serve(c);
-            _exit(0);
-        }
-        if (pid < 0)
-            serve(c);
-        close(c);
-    }
+    arrow_serve_forever(arrow_listen(&o), serve);
 }
