@@ -20,31 +20,6 @@
 
 #ifndef AF_VSOCK
 #define AF_VSOCK 40
-/* Accepts connections on fd forever, each served by handler(conn) in a
- * child process (in this process if fork fails). Children are reaped
- * automatically: the app may be PID 1. */
-static void arrow_serve_forever(int fd, void (*handler)(int))
-{
-    signal(SIGCHLD, SIG_IGN);
-    for (;;) {
-        int c = accept(fd, NULL, NULL);
-        if (c < 0) {
-            if (errno != EINTR)
-                perror("accept");
-            continue;
-        }
-        pid_t pid = fork();
-        if (pid == 0) {
-            close(fd);
-            handler(c);
-            _exit(0);
-        }
-        if (pid < 0)
-            handler(c);
-        close(c);
-    }
-}
-
 #endif
 #define ARROW_VMADDR_CID_ANY 0xFFFFFFFFu
 
