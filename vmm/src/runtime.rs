@@ -131,7 +131,7 @@ impl Runtime {
             device: lock(&v.device).state(),
         });
         let devices = DeviceStates {
-            serial: (&lock(&self.serial).0.state()).into(),
+            serial: lock(&self.serial).0.state(),
             generation: lock(&self.notify).generation(),
             vsock,
         };

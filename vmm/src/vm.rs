@@ -472,7 +472,7 @@ impl Vm {
         let lifecycle = Arc::new(Lifecycle::new(start).map_err(host_err("eventfd"))?);
         let serial_irq = EventFd::new(libc::EFD_NONBLOCK).map_err(host_err("eventfd"))?;
         let serial = SerialDevice::from_state(
-            &(&state.devices.serial).into(),
+            &state.devices.serial,
             serial_irq.try_clone().map_err(host_err("eventfd"))?,
             console_writer(&config.console)?,
         )
