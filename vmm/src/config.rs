@@ -55,6 +55,16 @@ pub struct VsockConfig {
 /// The default command line: serial console, quiet boot, no ACPI probing.
 pub const DEFAULT_CMDLINE: &str = "console=ttyS0 reboot=k panic=-1";
 
+/// Inserts a kernel parameter before a `--` (after it, it would be init's argv).
+pub fn insert_kernel_param(cmdline: &str, param: &str) -> String {
+    match cmdline.find(" -- ") {
+        Some(i) => format!("{} {param}{}", &cmdline[..i], &cmdline[i..]),
+        None if cmdline.starts_with("-- ") => format!("{param} {cmdline}"),
+        None if cmdline.is_empty() => param.to_string(),
+        None => format!("{cmdline} {param}"),
+    }
+}
+
 /// Parses a memory size like `128M`, `1G`, `512MiB`, `4096K`; a bare number is MiB.
 pub fn parse_size(s: &str) -> Result<u64, String> {
     let t = s.trim();
@@ -82,6 +92,14 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn kernel_params_go_before_init_args() {
+        assert_eq!(insert_kernel_param("a b", "x=1"), "a b x=1");
+        assert_eq!(insert_kernel_param("a -- -v", "x=1"), "a x=1 -- -v");
+        assert_eq!(insert_kernel_param("-- -v", "x=1"), "x=1 -- -v");
+        assert_eq!(insert_kernel_param("", "x=1"), "x=1");
+    }
 
     #[test]
     fn sizes() {

@@ -10,6 +10,8 @@
 
 use std::path::Path;
 
+use crate::config::insert_kernel_param;
+
 /// Guest command-line flags required on nested-PVM hosts, with the reason.
 pub const PVM_CMDLINE_FLAGS: &[(&str, &str)] = &[
     ("noxsave", "xsave/xrstor are not emulated"),
@@ -57,27 +59,23 @@ impl HostKind {
         if self == HostKind::Hardware {
             return out;
         }
-        // Flags must go before a `--` (after it they would be init's argv).
-        let (kernel_part, init_part) = match out.find(" -- ") {
-            Some(i) => (out[..i].to_string(), out[i..].to_string()),
-            None if out.starts_with("-- ") => (String::new(), format!(" {out}")),
-            None => (out.clone(), String::new()),
-        };
-        let mut kernel_part = kernel_part;
         for (flag, why) in PVM_CMDLINE_FLAGS {
+            // Only kernel parameters count (after `--` is init's argv).
+            let kernel_part = out.split(" -- ").next().unwrap_or("");
+            let kernel_part = if kernel_part.starts_with("-- ") {
+                ""
+            } else {
+                kernel_part
+            };
             let key = flag.split('=').next().unwrap_or(flag);
             let present = kernel_part
                 .split_whitespace()
                 .any(|w| w == *flag || w.split('=').next() == Some(key));
             if !present {
                 tracing::debug!(flag, why, "nested-PVM host: adding guest command-line flag");
-                if !kernel_part.is_empty() {
-                    kernel_part.push(' ');
-                }
-                kernel_part.push_str(flag);
+                out = insert_kernel_param(&out, flag);
             }
         }
-        out = kernel_part + &init_part;
         out
     }
 }

@@ -19,7 +19,7 @@ use crate::arch::boot::{self, BootError};
 use crate::arch::layout::{self, KVM_TSS_ADDR};
 use crate::arch::regs::{self, RegsError};
 use crate::arch::{cpuid, mptable};
-use crate::config::{ConsoleSink, VmConfig};
+use crate::config::{insert_kernel_param, ConsoleSink, VmConfig};
 use crate::devices::bus::{Bus, BusError};
 use crate::devices::legacy::{
     SerialDevice, COM1_IRQ, COM1_PORT, I8042, I8042_LEN, I8042_PORT, SERIAL_LEN,
@@ -162,16 +162,6 @@ fn register_memory(vm: &VmFd, mem: &GuestMemoryMmap) -> Result<(), VmError> {
         unsafe { vm.set_user_memory_region(r) }.map_err(kvm_err("set user memory region"))?;
     }
     Ok(())
-}
-
-/// Inserts a kernel parameter before a `--` (after it, it would be init's argv).
-fn insert_kernel_param(cmdline: &str, param: &str) -> String {
-    match cmdline.find(" -- ") {
-        Some(i) => format!("{} {param}{}", &cmdline[..i], &cmdline[i..]),
-        None if cmdline.starts_with("-- ") => format!("{param} {cmdline}"),
-        None if cmdline.is_empty() => param.to_string(),
-        None => format!("{cmdline} {param}"),
-    }
 }
 
 fn console_writer(sink: &ConsoleSink) -> Result<Box<dyn Write + Send>, VmError> {
@@ -628,17 +618,4 @@ fn clone_nonce() -> u32 {
         std::process::id() ^ 0x9e37_79b9
     };
     v.max(1)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn kernel_params_go_before_init_args() {
-        assert_eq!(insert_kernel_param("a b", "x=1"), "a b x=1");
-        assert_eq!(insert_kernel_param("a -- -v", "x=1"), "a x=1 -- -v");
-        assert_eq!(insert_kernel_param("-- -v", "x=1"), "x=1 -- -v");
-        assert_eq!(insert_kernel_param("", "x=1"), "x=1");
-    }
 }
