@@ -5,8 +5,9 @@
 //! - guest-initiated: the guest dials CID 2 port 6000, which the device
 //!   connects to `<uds>_6000`; 1 MiB echoed back intact;
 //! - then, with a host connection still open, the VM is paused and
-//!   snapshotted through the control API and restored as a clone (new CID,
-//!   new socket): a new CONNECT → OK and a 64 KiB echo work there.
+//!   snapshotted through the control API and restored as three concurrent
+//!   clones (new CIDs, new sockets), each dialled at once: CONNECT → OK
+//!   and a 64 KiB echo work in every one.
 //!
 //! The guest is killed after 180 s at most. No KVM, no kernel, or no
 //! musl-gcc is a failure with the reason, never a skip.
@@ -104,24 +105,41 @@ fn vsock_host_and_guest_initiated_megabyte_echo() {
     }
     g.kill();
     drop(c);
-    let uds2 = dir.path().join("clone.sock");
+    // Three clones at once, each dialled as soon as its socket exists: a
+    // CONNECT that arrives before the guest handled TRANSPORT_RESET must
+    // wait for it, not be answered under the old CID or reset afterwards.
     let bin = std::path::Path::new(env!("CARGO_BIN_EXE_arrow-vmm"));
-    let mut clone = Guest::restore_clone(bin, &snap, &uds2, 4, GUEST_TIMEOUT)
-        .unwrap_or_else(|e| fail(None, "starting the clone", e));
-    let (c2, setup) = clone
-        .connect_retry(ECHO_PORT)
-        .unwrap_or_else(|e| fail(Some(&clone), "CONNECT to the clone", e));
     let small = pattern(64 << 10);
-    let dt = clone
-        .echo_roundtrip(&c2, &small)
-        .unwrap_or_else(|e| fail(Some(&clone), "64 KiB echo through the clone", e));
-    eprintln!(
-        "clone: CONNECT -> OK in {:.1} ms; 64 KiB echoed in {:.2} s",
-        setup.as_secs_f64() * 1e3,
-        dt.as_secs_f64()
-    );
-    clone
-        .check_alive()
-        .unwrap_or_else(|e| fail(Some(&clone), "clone after the transfer", e));
-    clone.kill();
+    std::thread::scope(|scope| {
+        let runs: Vec<_> = (0..3u32)
+            .map(|i| {
+                let uds = dir.path().join(format!("clone{i}.sock"));
+                let (snap, small) = (&snap, &small);
+                scope.spawn(move || {
+                    let mut clone = Guest::restore_clone(bin, snap, &uds, 4 + i, GUEST_TIMEOUT)
+                        .unwrap_or_else(|e| fail(None, "starting a clone", e));
+                    let (c2, setup) = clone
+                        .connect_retry(ECHO_PORT)
+                        .unwrap_or_else(|e| fail(Some(&clone), "CONNECT to a clone", e));
+                    let dt = clone
+                        .echo_roundtrip(&c2, small)
+                        .unwrap_or_else(|e| fail(Some(&clone), "64 KiB echo through a clone", e));
+                    eprintln!(
+                        "clone {i}: CONNECT -> OK in {:.1} ms; 64 KiB echoed in {:.2} s",
+                        setup.as_secs_f64() * 1e3,
+                        dt.as_secs_f64()
+                    );
+                    clone
+                        .check_alive()
+                        .unwrap_or_else(|e| fail(Some(&clone), "clone after the transfer", e));
+                    clone.kill();
+                })
+            })
+            .collect();
+        for r in runs {
+            if let Err(p) = r.join() {
+                std::panic::resume_unwind(p);
+            }
+        }
+    });
 }

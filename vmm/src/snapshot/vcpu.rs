@@ -125,6 +125,10 @@ impl VcpuState {
         if let Some(xcrs) = &self.xcrs {
             vcpu.set_xcrs(xcrs).map_err(err(cpu, "set XCRs"))?;
         }
+        // LAPIC before MSRs: KVM ignores a TSC_DEADLINE write unless the
+        // LAPIC timer is already in TSC-deadline mode, and a lost deadline
+        // leaves an idle guest without its next timer interrupt.
+        vcpu.set_lapic(&self.lapic).map_err(err(cpu, "set LAPIC"))?;
         let msrs = Msrs::from_entries(&self.msrs).map_err(|_| VcpuStateError {
             cpu,
             what: "MSR list",
@@ -145,7 +149,6 @@ impl VcpuState {
         }
         vcpu.set_debug_regs(&self.debugregs)
             .map_err(err(cpu, "set debug registers"))?;
-        vcpu.set_lapic(&self.lapic).map_err(err(cpu, "set LAPIC"))?;
         vcpu.set_mp_state(self.mp_state)
             .map_err(err(cpu, "set MP state"))?;
         vcpu.set_vcpu_events(&self.events)

@@ -342,6 +342,28 @@ impl MmioTransport {
                     reason: "rings are not ready or not inside guest memory".into(),
                 });
             }
+            // The device writes the used index to memory with every used
+            // entry, so a consistent snapshot has them equal. Otherwise the
+            // guest has seen entries the restored device would write again:
+            // it would find its used index moving backwards and stop using
+            // the queue, a hang far from the cause.
+            let in_memory = q
+                .used_idx(&self.mem, std::sync::atomic::Ordering::Acquire)
+                .map_err(|e| MmioError::Queue {
+                    index,
+                    reason: format!("cannot read the used ring index: {e}"),
+                })?;
+            if in_memory.0 != q.next_used() {
+                return Err(MmioError::Queue {
+                    index,
+                    reason: format!(
+                        "used ring index in guest memory is {} but the saved device state says {}: \
+                         the snapshot is inconsistent, take it again",
+                        in_memory.0,
+                        q.next_used()
+                    ),
+                });
+            }
             let mut state = q.state();
             state.event_idx_enabled = event_idx;
             let q = Queue::try_from(state).map_err(|e| MmioError::Queue {

@@ -1,6 +1,6 @@
 use std::sync::{Arc, Mutex};
 
-use vm_memory::GuestAddress;
+use vm_memory::{Bytes, GuestAddress};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::*;
@@ -296,8 +296,12 @@ fn dummy() -> Arc<Mutex<Dummy>> {
     }))
 }
 
+/// Guest memory as `active_state` left it: queue 1's used ring index (at
+/// used ring + 2) is 5, the device's `next_used`.
 fn test_mem() -> GuestMemoryMmap {
-    GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap()
+    let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap();
+    mem.write_obj(5u16, GuestAddress(0x2_2002)).unwrap();
+    mem
 }
 
 /// A transport driven to DRIVER_OK; the device then "consumed" ring
@@ -454,4 +458,7 @@ fn restore_rejects_snapshots_that_do_not_fit() {
     check(&|s| s.acked_features |= 0b10, "features");
     check(&|s| s.status = status::DRIVER_OK, "status skipping steps");
     check(&|s| s.status |= 0x100, "unknown status bits");
+    // A snapshot whose device state lags the rings in memory (the device
+    // moved on between saving its state and writing memory).
+    check(&|s| s.queues[1].next_used = 4, "used index behind memory");
 }

@@ -173,6 +173,11 @@ impl Connection {
         c
     }
 
+    /// Host-initiated and its REQUEST not yet handed to the guest.
+    pub fn request_pending(&self) -> bool {
+        self.pending.request
+    }
+
     pub fn state(&self) -> State {
         self.state
     }

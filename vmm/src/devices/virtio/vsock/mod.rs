@@ -39,7 +39,7 @@ use serde::{Deserialize, Serialize};
 use tracing::{debug, info, warn};
 use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
 use virtio_vsock::packet::VsockPacket;
-use vm_memory::{Address, Bytes, GuestMemory, VolatileSlice};
+use vm_memory::{Address, Bytes, GuestAddress, GuestMemory, VolatileSlice};
 use vmm_sys_util::eventfd::EventFd;
 
 pub use connection::ConnectionInfo;
@@ -107,6 +107,11 @@ pub struct Vsock {
     active: Option<Active>,
     muxer: Muxer,
     event_reset_pending: bool,
+    /// The event queue's avail index when TRANSPORT_RESET went out. The
+    /// driver makes the buffer available again only after it handled the
+    /// event (new CID read, old sockets reset); until the index moves on,
+    /// host-initiated REQUESTs are held back.
+    reset_sent_at: Option<u16>,
     /// Set by [`Vsock::restore`] until the first activation.
     restored: bool,
     /// TX chains that were already available when a restored device was
@@ -147,6 +152,7 @@ impl Vsock {
             active: None,
             muxer: Muxer::new(guest_cid, path, listener, limits),
             event_reset_pending: false,
+            reset_sent_at: None,
             restored: false,
             stale_tx: 0,
             config_changed: false,
@@ -200,6 +206,7 @@ impl Vsock {
         // otherwise the next activation is a fresh driver start.
         dev.restored = state.acked_features.is_some();
         dev.event_reset_pending = true;
+        dev.muxer.hold_host_requests();
         dev.config_changed = state.guest_cid != guest_cid;
         debug!("vsock: restored (CID {} -> {guest_cid})", state.guest_cid);
         Ok(dev)
@@ -221,7 +228,9 @@ impl Vsock {
     /// event (after restore, or for a clone with a new CID).
     pub fn transport_reset(&mut self) {
         self.muxer.reset();
+        self.muxer.hold_host_requests();
         self.event_reset_pending = true;
+        self.reset_sent_at = None;
         self.wake();
     }
 
@@ -269,6 +278,7 @@ impl Vsock {
     /// bounded, re-waking the event loop when work is left.
     pub(crate) fn pump(&mut self) {
         for _ in 0..MAX_PUMP_ROUNDS {
+            self.check_reset_handled();
             let tx_paused = self.process_tx();
             let rx_done = self.process_rx();
             self.process_evq();
@@ -421,6 +431,23 @@ impl Vsock {
         used
     }
 
+    /// Releases held host REQUESTs once the driver has handled the
+    /// TRANSPORT_RESET (its event buffer came back on the avail ring).
+    fn check_reset_handled(&mut self) {
+        let (Some(at), Some(act)) = (self.reset_sent_at, self.active.as_ref()) else {
+            return;
+        };
+        match act.queues[EVQ].avail_idx(&act.mem, std::sync::atomic::Ordering::Acquire) {
+            Ok(idx) if idx.0 != at => {
+                self.reset_sent_at = None;
+                self.muxer.release_host_requests();
+                debug!("vsock: the guest handled TRANSPORT_RESET");
+            }
+            Ok(_) => {}
+            Err(e) => warn!("vsock: event queue: {e}"),
+        }
+    }
+
     /// Delivers a pending TRANSPORT_RESET on the event queue.
     fn process_evq(&mut self) {
         if !self.event_reset_pending {
@@ -455,13 +482,47 @@ impl Vsock {
                 self.event_reset_pending = false;
                 self.muxer.metrics.events_sent += 1;
                 debug!("vsock: TRANSPORT_RESET sent");
+                match request_kick_on_refill(q, mem) {
+                    Ok(idx) => self.reset_sent_at = Some(idx),
+                    Err(e) => {
+                        warn!("vsock: event queue: {e}");
+                        self.muxer.release_host_requests();
+                    }
+                }
                 break;
             }
         }
         if used {
             Self::signal_used(act, EVQ);
         }
+        // The driver may have refilled before it could see avail_event.
+        self.check_reset_handled();
     }
+}
+
+/// Asks the driver to notify when it makes one more buffer available on
+/// `q` than now, and returns the current avail index. With EVENT_IDX that
+/// means `avail_event` = the avail index (virtio-queue's
+/// `enable_notification` uses the device's own position instead, which
+/// does not fire while the driver still has other buffers posted).
+fn request_kick_on_refill(q: &mut Queue, mem: &GuestMemoryMmap) -> Result<u16, String> {
+    use std::sync::atomic::{fence, Ordering};
+    let idx = q
+        .avail_idx(mem, Ordering::Acquire)
+        .map_err(|e| e.to_string())?;
+    if q.event_idx_enabled() {
+        // struct virtq_used { le16 flags; le16 idx; elem ring[size]; le16 avail_event; }
+        let addr = q
+            .used_ring()
+            .checked_add(4 + 8 * u64::from(q.size()))
+            .ok_or("used ring address overflows")?;
+        mem.write_obj(idx.0.to_le(), GuestAddress(addr))
+            .map_err(|e| e.to_string())?;
+    } else {
+        q.enable_notification(mem).map_err(|e| e.to_string())?;
+    }
+    fence(Ordering::SeqCst);
+    Ok(idx.0)
 }
 
 /// Why a TX chain could not be gathered.
@@ -631,9 +692,12 @@ impl VirtioDevice for Vsock {
     fn reset(&mut self) {
         self.active = None;
         self.event_reset_pending = false;
+        self.reset_sent_at = None;
         self.restored = false;
         self.stale_tx = 0;
         self.muxer.reset();
+        // A fresh driver start has no stale connections to worry about.
+        self.muxer.release_host_requests();
         // Sockets are unregistered and closed on the event loop.
         self.wake();
     }

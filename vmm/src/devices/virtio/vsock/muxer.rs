@@ -130,6 +130,10 @@ pub struct Muxer {
     rsts: VecDeque<ConnKey>,
     next_token: u32,
     next_local_port: u32,
+    /// While set, host-initiated REQUESTs wait in `held` (see
+    /// [`Muxer::hold_host_requests`]).
+    hold_requests: bool,
+    held: Vec<ConnKey>,
     pub(super) changes: Vec<EpollChange>,
     pub(super) metrics: VsockMetrics,
 }
@@ -164,6 +168,8 @@ impl Muxer {
             rx_queue: VecDeque::new(),
             rsts: VecDeque::new(),
             next_token: FIRST_STREAM_TOKEN,
+            hold_requests: false,
+            held: Vec::new(),
             next_local_port: FIRST_LOCAL_PORT,
             changes: Vec::new(),
             metrics: VsockMetrics::default(),
@@ -276,6 +282,26 @@ impl Muxer {
         }
         self.rsts.clear();
         self.rx_queue.clear();
+        self.held.clear();
+    }
+
+    /// Holds back REQUESTs of new host-initiated connections (the host
+    /// client waits for its `OK`) until [`Muxer::release_host_requests`].
+    /// After a TRANSPORT_RESET the guest may still use its old CID and
+    /// would reset a connection it accepted before handling the event.
+    pub fn hold_host_requests(&mut self) {
+        self.hold_requests = true;
+    }
+
+    pub fn release_host_requests(&mut self) {
+        self.hold_requests = false;
+        for key in std::mem::take(&mut self.held) {
+            self.schedule(key);
+        }
+    }
+
+    pub fn holding_host_requests(&self) -> bool {
+        self.hold_requests
     }
 
     // ---- host side ----
@@ -596,6 +622,10 @@ impl Muxer {
                 continue;
             };
             c.queued = false;
+            if self.hold_requests && c.request_pending() {
+                self.held.push(key);
+                continue;
+            }
             match c.fill_rx(self.guest_cid, pkt) {
                 Ok(Some(len)) => {
                     self.metrics.rx_packets += 1;

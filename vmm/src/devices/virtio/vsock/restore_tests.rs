@@ -286,6 +286,36 @@ fn restore_continues_rings_resets_transport_and_serves_new_connections() {
     assert_eq!(m.conns_guest_initiated, 0);
     assert_eq!(side2.dev.lock().unwrap().muxer.connection_count(), 0);
 
+    // ---- a host client before the guest handled TRANSPORT_RESET ----
+    // Its REQUEST is held back: the guest could still answer with its old
+    // CID, or reset the new connection when it handles the event.
+    let mut early = UnixStream::connect(&uds2).unwrap();
+    early.write_all(b"CONNECT 1234\n").unwrap();
+    side2.run();
+    assert!(
+        g.recv().is_empty(),
+        "REQUEST sent before the reset was handled"
+    );
+    // The driver handled the event and gives the buffer back (as Linux
+    // does): the REQUEST goes out, under the new CID.
+    g.add_event_buf();
+    side2.notify(&mut t2, EVQ);
+    let pkts = g.recv();
+    assert_eq!(ops(&pkts), vec![Op::Request]);
+    let req = pkts[0].0;
+    assert_eq!((req.dst_cid, req.dst_port), (NEW_CID, 1234));
+    // The guest refuses it; the client sees its connection closed.
+    g.send(
+        Header {
+            src_port: req.dst_port,
+            dst_port: req.src_port,
+            ..with_cid(NEW_CID, hdr(Op::Rst, 0, 0))
+        },
+        &[],
+    );
+    side2.notify(&mut t2, TXQ);
+    assert_closed(&mut early);
+
     // ---- new traffic after restore, both directions, under the new CID ----
     l2.set_nonblocking(false).unwrap();
     let mut s2 = guest_connect(&mut side2, &mut t2, &mut g, NEW_CID, &l2, 2000);
@@ -304,8 +334,8 @@ fn restore_continues_rings_resets_transport_and_serves_new_connections() {
     assert_eq!(ops(&pkts), vec![Op::Rw]);
     assert_eq!(pkts[0].1, b"from host");
     assert_eq!(pkts[0].0.dst_port, resp.src_port);
-    // TX: 5 before + REQUEST, RW, RESPONSE.
-    assert_eq!(g.used_idx(TXQ), 8);
+    // TX: 5 before + RST (the early client) + REQUEST, RW, RESPONSE.
+    assert_eq!(g.used_idx(TXQ), 9);
     // Old-CID packets are no longer accepted.
     g.send(hdr(Op::Rw, 2000, 52), b"old cid");
     side2.notify(&mut t2, TXQ);
@@ -314,8 +344,8 @@ fn restore_continues_rings_resets_transport_and_serves_new_connections() {
 
     // A second snapshot of the restored device sees the continued rings.
     let ts2 = t2.state();
-    assert_eq!(ts2.queues[TXQ].next_avail, 9);
-    assert_eq!(ts2.queues[TXQ].next_used, 9);
+    assert_eq!(ts2.queues[TXQ].next_avail, 10);
+    assert_eq!(ts2.queues[TXQ].next_used, 10);
 }
 
 #[test]
