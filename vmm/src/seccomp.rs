@@ -68,7 +68,7 @@ const COMMON: &[libc::c_long] = &[
 const VCPU: &[libc::c_long] = &[libc::SYS_tgkill];
 
 /// The event loop: epoll, sockets (vsock backend, control API), snapshot
-/// files, signalfd, stopping vCPU threads, the final report.
+/// files, signalfd, timers, stopping vCPU threads, the final report.
 const EVENT_LOOP: &[libc::c_long] = &[
     libc::SYS_epoll_wait,
     libc::SYS_epoll_pwait,
@@ -106,6 +106,9 @@ const EVENT_LOOP: &[libc::c_long] = &[
     libc::SYS_eventfd2,
     libc::SYS_dup,
     libc::SYS_fchmod,
+    // vsock connection-setup timeouts: the device's timerfd is created with
+    // the device, before the filter; the loop (re-)arms it.
+    libc::SYS_timerfd_settime,
 ];
 
 #[derive(Debug, thiserror::Error)]

@@ -1,11 +1,13 @@
 //! The vsock device on the event loop: a `MutEventSubscriber` for the queue
-//! notification eventfds, the control eventfd, the host listener and every
-//! host stream.
+//! notification eventfds, the control eventfd, the host listener, the
+//! connection-setup timer and every host stream.
 //!
 //! Host streams are registered edge-triggered (IN | OUT | RDHUP): the device
 //! reads a socket only when the guest has RX buffers and credit, so with
 //! level triggering an unread socket would wake the loop forever. The
 //! connection remembers "readable" until a read returns `EAGAIN`.
+
+use std::time::{Duration, Instant};
 
 use event_manager::{EventOps, Events, MutEventSubscriber};
 use tracing::{error, warn};
@@ -19,7 +21,8 @@ const TOKEN_TXQ: u32 = TXQ as u32;
 const TOKEN_EVQ: u32 = EVQ as u32;
 const TOKEN_CTL: u32 = 3;
 const TOKEN_LISTENER: u32 = 4;
-const _: () = assert!(TOKEN_LISTENER < FIRST_STREAM_TOKEN);
+const TOKEN_TIMER: u32 = 5;
+const _: () = assert!(TOKEN_LISTENER < FIRST_STREAM_TOKEN && TOKEN_TIMER < FIRST_STREAM_TOKEN);
 
 impl Vsock {
     /// Registers and unregisters host streams as the muxer asked.
@@ -53,17 +56,53 @@ impl Vsock {
             // EAGAIN just means a spurious wakeup.
             let _ = evt.read();
         };
+        let now = Instant::now();
+        let mut fired = false;
         match token {
             TOKEN_RXQ | TOKEN_TXQ | TOKEN_EVQ => drain(&self.queue_evts[token as usize]),
             TOKEN_CTL => drain(&self.ctl_evt),
             TOKEN_LISTENER => {
                 let active = self.active.is_some();
-                self.muxer.on_listener_readable(active);
+                self.muxer.on_listener_readable(active, now);
             }
-            t if t >= FIRST_STREAM_TOKEN => self.muxer.on_stream_event(t, set),
+            TOKEN_TIMER => {
+                fired = true;
+                self.muxer.expire(now);
+            }
+            t if t >= FIRST_STREAM_TOKEN => self.muxer.on_stream_event(t, set, now),
             t => warn!("vsock: event for unknown token {t}"),
         }
         self.pump();
+        self.update_timer(now, fired);
+    }
+
+    /// Arms the timer for the muxer's earliest setup deadline, or disarms
+    /// it when none is pending; a syscall only when that deadline changed.
+    /// The timerfd is never read (it is blocking, and a read after a
+    /// re-arm in the same epoll round would block): after it `fired` it is
+    /// always set again, which also clears its expiration count.
+    fn update_timer(&mut self, now: Instant, fired: bool) {
+        let next = self.muxer.next_deadline();
+        if next == self.timer_deadline && !fired {
+            return;
+        }
+        let result = match next {
+            // A zero duration would disarm it: an overdue deadline fires at once.
+            Some(d) => self.timer.reset(
+                d.saturating_duration_since(now)
+                    .max(Duration::from_nanos(1)),
+                None,
+            ),
+            None => self.timer.clear(),
+        };
+        match result {
+            Ok(()) => self.timer_deadline = next,
+            Err(e) => {
+                // Retried on the next event; setup timeouts are late meanwhile.
+                error!("vsock: cannot set the connection timer: {e}");
+                self.timer_deadline = None;
+            }
+        }
     }
 }
 
@@ -79,6 +118,7 @@ impl MutEventSubscriber for Vsock {
         add(&self.queue_evts[EVQ], TOKEN_EVQ);
         add(&self.ctl_evt, TOKEN_CTL);
         add(self.muxer.listener(), TOKEN_LISTENER);
+        add(&self.timer, TOKEN_TIMER);
     }
 
     fn process(&mut self, events: Events, ops: &mut EventOps) {

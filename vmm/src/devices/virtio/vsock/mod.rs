@@ -3,7 +3,9 @@
 //!
 //! - host-initiated: a client connects to `uds_path`, sends `CONNECT <port>\n`
 //!   and, once the guest accepts, reads `OK <host_port>\n`; refused or no
-//!   guest listener closes the Unix connection;
+//!   guest listener closes the Unix connection, and so does a client that
+//!   does not finish its line, or a guest that does not answer, within
+//!   [`Limits::connect_timeout`];
 //! - guest-initiated: a guest connection to CID 2, port P is connected to the
 //!   Unix socket `<uds_path>_P`; no listener there means RST to the guest.
 //!
@@ -34,6 +36,7 @@ mod tests;
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 use tracing::{debug, info, warn};
@@ -41,6 +44,7 @@ use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
 use virtio_vsock::packet::VsockPacket;
 use vm_memory::{Address, Bytes, GuestAddress, GuestMemory, VolatileSlice};
 use vmm_sys_util::eventfd::EventFd;
+use vmm_sys_util::timerfd::TimerFd;
 
 pub use connection::ConnectionInfo;
 pub use muxer::{Limits, VsockMetrics};
@@ -74,6 +78,8 @@ pub enum VsockError {
     },
     #[error("cannot create eventfd: {0}")]
     EventFd(std::io::Error),
+    #[error("cannot create timerfd: {0}")]
+    TimerFd(std::io::Error),
 }
 
 /// Device state for snapshots. Host connections are not restorable; after a
@@ -104,6 +110,12 @@ pub struct Vsock {
     /// Wakes the event loop for work requested from other threads
     /// (activation, reset cleanup, TRANSPORT_RESET) or left over.
     ctl_evt: EventFd,
+    /// One-shot, armed for the muxer's earliest connection-setup deadline.
+    /// Only the event loop sets it: timerfd_settime is not in the vCPU
+    /// threads' seccomp list.
+    timer: TimerFd,
+    /// The deadline `timer` is armed for.
+    timer_deadline: Option<Instant>,
     active: Option<Active>,
     muxer: Muxer,
     event_reset_pending: bool,
@@ -149,6 +161,8 @@ impl Vsock {
             guest_cid,
             queue_evts: vec![evt()?, evt()?, evt()?],
             ctl_evt: evt()?,
+            timer: TimerFd::new().map_err(|e| VsockError::TimerFd(e.into()))?,
+            timer_deadline: None,
             active: None,
             muxer: Muxer::new(guest_cid, path, listener, limits),
             event_reset_pending: false,

@@ -13,9 +13,10 @@ use std::net::Shutdown;
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 use virtio_vsock::packet::VsockPacket;
 use vm_memory::bitmap::BitmapSlice;
 use vm_memory::VolatileSlice;
@@ -45,6 +46,17 @@ pub struct Limits {
     /// RST packets waiting for RX buffers; TX processing pauses at this
     /// level so a guest that posts no RX buffers cannot grow it.
     pub max_rst_backlog: usize,
+    /// How long a host client may take to send its `CONNECT` line, and how
+    /// long it then waits for the guest's answer (including the time its
+    /// REQUEST is held after a restore) before it is closed.
+    #[serde(default = "default_connect_timeout")]
+    pub connect_timeout: Duration,
+}
+
+/// Firecracker uses 2 s; the emulated guest kernel here needs up to ~5 s
+/// after a restore before it answers at all.
+fn default_connect_timeout() -> Duration {
+    Duration::from_secs(10)
 }
 
 impl Default for Limits {
@@ -54,6 +66,7 @@ impl Default for Limits {
             max_connections: 256,
             max_handshakes: 64,
             max_rst_backlog: 256,
+            connect_timeout: default_connect_timeout(),
         }
     }
 }
@@ -94,6 +107,12 @@ pub struct VsockMetrics {
     /// or payload split over several descriptors).
     #[serde(default)]
     pub tx_gathered: u64,
+    /// Host-initiated connections the guest did not answer in time.
+    #[serde(default)]
+    pub connect_timeouts: u64,
+    /// Host clients that did not finish their CONNECT line in time.
+    #[serde(default)]
+    pub handshake_timeouts: u64,
 }
 
 /// (local port on the host side, peer port on the guest side).
@@ -114,6 +133,8 @@ pub enum EpollChange {
 struct Handshake {
     stream: UnixStream,
     line: Vec<u8>,
+    /// `None`: the timeout is too large to represent (no deadline).
+    deadline: Option<Instant>,
 }
 
 pub struct Muxer {
@@ -134,6 +155,8 @@ pub struct Muxer {
     /// [`Muxer::hold_host_requests`]).
     hold_requests: bool,
     held: Vec<ConnKey>,
+    /// Deadlines of host-initiated connections still in `LocalInit`.
+    connecting: HashMap<ConnKey, Instant>,
     pub(super) changes: Vec<EpollChange>,
     pub(super) metrics: VsockMetrics,
 }
@@ -170,6 +193,7 @@ impl Muxer {
             next_token: FIRST_STREAM_TOKEN,
             hold_requests: false,
             held: Vec::new(),
+            connecting: HashMap::new(),
             next_local_port: FIRST_LOCAL_PORT,
             changes: Vec::new(),
             metrics: VsockMetrics::default(),
@@ -251,6 +275,11 @@ impl Muxer {
             let _ = c.stream.shutdown(Shutdown::Both);
             self.changes.push(EpollChange::Remove(c.stream));
         }
+        self.connecting.remove(&key);
+        // A held REQUEST must not be released for a later connection that
+        // happens to get the same ports (`held` is empty outside the short
+        // wait after a restore).
+        self.held.retain(|k| *k != key);
         if rst {
             self.push_rst(key);
         }
@@ -304,11 +333,65 @@ impl Muxer {
         self.hold_requests
     }
 
+    // ---- setup timeouts ----
+
+    /// The earliest setup deadline (CONNECT line or guest answer), if any.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        let hs = self.handshakes.values().filter_map(|h| h.deadline);
+        hs.chain(self.connecting.values().copied()).min()
+    }
+
+    /// Closes host clients whose setup deadline is at or before `now`: the
+    /// client sees EOF, as for a refusal. A guest that had got the REQUEST
+    /// gets an RST so it drops its half of the connection.
+    pub fn expire(&mut self, now: Instant) {
+        let late: Vec<u32> = self
+            .handshakes
+            .iter()
+            .filter(|(_, h)| h.deadline.is_some_and(|d| d <= now))
+            .map(|(&t, _)| t)
+            .collect();
+        for t in late {
+            if let Some(h) = self.handshakes.remove(&t) {
+                self.metrics.handshake_timeouts += 1;
+                debug!(
+                    "vsock: host client sent no CONNECT line in time (got {:?})",
+                    String::from_utf8_lossy(&h.line)
+                );
+                self.changes.push(EpollChange::Remove(h.stream));
+            }
+        }
+        let late: Vec<ConnKey> = self
+            .connecting
+            .iter()
+            .filter(|(_, &d)| d <= now)
+            .map(|(&k, _)| k)
+            .collect();
+        for key in late {
+            let sent = self.conns.get(&key).is_some_and(|c| !c.request_pending());
+            self.metrics.connect_timeouts += 1;
+            info!(
+                "vsock: guest port {} did not answer host connection {} within {:?} ({})",
+                key.1,
+                key.0,
+                self.limits.connect_timeout,
+                if sent {
+                    "REQUEST sent"
+                } else if self.hold_requests {
+                    "REQUEST held until the guest handles TRANSPORT_RESET"
+                } else {
+                    "REQUEST not yet delivered"
+                }
+            );
+            self.kill(key, sent);
+        }
+    }
+
     // ---- host side ----
 
     /// Accepts host clients. While the guest driver is not up (`active`
     /// false) they are closed at once, which the client sees as "refused".
-    pub fn on_listener_readable(&mut self, active: bool) {
+    pub fn on_listener_readable(&mut self, active: bool, now: Instant) {
         loop {
             let stream = match self.listener.accept() {
                 Ok((s, _)) => s,
@@ -342,15 +425,16 @@ impl Muxer {
                 Handshake {
                     stream,
                     line: Vec::with_capacity(MAX_HANDSHAKE_LINE),
+                    deadline: now.checked_add(self.limits.connect_timeout),
                 },
             );
         }
     }
 
     /// A host stream (handshake or connection) is ready.
-    pub fn on_stream_event(&mut self, token: u32, ev: EventSet) {
+    pub fn on_stream_event(&mut self, token: u32, ev: EventSet, now: Instant) {
         if self.handshakes.contains_key(&token) {
-            self.on_handshake_event(token);
+            self.on_handshake_event(token, now);
             return;
         }
         let Some(&key) = self.by_token.get(&token) else {
@@ -410,7 +494,7 @@ impl Muxer {
         }
     }
 
-    fn on_handshake_event(&mut self, token: u32) {
+    fn on_handshake_event(&mut self, token: u32, now: Instant) {
         let Some(h) = self.handshakes.get_mut(&token) else {
             return;
         };
@@ -443,6 +527,9 @@ impl Muxer {
                 );
                 self.by_token.insert(token, key);
                 self.conns.insert(key, c);
+                if let Some(d) = now.checked_add(self.limits.connect_timeout) {
+                    self.connecting.insert(key, d);
+                }
                 self.schedule(key);
             }
         }
@@ -526,7 +613,13 @@ impl Muxer {
                 self.kill(key, false);
                 return;
             }
-            Op::Response => c.on_response().map(|()| Verdict::Keep),
+            Op::Response => {
+                let r = c.on_response();
+                if r.is_ok() {
+                    self.connecting.remove(&key);
+                }
+                r.map(|()| Verdict::Keep)
+            }
             Op::Rw => c.on_rw(data).map(|()| Verdict::Keep),
             Op::Shutdown => c.on_shutdown(h.flags),
             Op::CreditUpdate => Ok(Verdict::Keep),
@@ -654,6 +747,7 @@ impl Muxer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Write;
 
     #[test]
     fn connect_line_parsing() {
@@ -667,5 +761,87 @@ mod tests {
         assert_eq!(parse_connect(b"connect 5\n"), None);
         assert_eq!(parse_connect(b"CONNECT 5"), None);
         assert_eq!(parse_connect(b"CONNECT\xff5\n"), None);
+    }
+
+    #[test]
+    fn limits_without_connect_timeout_still_parse() {
+        let mut v = serde_json::to_value(Limits::default()).unwrap();
+        v.as_object_mut()
+            .unwrap()
+            .remove("connect_timeout")
+            .unwrap();
+        let l: Limits = serde_json::from_value(v).unwrap();
+        assert_eq!(l, Limits::default());
+        assert_eq!(l.connect_timeout, Duration::from_secs(10));
+        let m: VsockMetrics = serde_json::from_str(
+            r#"{"tx_packets":1,"rx_packets":0,
+            "malformed_tx":0,"malformed_rx":0,"bad_cid":0,"bad_type":0,"unknown_op":0,
+            "protocol_errors":0,"unknown_conn":0,"rst_sent":0,"rst_dropped":0,
+            "conns_guest_initiated":0,"conns_host_initiated":0,"conns_refused":0,
+            "conns_over_limit":0,"handshake_errors":0,"host_io_errors":0,"events_sent":0}"#,
+        )
+        .unwrap();
+        assert_eq!((m.tx_packets, m.connect_timeouts), (1, 0));
+    }
+
+    /// Deadlines with an injected clock: the CONNECT line has its own
+    /// timeout from accept, the guest's answer its own from the line.
+    #[test]
+    fn setup_deadlines_are_exact() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v.sock");
+        let listener = UnixListener::bind(&path).unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let timeout = Duration::from_secs(10);
+        let limits = Limits {
+            connect_timeout: timeout,
+            ..Limits::default()
+        };
+        let mut m = Muxer::new(3, path.clone(), listener, limits);
+        let ns = Duration::from_nanos(1);
+        let t0 = Instant::now();
+        assert_eq!(m.next_deadline(), None);
+
+        let mut a = UnixStream::connect(&path).unwrap();
+        let mut b = UnixStream::connect(&path).unwrap();
+        m.on_listener_readable(true, t0);
+        assert_eq!(m.handshakes.len(), 2);
+        assert_eq!(m.next_deadline(), Some(t0 + timeout));
+        // `a` finishes its line late in its handshake time: its connection
+        // gets a full timeout of its own.
+        let t1 = t0 + timeout - ns;
+        a.write_all(b"CONNECT 5\n").unwrap();
+        let tokens: Vec<u32> = m.handshakes.keys().copied().collect();
+        for t in tokens {
+            m.on_stream_event(t, EventSet::IN, t1);
+        }
+        assert_eq!((m.handshakes.len(), m.conns.len()), (1, 1));
+        let key = *m.conns.keys().next().unwrap();
+        m.expire(t0 + timeout - ns);
+        assert_eq!(m.metrics.handshake_timeouts, 0);
+        m.expire(t0 + timeout);
+        assert_eq!(m.metrics.handshake_timeouts, 1);
+        assert!(m.handshakes.is_empty());
+        assert!(matches!(m.changes.pop(), Some(EpollChange::Remove(_))));
+        drop(m.changes.drain(..));
+        b.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+        assert_eq!(std::io::Read::read(&mut b, &mut [0u8; 4]).unwrap(), 0);
+
+        assert_eq!(m.next_deadline(), Some(t1 + timeout));
+        m.expire(t1 + timeout - ns);
+        assert_eq!(m.connection_state(key), Some(State::LocalInit));
+        m.expire(t1 + timeout);
+        assert_eq!(m.metrics.connect_timeouts, 1);
+        assert_eq!(m.connection_count(), 0);
+        // The REQUEST was still queued (no RX buffer came): no RST.
+        assert_eq!(m.rst_backlog(), 0);
+        assert_eq!(m.next_deadline(), None);
+
+        // A huge timeout means no deadline rather than an overflow.
+        m.limits.connect_timeout = Duration::MAX;
+        let _c = UnixStream::connect(&path).unwrap();
+        m.on_listener_readable(true, t0);
+        assert_eq!(m.handshakes.len(), 1);
+        assert_eq!(m.next_deadline(), None);
     }
 }

@@ -8,14 +8,15 @@ use std::io::{ErrorKind, Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use event_manager::{EventManager, SubscriberOps};
 use vm_memory::{Bytes, GuestAddress};
 
 use super::packet::{Header, Op, EVENT_TRANSPORT_RESET, HOST_CID};
 use super::tests::{
-    assert_closed, guest_mem, hdr, ops, read_all_available, Guest, CID, MEM_SIZE, QSIZE,
+    assert_closed, assert_loop_idle, guest_mem, hdr, ops, read_all_available, run_until, Guest,
+    CID, MEM_SIZE, QSIZE, SHORT_TIMEOUT,
 };
 use super::*;
 use crate::devices::bus::BusDevice;
@@ -387,6 +388,69 @@ fn restore_with_same_cid_resets_transport_without_config_change() {
     assert!(g.event_words().is_empty());
     assert_eq!(side2.metrics().events_sent, 1);
     assert_eq!(side2.metrics().stale_tx, 0);
+}
+
+#[test]
+fn held_host_connect_times_out_and_never_reaches_the_guest() {
+    let dir = tempfile::tempdir().unwrap();
+    let mem1 = guest_mem();
+    let mut g = Guest::new(&mem1);
+    let mut side1 =
+        Side::new(Vsock::new(CID, dir.path().join("a.sock"), Limits::default()).unwrap());
+    let mut t1 = MmioTransport::new(mem1.clone(), side1.dev.clone()).unwrap();
+    driver_init(&mut t1);
+    g.add_rx(4, 4096);
+    g.add_event_buf();
+    side1.notify(&mut t1, RXQ);
+    side1.notify(&mut t1, EVQ);
+    let ts = t1.state();
+    let vs = side1.dev.lock().unwrap().state();
+    drop(t1);
+    drop(side1);
+
+    let mem2 = copy_memory(&mem1);
+    let uds2 = dir.path().join("b.sock");
+    let limits = Limits {
+        connect_timeout: SHORT_TIMEOUT,
+        ..Limits::default()
+    };
+    let mut side2 = Side::new(Vsock::restore(CID, &uds2, limits, &vs).unwrap());
+    let mut t2 = MmioTransport::restore(mem2.clone(), side2.dev.clone(), &ts).unwrap();
+    let mut g = g.rebind(&mem2);
+    side2.run();
+    assert_eq!(g.event_words(), vec![EVENT_TRANSPORT_RESET]);
+
+    // The guest does not hand the event buffer back: the REQUEST stays
+    // held (RX buffers are there), and the client is not kept waiting
+    // beyond the timeout.
+    let start = Instant::now();
+    let mut c = UnixStream::connect(&uds2).unwrap();
+    c.write_all(b"CONNECT 1234\n").unwrap();
+    side2.run();
+    assert!(g.recv().is_empty());
+    assert!(side2.dev.lock().unwrap().muxer.holding_host_requests());
+    let dev = side2.dev.clone();
+    assert!(run_until(&mut side2.em, Duration::from_secs(10), || {
+        dev.lock().unwrap().metrics().connect_timeouts > 0
+    }));
+    assert!(start.elapsed() >= SHORT_TIMEOUT, "given up early");
+    assert_closed(&mut c);
+    assert!(g.recv().is_empty(), "no RST: the guest never saw a REQUEST");
+    assert_loop_idle(&mut side2.em, &side2.dev);
+
+    // The guest handles the reset late: nothing is released for the
+    // client that is gone.
+    g.add_event_buf();
+    side2.notify(&mut t2, EVQ);
+    assert!(!side2.dev.lock().unwrap().muxer.holding_host_requests());
+    assert!(g.recv().is_empty(), "REQUEST of a timed-out client");
+    let m = side2.metrics();
+    assert_eq!(
+        (m.connect_timeouts, m.conns_host_initiated, m.rst_sent),
+        (1, 1, 0)
+    );
+    // A new client is served.
+    let _ = host_connect(&mut side2, &mut t2, &mut g, CID, &uds2, 1234);
 }
 
 #[test]

@@ -6,7 +6,7 @@ use std::io::{ErrorKind, Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use event_manager::{EventManager, SubscriberOps};
 use virtio_bindings::bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
@@ -315,6 +315,41 @@ impl Rig {
     }
 }
 
+/// Runs the event loop until `done` holds (checked after each round) or
+/// `cap` has passed; returns whether `done` held.
+pub(super) fn run_until(
+    em: &mut EventManager<Arc<Mutex<Vsock>>>,
+    cap: Duration,
+    mut done: impl FnMut() -> bool,
+) -> bool {
+    let end = Instant::now() + cap;
+    loop {
+        if done() {
+            return true;
+        }
+        let left = end.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return false;
+        }
+        em.run_with_timeout(left.as_millis().clamp(1, 20) as i32)
+            .unwrap();
+    }
+}
+
+/// The device has nothing left for the event loop: no timer armed, and
+/// the loop goes idle (a fired timerfd left readable would wake it forever).
+pub(super) fn assert_loop_idle(em: &mut EventManager<Arc<Mutex<Vsock>>>, dev: &Mutex<Vsock>) {
+    assert_eq!(dev.lock().unwrap().timer_deadline, None);
+    assert!(
+        (0..10).any(|_| em.run_with_timeout(50).unwrap() == 0),
+        "the event loop does not go idle"
+    );
+}
+
+/// Short enough to keep the suite fast; the tests wait for the event
+/// rather than for a fixed time, so a loaded machine only makes them slower.
+pub(super) const SHORT_TIMEOUT: Duration = Duration::from_millis(200);
+
 pub(super) fn ops(pkts: &[(Header, Vec<u8>)]) -> Vec<Op> {
     pkts.iter().map(|(h, _)| h.op().unwrap()).collect()
 }
@@ -572,6 +607,120 @@ fn host_connect_bad_line_or_inactive_device_is_closed() {
     }
     assert_eq!(rig.metrics().handshake_errors, 3);
     assert!(g.recv().is_empty());
+}
+
+#[test]
+fn host_connect_the_guest_never_answers_times_out() {
+    let mem = guest_mem();
+    let mut g = Guest::new(&mem);
+    let mut rig = Rig::new(Limits {
+        connect_timeout: SHORT_TIMEOUT,
+        ..Limits::default()
+    });
+    rig.activate(&mem, &g);
+    g.add_rx(4, 4096);
+    let start = Instant::now();
+    let (mut c, req) = host_connect(&mut rig, &mut g, 1234);
+    // Still waiting for the guest.
+    c.set_nonblocking(true).unwrap();
+    assert_eq!(
+        c.read(&mut [0u8; 8]).unwrap_err().kind(),
+        ErrorKind::WouldBlock
+    );
+    assert!(rig.dev.lock().unwrap().timer_deadline.is_some());
+    let dev = rig.dev.clone();
+    assert!(run_until(&mut rig.em, Duration::from_secs(10), || {
+        dev.lock().unwrap().metrics().connect_timeouts > 0
+    }));
+    assert!(start.elapsed() >= SHORT_TIMEOUT, "given up early");
+    c.set_nonblocking(false).unwrap();
+    assert_closed(&mut c);
+    // The guest had the REQUEST: it is told to drop it.
+    let pkts = g.recv();
+    assert_eq!(ops(&pkts), vec![Op::Rst]);
+    let h = pkts[0].0;
+    assert_eq!((h.src_port, h.dst_port), (req.src_port, req.dst_port));
+    let m = rig.metrics();
+    assert_eq!((m.connect_timeouts, m.handshake_timeouts), (1, 0));
+    assert_eq!(rig.dev.lock().unwrap().muxer.connection_count(), 0);
+    assert_loop_idle(&mut rig.em, &rig.dev);
+    // A late RESPONSE finds no connection.
+    g.send(response_to(&req), &[]);
+    rig.kick(TXQ);
+    assert_eq!(ops(&g.recv()), vec![Op::Rst]);
+    assert_eq!(rig.metrics().unknown_conn, 1);
+}
+
+#[test]
+fn host_connect_line_not_finished_in_time_is_closed() {
+    let mem = guest_mem();
+    let mut g = Guest::new(&mem);
+    let mut rig = Rig::new(Limits {
+        connect_timeout: SHORT_TIMEOUT,
+        max_handshakes: 2,
+        ..Limits::default()
+    });
+    rig.activate(&mem, &g);
+    g.add_rx(4, 4096);
+    let start = Instant::now();
+    let mut half = UnixStream::connect(&rig.uds).unwrap();
+    half.write_all(b"CONNECT 12").unwrap();
+    let mut silent = UnixStream::connect(&rig.uds).unwrap();
+    rig.run();
+    // Both hold a handshake slot: a third client is turned away.
+    let mut third = UnixStream::connect(&rig.uds).unwrap();
+    rig.run();
+    assert_closed(&mut third);
+    assert_eq!(rig.metrics().conns_over_limit, 1);
+    let dev = rig.dev.clone();
+    assert!(run_until(&mut rig.em, Duration::from_secs(10), || {
+        dev.lock().unwrap().metrics().handshake_timeouts == 2
+    }));
+    assert!(start.elapsed() >= SHORT_TIMEOUT, "given up early");
+    assert_closed(&mut half);
+    assert_closed(&mut silent);
+    let m = rig.metrics();
+    assert_eq!((m.handshake_errors, m.connect_timeouts), (0, 0));
+    assert!(g.recv().is_empty(), "the guest never heard of them");
+    assert_loop_idle(&mut rig.em, &rig.dev);
+    // The slots are free again.
+    let (_c, _) = host_connect(&mut rig, &mut g, 12);
+}
+
+#[test]
+fn host_connect_answered_in_time_is_not_timed_out() {
+    let mem = guest_mem();
+    let mut g = Guest::new(&mem);
+    let mut rig = Rig::new(Limits {
+        connect_timeout: SHORT_TIMEOUT,
+        ..Limits::default()
+    });
+    rig.activate(&mem, &g);
+    g.add_rx(8, 4096);
+    let (mut c, req) = host_connect(&mut rig, &mut g, 1234);
+    g.send(response_to(&req), &[]);
+    rig.kick(TXQ);
+    let mut line = [0u8; 64];
+    let n = c.read(&mut line).unwrap();
+    assert_eq!(&line[..n], format!("OK {}\n", req.src_port).as_bytes());
+    // Nothing pending any more: the timer is off.
+    assert_loop_idle(&mut rig.em, &rig.dev);
+    // Well past the timeout the connection still works.
+    run_until(
+        &mut rig.em,
+        SHORT_TIMEOUT + Duration::from_millis(100),
+        || false,
+    );
+    c.write_all(b"ping").unwrap();
+    rig.run();
+    let pkts = g.recv();
+    assert_eq!(ops(&pkts), vec![Op::Rw]);
+    assert_eq!(pkts[0].1, b"ping");
+    let m = rig.metrics();
+    assert_eq!(
+        (m.connect_timeouts, m.handshake_timeouts, m.rst_sent),
+        (0, 0, 0)
+    );
 }
 
 #[test]
