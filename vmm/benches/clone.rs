@@ -7,9 +7,21 @@
 //!
 //! Prints a table and writes target/bench-results/clone.json. Goals for
 //! later turns: clone ≤ 2 ms VMM-side, ≤ 1 MiB private per idle clone.
+//!
+//! With `FIRECRACKER_BIN` set (a Firecracker built from source), a second
+//! section compares arrow-vmm's clone with Firecracker's snapshot restore
+//! of the same real Linux guest (kernel from guest-kernel/build.sh or
+//! `ARROW_KERNEL`, vsock-echo initramfs), in the same invocation; see
+//! clone/real_linux.rs. `ARROW_BENCH_LINUX_RUNS` sets its restores per VMM
+//! (default 50). Without `FIRECRACKER_BIN` the section is skipped and the
+//! output says so.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
+#[path = "clone/real_linux.rs"]
+mod real_linux;
+#[path = "../tests/apps/vsock_guest.rs"]
+mod vsock_guest;
 
 use std::path::{Path, PathBuf};
 use std::process::Child;
@@ -53,6 +65,21 @@ fn stop_clone(child: Child, sock: &Path) {
     common::api(sock, "PUT", "/vm/shutdown", None);
     let o = common::wait_with_timeout(child, T);
     assert_eq!(o.status.code(), Some(0), "{}", common::stderr(&o));
+}
+
+/// The Firecracker binary to compare with, or why there is none.
+fn firecracker() -> Result<PathBuf, String> {
+    let Some(bin) = std::env::var_os("FIRECRACKER_BIN") else {
+        return Err(
+            "FIRECRACKER_BIN is not set (point it at a firecracker built from source)".into(),
+        );
+    };
+    let bin = PathBuf::from(bin);
+    if bin.is_file() {
+        Ok(bin)
+    } else {
+        Err(format!("FIRECRACKER_BIN={} is not a file", bin.display()))
+    }
 }
 
 fn main() {
@@ -147,7 +174,30 @@ fn main() {
         "hundred_clones_back_to_back_ms".into(),
         serde_json::json!(hundred_ms),
     );
-    println!("firecracker: not run in this bench (no firecracker binary built here; see docs/benchmarks.md)");
+
+    // Real Linux template, arrow-vmm and Firecracker side by side.
+    match firecracker() {
+        Err(why) => {
+            println!("real-Linux comparison with Firecracker: skipped: {why}");
+            json.insert(
+                "real_linux_template".into(),
+                serde_json::json!({ "skipped": why }),
+            );
+        }
+        Ok(fc) => {
+            let runs: usize = std::env::var("ARROW_BENCH_LINUX_RUNS")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .filter(|&n| n > 0)
+                .unwrap_or(50);
+            eprintln!("clone bench: real-Linux section: guest kernel and initramfs");
+            let kernel = vsock_guest::kernel().unwrap_or_else(|e| panic!("guest kernel: {e}"));
+            let initrd = vsock_guest::initrd(dir.path())
+                .unwrap_or_else(|e| panic!("building the initrd: {e}"));
+            let r = real_linux::run(Path::new(common::vmm_bin()), &fc, &kernel, &initrd, runs);
+            real_linux::report(&r, &mut json);
+        }
+    }
     let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("../bench-results");
     std::fs::create_dir_all(&out).unwrap();
     let path = out.join("clone.json");

@@ -1,4 +1,4 @@
-//! Shared by `tests/vsock_kvm.rs` and `benches/vsock.rs`: builds the guest
+//! Shared by `tests/vsock_kvm.rs`, `benches/vsock.rs` and `benches/clone.rs`: builds the guest
 //! kernel (through `guest-kernel/build.sh`) and an initramfs holding
 //! `vsock-peer` (as `/app`) and the `vsock-echo` sample app, boots it under
 //! `arrow-vmm` (or Firecracker, for the bench), and speaks the host side of
