@@ -67,7 +67,8 @@ pub struct FileSource {
 pub enum Readiness {
     /// Ready as soon as the kernel execs the app (the APP_STARTED event).
     Started,
-    /// The app writes APP_READY to the notify device (I/O port 0x0AE0) itself.
+    /// APP_READY on the notify device: sent by the guest kernel when PID 1 first
+    /// listens on a vsock port, or written by the app itself (I/O port 0x0AE0).
     Notify,
     /// Ready when a host connection to this guest vsock port succeeds.
     Vsock {

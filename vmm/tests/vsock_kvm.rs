@@ -1,7 +1,8 @@
 //! End-to-end vsock test on the real /dev/kvm with the real guest kernel:
 //! ONE boot of `arrow-vmm` running vsock-echo (examples/apps) behind the
 //! small vsock-peer launcher (tests/apps), then in that boot:
-//! - host-initiated: `CONNECT 5000` → `OK`, 1 MiB echoed back intact;
+//! - host-initiated: `CONNECT 5000` → `OK`, 1 MiB echoed back intact; the
+//!   guest kernel reported APP_READY with port 5000 (GET /vm);
 //! - guest-initiated: the guest dials CID 2 port 6000, which the device
 //!   connects to `<uds>_6000`; 1 MiB echoed back intact;
 //! - then, with a host connection still open, the VM is paused and
@@ -77,6 +78,19 @@ fn vsock_host_and_guest_initiated_megabyte_echo() {
         dt.as_secs_f64()
     );
 
+    // The kernel reported APP_READY with the port when PID 1 (vsock-echo)
+    // listened; the bulk server (a child, port 5001) does not count.
+    let api = api_sock(&uds);
+    match vsock_guest::api(&api, "GET", "/vm", "") {
+        Ok((200, body)) => {
+            let vm: serde_json::Value = serde_json::from_str(&body)
+                .unwrap_or_else(|e| fail(Some(&g), "GET /vm", format!("{e}: {body}")));
+            assert_eq!(vm["app_ready_port"], ECHO_PORT, "GET /vm: {body}");
+        }
+        Ok((st, b)) => fail(Some(&g), "GET /vm", format!("{st} {b}")),
+        Err(e) => fail(Some(&g), "GET /vm", e),
+    }
+
     // The guest saw the end of its dialed connection.
     g.wait_for("vsock-peer: dial 0 echoed 1048576 bytes")
         .unwrap_or_else(|e| fail(Some(&g), "guest-side end of the dialed connection", e));
@@ -87,7 +101,6 @@ fn vsock_host_and_guest_initiated_megabyte_echo() {
     // snapshot as a clone with a new CID and socket (no second boot): the
     // guest gets TRANSPORT_RESET for its stale connection and serves new
     // ones under the new CID.
-    let api = api_sock(&uds);
     let snap = dir.path().join("snap");
     for (method, path, body) in [
         ("PUT", "/vm/pause", String::new()),

@@ -1,5 +1,6 @@
-/* Shared helpers for the Arrow sample apps: vsock definitions, option parsing, listening,
- * and the best-effort APP_READY notification. Header-only so that each app stays one .c
+/* Shared helpers for the Arrow sample apps: vsock definitions, option parsing, listening.
+ * (Readiness needs no code here: the guest kernel reports APP_READY to the VMM when PID 1
+ * first listens on a vsock port.) Header-only so that each app stays one .c
  * file that `asdk build app.c` compiles with `musl-gcc -static`.
  *
  * musl-gcc does not see the kernel's <linux/vm_sockets.h>, so the few vsock definitions
@@ -14,7 +15,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/io.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -31,10 +31,6 @@ struct arrow_sockaddr_vm {
     unsigned char svm_flags;
     unsigned char svm_zero[3];
 };
-
-/* Arrow notify device (DESIGN.md): 32-bit write to port 0x0AE0, event in bits 31..24. */
-#define ARROW_NOTIFY_PORT 0x0AE0
-#define ARROW_EVENT_APP_READY 0x02u
 
 struct arrow_opts {
     unsigned port; /* vsock (or TCP) port to listen on */
@@ -78,20 +74,7 @@ static struct arrow_opts arrow_parse_opts(int argc, char **argv, unsigned defaul
     return o;
 }
 
-/* Tells the VMM the app serves `port`. Only as PID 1 (i.e. in an Arrow guest) or when
- * ARROW_NOTIFY=1, so that running the app on a normal host never pokes I/O ports; failure
- * (no ioperm rights) is ignored. */
-static void arrow_notify_ready(unsigned port)
-{
-    const char *force = getenv("ARROW_NOTIFY");
-    if (getpid() != 1 && !(force && strcmp(force, "1") == 0))
-        return;
-    if (ioperm(ARROW_NOTIFY_PORT, 4, 1) != 0)
-        return;
-    outl((ARROW_EVENT_APP_READY << 24) | (port & 0xFFFFFFu), ARROW_NOTIFY_PORT);
-}
-
-/* Creates the listening socket, prints "listening on <kind> port N" and signals readiness.
+/* Creates the listening socket and prints "listening on <kind> port N".
  * Exits with status 1 and a message on failure. */
 static int arrow_listen(struct arrow_opts *o)
 {
@@ -131,7 +114,6 @@ static int arrow_listen(struct arrow_opts *o)
     }
     printf("listening on %s port %u\n", o->tcp ? "tcp" : "vsock", o->port);
     fflush(stdout);
-    arrow_notify_ready(o->tcp ? 0 : o->port);
     return fd;
 }
 
