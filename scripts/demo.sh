@@ -12,9 +12,10 @@ cd "$(dirname "$0")/.."
 step() { printf '\n== %s\n' "$*" >&2; }
 fail() { printf 'demo failed at step: %s\n' "$*" >&2; exit 1; }
 
-step "build arrow-vmm and asdk (cargo, release)"
-cargo build --release -p arrow-vmm -p asdk || fail "cargo build"
-VMM=target/release/arrow-vmm
+step "build arrow-vmm (static-pie, see make vmm-static) and asdk (cargo, release)"
+make --no-print-directory vmm-static || fail "cargo build of arrow-vmm"
+cargo build --release -p asdk || fail "cargo build of asdk"
+VMM=target/x86_64-unknown-linux-gnu/release/arrow-vmm
 ASDK=target/release/asdk
 
 step "build the guest kernel (first run: several minutes; then cached)"

@@ -60,6 +60,7 @@ fn main() {
         ("wall_main_to_exit_hello", "µs", &total, 0),
     ];
     println!("arrow-vmm start, {runs} runs, 1 vCPU / 128 MiB, test guest 'hello'");
+    println!("binary: {}", common::vmm_bin());
     println!(
         "{:<30} {:>6} {:>10} {:>10} {:>10} {:>10}",
         "metric", "unit", "min", "p50", "p90", "target"
@@ -85,6 +86,7 @@ fn main() {
             serde_json::json!({"unit": unit, "min": v[0], "p50": percentile(v, 0.5), "p90": percentile(v, 0.9), "target": target}),
         );
     }
+    json.insert("binary".into(), common::vmm_bin().into());
     let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("../bench-results");
     std::fs::create_dir_all(&out).unwrap();
     let path = out.join("vmm_start.json");

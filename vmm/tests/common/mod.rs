@@ -32,8 +32,13 @@ pub fn guest_elf() -> &'static Path {
     })
 }
 
+/// The `arrow-vmm` under test: `$ARROW_VMM_BIN` if set (e.g. the static
+/// release build `make bench` measures), else cargo's build of this crate.
 pub fn vmm_bin() -> &'static str {
-    env!("CARGO_BIN_EXE_arrow-vmm")
+    static BIN: OnceLock<String> = OnceLock::new();
+    BIN.get_or_init(|| {
+        std::env::var("ARROW_VMM_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_arrow-vmm").into())
+    })
 }
 
 /// Runs `arrow-vmm` with `args`, killing it after `GUEST_TIMEOUT`.
