@@ -292,6 +292,7 @@ impl Vsock {
     /// bounded, re-waking the event loop when work is left.
     pub(crate) fn pump(&mut self) {
         for _ in 0..MAX_PUMP_ROUNDS {
+            // Before RX, so that released REQUESTs go out in this round.
             self.check_reset_handled();
             let tx_paused = self.process_tx();
             let rx_done = self.process_rx();
@@ -446,19 +447,24 @@ impl Vsock {
     }
 
     /// Releases held host REQUESTs once the driver has handled the
-    /// TRANSPORT_RESET (its event buffer came back on the avail ring).
-    fn check_reset_handled(&mut self) {
+    /// TRANSPORT_RESET (its event buffer came back on the avail ring);
+    /// returns whether it did.
+    fn check_reset_handled(&mut self) -> bool {
         let (Some(at), Some(act)) = (self.reset_sent_at, self.active.as_ref()) else {
-            return;
+            return false;
         };
         match act.queues[EVQ].avail_idx(&act.mem, std::sync::atomic::Ordering::Acquire) {
             Ok(idx) if idx.0 != at => {
                 self.reset_sent_at = None;
                 self.muxer.release_host_requests();
                 debug!("vsock: the guest handled TRANSPORT_RESET");
+                true
             }
-            Ok(_) => {}
-            Err(e) => warn!("vsock: event queue: {e}"),
+            Ok(_) => false,
+            Err(e) => {
+                warn!("vsock: event queue: {e}");
+                false
+            }
         }
     }
 
@@ -509,8 +515,12 @@ impl Vsock {
         if used {
             Self::signal_used(act, EVQ);
         }
-        // The driver may have refilled before it could see avail_event.
-        self.check_reset_handled();
+        // The driver may have refilled before it could see avail_event, so
+        // no kick will come; RX already ran this round, so the released
+        // REQUESTs need another pump.
+        if self.check_reset_handled() {
+            self.wake();
+        }
     }
 }
 

@@ -329,6 +329,7 @@ impl Muxer {
         }
     }
 
+    #[cfg(test)]
     pub fn holding_host_requests(&self) -> bool {
         self.hold_requests
     }
