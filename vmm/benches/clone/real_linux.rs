@@ -28,7 +28,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::vsock_guest::{api_sock, Guest, Vmm, COMPAT_FLAGS, ECHO_PORT, ECHO_READY};
+use crate::vsock_guest::{api_sock, api_within, Guest, Vmm, COMPAT_FLAGS, ECHO_PORT, ECHO_READY};
 
 /// vsock-peer (the initramfs's /app) execs vsock-echo at once: PID 1 is
 /// the echo server, nothing else runs.
@@ -159,62 +159,9 @@ fn wait_exit(child: &mut Child, timeout: Duration) -> Result<Option<i32>, String
     }
 }
 
-/// One HTTP/1.1 request on a Unix socket; returns status and body. Reads
-/// by Content-Length: Firecracker keeps the connection open after its
-/// answer, arrow-vmm closes it.
+/// One request on a VMM's API socket (arrow-vmm's or Firecracker's).
 fn http(sock: &Path, method: &str, path: &str, body: &str) -> Result<(u16, String), String> {
-    let mut s = UnixStream::connect(sock).map_err(|e| format!("{}: {e}", sock.display()))?;
-    s.set_read_timeout(Some(Duration::from_secs(60)))
-        .map_err(|e| e.to_string())?;
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nAccept: application/json\r\n\
-         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    )
-    .map_err(|e| format!("{method} {path}: {e}"))?;
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 4096];
-    let head_end = loop {
-        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            break i + 4;
-        }
-        match s.read(&mut chunk) {
-            Ok(0) => return Err(format!("{method} {path}: connection closed before a reply")),
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            Err(e) => return Err(format!("{method} {path}: {e}")),
-        }
-    };
-    let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
-    let status: u16 = head
-        .split(' ')
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .ok_or_else(|| format!("{method} {path}: bad status line in {head:?}"))?;
-    let len = head.lines().find_map(|l| {
-        let (k, v) = l.split_once(':')?;
-        k.trim()
-            .eq_ignore_ascii_case("content-length")
-            .then(|| v.trim().parse::<usize>().ok())?
-    });
-    let mut body = buf[head_end..].to_vec();
-    match len {
-        Some(n) => {
-            while body.len() < n {
-                match s.read(&mut chunk) {
-                    Ok(0) => break,
-                    Ok(k) => body.extend_from_slice(&chunk[..k]),
-                    Err(e) => return Err(format!("{method} {path}: body: {e}")),
-                }
-            }
-        }
-        // 204 has no body; otherwise the server closes after the body.
-        None if status == 204 => {}
-        None => {
-            let _ = s.read_to_end(&mut body);
-        }
-    }
-    Ok((status, String::from_utf8_lossy(&body).into_owned()))
+    api_within(sock, method, path, body, Duration::from_secs(60))
 }
 
 /// Private_Clean and Private_Dirty of a process, KiB.

@@ -509,28 +509,71 @@ pub fn api_sock(uds: &Path) -> PathBuf {
 /// One request on arrow-vmm's control socket; returns the status code and
 /// the body.
 pub fn api(sock: &Path, method: &str, path: &str, body: &str) -> Result<(u16, String), String> {
+    api_within(sock, method, path, body, Duration::from_secs(120))
+}
+
+/// One HTTP/1.1 request on a Unix socket, reads bounded by `timeout`;
+/// returns status and body. Reads by Content-Length: Firecracker keeps the
+/// connection open after its answer, arrow-vmm closes it.
+pub fn api_within(
+    sock: &Path,
+    method: &str,
+    path: &str,
+    body: &str,
+    timeout: Duration,
+) -> Result<(u16, String), String> {
     let mut s = UnixStream::connect(sock).map_err(|e| format!("{}: {e}", sock.display()))?;
-    s.set_read_timeout(Some(Duration::from_secs(120)))
+    s.set_read_timeout(Some(timeout))
         .map_err(|e| e.to_string())?;
     write!(
         s,
-        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Length: {}\r\n\r\n{body}",
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nAccept: application/json\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     )
     .map_err(|e| format!("{method} {path}: {e}"))?;
-    let mut resp = String::new();
-    s.read_to_string(&mut resp)
-        .map_err(|e| format!("{method} {path}: {e}"))?;
-    let status = resp
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let head_end = loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        match s.read(&mut chunk) {
+            Ok(0) => return Err(format!("{method} {path}: connection closed before a reply")),
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(e) => return Err(format!("{method} {path}: {e}")),
+        }
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+    let status: u16 = head
         .split(' ')
         .nth(1)
         .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = resp
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    Ok((status, body))
+        .ok_or_else(|| format!("{method} {path}: bad status line in {head:?}"))?;
+    let len = head.lines().find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        k.trim()
+            .eq_ignore_ascii_case("content-length")
+            .then(|| v.trim().parse::<usize>().ok())?
+    });
+    let mut body = buf[head_end..].to_vec();
+    match len {
+        Some(n) => {
+            while body.len() < n {
+                match s.read(&mut chunk) {
+                    Ok(0) => break,
+                    Ok(k) => body.extend_from_slice(&chunk[..k]),
+                    Err(e) => return Err(format!("{method} {path}: body: {e}")),
+                }
+            }
+        }
+        // 204 has no body; otherwise the server closes after the body.
+        None if status == 204 => {}
+        None => {
+            let _ = s.read_to_end(&mut body);
+        }
+    }
+    Ok((status, String::from_utf8_lossy(&body).into_owned()))
 }
 
 /// `len` bytes of a pattern that catches reordering and loss.
