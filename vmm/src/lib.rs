@@ -7,6 +7,7 @@
 pub mod api;
 pub mod arch;
 pub mod config;
+pub mod device_manager;
 pub mod devices;
 pub mod event_loop;
 pub mod exit;

@@ -9,23 +9,14 @@ use kvm_ioctls::VmFd;
 use serde_json::json;
 
 use crate::api::http::Response;
+use crate::device_manager::DeviceManager;
 use crate::devices::legacy::SerialDevice;
 use crate::devices::notify::NotifyDevice;
-use crate::devices::virtio::mmio::MmioTransport;
-use crate::devices::virtio::vsock::Vsock;
 use crate::exit::StopReason;
 use crate::lifecycle::Lifecycle;
-use crate::snapshot::devices::VsockSnapshot;
 use crate::snapshot::{self, CpuSignature, DeviceStates, SnapshotState, VmState};
 use crate::vcpu::VcpuHandle;
 use crate::GuestMemoryMmap;
-
-/// The vsock device and its transport, kept for snapshots.
-#[derive(Clone)]
-pub struct VsockParts {
-    pub device: Arc<Mutex<Vsock>>,
-    pub transport: Arc<Mutex<MmioTransport>>,
-}
 
 pub struct Runtime {
     pub handles: Vec<VcpuHandle>,
@@ -35,7 +26,7 @@ pub struct Runtime {
     pub mem_size: u64,
     pub serial: Arc<Mutex<SerialDevice>>,
     pub notify: Arc<Mutex<NotifyDevice>>,
-    pub vsock: Option<VsockParts>,
+    pub devices: DeviceManager,
     pub lifecycle: Arc<Lifecycle>,
 }
 
@@ -60,7 +51,7 @@ impl Runtime {
             "app_ready_ms": self.lifecycle.app_ready().map(|(d, _)| ms(d)),
             "app_ready_port": self.lifecycle.app_ready().map(|(_, p)| p),
             "generation": lock(&self.notify).generation(),
-            "vsock_cid": self.vsock.as_ref().map(|v| lock(&v.device).guest_cid()),
+            "vsock_cid": self.devices.vsock().map(|v| lock(&v.device).guest_cid()),
         })
     }
 
@@ -126,14 +117,10 @@ impl Runtime {
             }
         }
         let vm = VmState::save(&self.vm).map_err(|e| e.to_string())?;
-        let vsock = self.vsock.as_ref().map(|v| VsockSnapshot {
-            transport: lock(&v.transport).state(),
-            device: lock(&v.device).state(),
-        });
         let devices = DeviceStates {
             serial: lock(&self.serial).0.state(),
             generation: lock(&self.notify).generation(),
-            vsock,
+            virtio: self.devices.save(),
         };
         let (regions, pages) = snapshot::memory::dump(&self.mem, &dir.join(snapshot::MEMORY_FILE))
             .map_err(|e| e.to_string())?;

@@ -10,7 +10,7 @@ use std::time::Instant;
 use kvm_bindings::{
     kvm_pit_config, kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY,
 };
-use kvm_ioctls::{IoEventAddress, Kvm, VcpuFd, VmFd};
+use kvm_ioctls::{Kvm, VcpuFd, VmFd};
 use vm_memory::{Address, GuestMemoryBackend, GuestMemoryRegion};
 use vmm_sys_util::eventfd::EventFd;
 
@@ -19,21 +19,19 @@ use crate::arch::boot::{self, BootError};
 use crate::arch::layout::{self, KVM_TSS_ADDR};
 use crate::arch::regs::{self, RegsError};
 use crate::arch::{cpuid, mptable};
-use crate::config::{insert_kernel_param, ConsoleSink, VmConfig};
+use crate::config::{ConsoleSink, VmConfig};
+use crate::device_manager::{DeviceError, DeviceManager, DeviceRestoreParams};
 use crate::devices::bus::{Bus, BusError};
 use crate::devices::legacy::{
     SerialDevice, COM1_IRQ, COM1_PORT, I8042, I8042_LEN, I8042_PORT, SERIAL_LEN,
 };
 use crate::devices::notify::{NotifyDevice, NOTIFY_LEN, NOTIFY_PORT};
-use crate::devices::virtio::mmio::{MmioError, MmioTransport, NOTIFY_OFFSET};
-use crate::devices::virtio::vsock::{Limits, Vsock, VsockError};
-use crate::devices::virtio::{self, MMIO_WINDOW_SIZE};
 use crate::event_loop::{self, ConsoleInput, EventManager, SignalWatcher, StopWatcher, Subscriber};
 use crate::exit::StopReason;
 use crate::host::HostKind;
 use crate::lifecycle::Lifecycle;
 use crate::report::RunReport;
-use crate::runtime::{Runtime, VsockParts};
+use crate::runtime::Runtime;
 use crate::seccomp::{SeccompLevel, ThreadRole};
 use crate::snapshot;
 use crate::vcpu::{self, VcpuContext};
@@ -77,10 +75,8 @@ pub enum VmError {
         path: std::path::PathBuf,
         source: std::io::Error,
     },
-    #[error("vsock device: {0}")]
-    Vsock(#[from] VsockError),
-    #[error("virtio-mmio transport: {0}")]
-    Mmio(#[from] MmioError),
+    #[error(transparent)]
+    Devices(#[from] DeviceError),
     #[error(transparent)]
     Snapshot(#[from] snapshot::SnapshotError),
     #[error("cannot restore the snapshot: {0}")]
@@ -211,7 +207,7 @@ pub struct Vm {
     ctx: VcpuContext,
     serial: Arc<Mutex<SerialDevice>>,
     notify: Arc<Mutex<NotifyDevice>>,
-    vsock: Option<VsockParts>,
+    devices: DeviceManager,
     lifecycle: Arc<Lifecycle>,
     console_is_stdout: bool,
 }
@@ -264,26 +260,6 @@ fn legacy_devices(
     })
 }
 
-/// Puts a vsock device and its transport on the MMIO bus with its irqfd and
-/// ioeventfds.
-fn attach_vsock(
-    vm: &VmFd,
-    mmio: &mut Bus,
-    device: Arc<Mutex<Vsock>>,
-    transport: MmioTransport,
-) -> Result<VsockParts, VmError> {
-    let base = layout::VIRTIO_MMIO_BASE;
-    vm.register_irqfd(transport.irq_evt(), layout::VIRTIO_IRQ_BASE)
-        .map_err(kvm_err("register vsock irqfd"))?;
-    for (i, evt) in transport.queue_evts().iter().enumerate() {
-        vm.register_ioevent(evt, &IoEventAddress::Mmio(base + NOTIFY_OFFSET), i as u32)
-            .map_err(kvm_err("register vsock ioeventfd"))?;
-    }
-    let transport = Arc::new(Mutex::new(transport));
-    mmio.insert(transport.clone(), base, MMIO_WINDOW_SIZE)?;
-    Ok(VsockParts { device, transport })
-}
-
 /// What `build` and `restore` hand to `assemble`.
 struct Parts {
     vm: VmFd,
@@ -291,8 +267,7 @@ struct Parts {
     mem: GuestMemoryMmap,
     mem_size: u64,
     legacy: LegacyDevices,
-    mmio: Bus,
-    vsock: Option<VsockParts>,
+    devices: DeviceManager,
     lifecycle: Arc<Lifecycle>,
     console_is_stdout: bool,
 }
@@ -318,17 +293,11 @@ impl Vm {
             Some(false) => HostKind::Hardware,
             None => HostKind::detect(),
         };
-        let mut cmdline = host.adapt_cmdline(&config.cmdline);
-        let mut mmio = Bus::new();
-        let mut vsock = None;
+        let mut devices = DeviceManager::new();
         if let Some(vs) = &config.vsock {
-            let dev = Arc::new(Mutex::new(Vsock::new(vs.cid, &vs.uds, Limits::default())?));
-            let transport = MmioTransport::new(mem.clone(), dev.clone())?;
-            vsock = Some(attach_vsock(&vm, &mut mmio, dev, transport)?);
-            let fragment =
-                virtio::cmdline_fragment(layout::VIRTIO_MMIO_BASE, layout::VIRTIO_IRQ_BASE);
-            cmdline = insert_kernel_param(&cmdline, &fragment);
+            devices.add_vsock(&vm, &mem, vs)?;
         }
+        let cmdline = devices.add_to_cmdline(&host.adapt_cmdline(&config.cmdline));
         tracing::debug!(?host, %cmdline, "guest command line");
         let (entry, kernel_end) = boot::load_kernel(&mem, &config.kernel, config.boot_protocol)?;
         let initrd = match &config.initrd {
@@ -385,8 +354,7 @@ impl Vm {
                 mem,
                 mem_size: config.mem_size,
                 legacy,
-                mmio,
-                vsock,
+                devices,
                 lifecycle,
                 console_is_stdout: config.console == ConsoleSink::Stdout,
             },
@@ -398,7 +366,7 @@ impl Vm {
         let (msr_indices, has_xcrs) = snapshot_host_info(kvm)?;
         let ctx = VcpuContext {
             pio: p.legacy.pio,
-            mmio: p.mmio,
+            mmio: p.devices.mmio_bus(),
             lifecycle: p.lifecycle.clone(),
             mem: p.mem.clone(),
             cpus: p.vcpus.len() as u8,
@@ -415,7 +383,7 @@ impl Vm {
             ctx,
             serial: p.legacy.serial,
             notify: p.legacy.notify,
-            vsock: p.vsock,
+            devices: p.devices,
             lifecycle: p.lifecycle,
             console_is_stdout: p.console_is_stdout,
         })
@@ -431,6 +399,10 @@ impl Vm {
         if vcpu_count == 0 {
             return Err(VmError::NoVcpus);
         }
+        let mut devices = DeviceManager::new();
+        devices
+            .prepare_restore(&state.devices.virtio)
+            .map_err(|e| VmError::Restore(e.to_string()))?;
         let vm = create_vm(&kvm)?;
         let mem =
             snapshot::memory::map_private(&config.dir.join(snapshot::MEMORY_FILE), &state.regions)
@@ -475,33 +447,14 @@ impl Vm {
         let notify = NotifyDevice::restored(lifecycle.clone(), generation, nonce);
         let legacy = legacy_devices(&vm, &lifecycle, serial, &serial_irq, notify)?;
 
-        let mut mmio = Bus::new();
-        let mut vsock = None;
-        if let Some(vs) = &state.devices.vsock {
-            let uds = config.vsock_uds.as_ref().ok_or_else(|| {
-                VmError::Restore(
-                    "the snapshot has a vsock device: give it a new host socket with --vsock-uds"
-                        .into(),
-                )
-            })?;
-            let cid = match (config.vsock_cid, config.clone) {
-                (Some(cid), _) => cid,
-                (None, false) => vs.device.guest_cid,
-                (None, true) => {
-                    return Err(VmError::Restore(
-                        "a clone needs its own vsock CID: pass --vsock-cid".into(),
-                    ))
-                }
-            };
-            let dev = Arc::new(Mutex::new(Vsock::restore(
-                cid,
-                uds,
-                Limits::default(),
-                &vs.device,
-            )?));
-            let transport = MmioTransport::restore(mem.clone(), dev.clone(), &vs.transport)?;
-            vsock = Some(attach_vsock(&vm, &mut mmio, dev, transport)?);
-        }
+        let params = DeviceRestoreParams {
+            clone: config.clone,
+            vsock_uds: config.vsock_uds.clone(),
+            vsock_cid: config.vsock_cid,
+        };
+        devices
+            .restore_devices(&vm, &mem, &state.devices.virtio, &params)
+            .map_err(|e| VmError::Restore(e.to_string()))?;
 
         tracing::debug!(dir = %config.dir.display(), clone = config.clone, generation, "restored");
         Self::assemble(
@@ -512,8 +465,7 @@ impl Vm {
                 mem,
                 mem_size: state.mem_size,
                 legacy,
-                mmio,
-                vsock,
+                devices,
                 lifecycle,
                 console_is_stdout: config.console == ConsoleSink::Stdout,
             },
@@ -529,8 +481,8 @@ impl Vm {
         em.add_subscriber(Arc::new(Mutex::new(StopWatcher(self.lifecycle.clone()))) as Subscriber);
         let signals = SignalWatcher::new(self.lifecycle.clone()).map_err(host_err("signalfd"))?;
         em.add_subscriber(Arc::new(Mutex::new(signals)) as Subscriber);
-        if let Some(v) = &self.vsock {
-            em.add_subscriber(v.device.clone() as Subscriber);
+        for sub in self.devices.subscribers() {
+            em.add_subscriber(sub);
         }
         if self.console_is_stdout {
             if let Some(input) = ConsoleInput::from_tty_stdin(self.serial.clone()) {
@@ -565,7 +517,7 @@ impl Vm {
             mem_size: self.mem_size,
             serial: self.serial.clone(),
             notify: self.notify.clone(),
-            vsock: self.vsock.clone(),
+            devices: std::mem::take(&mut self.devices),
             lifecycle: self.lifecycle.clone(),
         }));
         if let Some(path) = &opts.api_sock {

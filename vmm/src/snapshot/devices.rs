@@ -3,6 +3,7 @@
 use serde::{Deserialize, Serialize};
 use vm_superio::serial::SerialState;
 
+use crate::device_manager::MmioSlot;
 use crate::devices::virtio::mmio::MmioTransportState;
 use crate::devices::virtio::vsock::VsockState;
 
@@ -26,6 +27,9 @@ struct SerialStateDef {
 /// The vsock device with its transport.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct VsockSnapshot {
+    /// Snapshots from before slots were recorded had vsock in the first.
+    #[serde(default = "MmioSlot::first")]
+    pub slot: MmioSlot,
     pub transport: MmioTransportState,
     pub device: VsockState,
 }
@@ -36,5 +40,15 @@ pub struct DeviceStates {
     pub serial: SerialState,
     /// Clone generation the notify device reports (0 = booted fresh).
     pub generation: u32,
+    /// The device manager's devices (kept at this level of the JSON, where
+    /// `vsock` has always been).
+    #[serde(flatten)]
+    pub virtio: VirtioStates,
+}
+
+/// The virtio devices, as the device manager saves and restores them.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct VirtioStates {
+    #[serde(default)]
     pub vsock: Option<VsockSnapshot>,
 }
