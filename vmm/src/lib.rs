@@ -13,6 +13,7 @@ pub mod event_loop;
 pub mod exit;
 pub mod host;
 pub mod lifecycle;
+pub mod pooled;
 pub mod report;
 pub mod runtime;
 pub mod seccomp;

@@ -80,6 +80,11 @@ struct RestoreArgs {
     /// Guest CID for the restored vsock device (required with --clone).
     #[arg(long)]
     vsock_cid: Option<u64>,
+    /// Pooled VM: do everything that does not need the guest state (KVM VM,
+    /// vCPU threads, memory slots, devices, seccomp) and wait; `PUT
+    /// /vm/start` on the control API then loads the snapshot and runs it.
+    #[arg(long, requires = "api_sock", conflicts_with = "paused")]
+    pool: bool,
     #[command(flatten)]
     serve: ServeArgs,
 }
@@ -170,6 +175,7 @@ fn restore(args: RestoreArgs, start: Instant) -> anyhow::Result<i32> {
         console: args.serve.console.clone(),
         vsock_uds: args.vsock_uds,
         vsock_cid: args.vsock_cid,
+        pool: args.pool,
     };
     arrow_vmm::event_loop::block_stop_signals().context("cannot block stop signals")?;
     let vm = Vm::restore(&config, start)?;

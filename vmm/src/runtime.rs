@@ -14,6 +14,7 @@ use crate::devices::legacy::SerialDevice;
 use crate::devices::notify::NotifyDevice;
 use crate::exit::StopReason;
 use crate::lifecycle::Lifecycle;
+use crate::pooled::PendingTemplate;
 use crate::snapshot::{self, CpuSignature, DeviceStates, SnapshotState, VmState};
 use crate::vcpu::VcpuHandle;
 use crate::GuestMemoryMmap;
@@ -28,6 +29,8 @@ pub struct Runtime {
     pub notify: Arc<Mutex<NotifyDevice>>,
     pub devices: DeviceManager,
     pub lifecycle: Arc<Lifecycle>,
+    /// Set while the VM is pooled: the template state `start` loads.
+    pub pending: Option<PendingTemplate>,
 }
 
 fn lock<T: ?Sized>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -39,11 +42,62 @@ impl Runtime {
         self.pause.load(Ordering::SeqCst)
     }
 
+    fn state_name(&self) -> &'static str {
+        if self.lifecycle.stopping() {
+            "stopping"
+        } else if self.pending.is_some() {
+            "pooled"
+        } else if self.paused() {
+            "paused"
+        } else {
+            "running"
+        }
+    }
+
+    /// Refuses what a pooled VM (no guest state yet) cannot do.
+    fn check_not_pooled(&self) -> Result<(), Response> {
+        if self.pending.is_some() {
+            return Err(Response::error(
+                409,
+                "the VM is pooled and has no guest state yet: start it first (PUT /vm/start)",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Starts a pooled VM: loads the template and runs the vCPUs. A failure
+    /// stops the VM (arrow-vmm exits 125): a half-loaded VM is not usable.
+    pub fn start(&mut self) -> Result<serde_json::Value, Response> {
+        if self.lifecycle.stopping() {
+            return Err(Response::error(409, "the VM is stopping"));
+        }
+        let Some(pending) = self.pending.take() else {
+            return Err(Response::error(
+                409,
+                "the VM is not pooled: it was started already (GET /vm shows its state)",
+            ));
+        };
+        let t = Instant::now();
+        if let Err(e) = pending.load(self) {
+            let msg = format!("cannot start the pooled VM: {e}");
+            self.lifecycle
+                .request_stop(StopReason::VmmError(msg.clone()));
+            return Err(Response::error(500, msg));
+        }
+        self.pause.store(false, Ordering::SeqCst);
+        for h in &self.handles {
+            h.resume();
+        }
+        let us = t.elapsed().as_micros() as u64;
+        tracing::info!(us, "pooled VM started");
+        Ok(json!({ "state": "running", "start_us": us }))
+    }
+
     /// The state for `GET /vm`.
     pub fn describe(&self) -> serde_json::Value {
         let ms = |d: std::time::Duration| d.as_millis() as u64;
         json!({
-            "state": if self.lifecycle.stopping() { "stopping" } else if self.paused() { "paused" } else { "running" },
+            "state": self.state_name(),
             "vcpus": self.handles.len(),
             "memory_bytes": self.mem_size,
             "uptime_ms": ms(self.lifecycle.elapsed()),
@@ -60,6 +114,7 @@ impl Runtime {
         if self.lifecycle.stopping() {
             return Err(Response::error(409, "the VM is stopping"));
         }
+        self.check_not_pooled()?;
         if !self.pause.swap(true, Ordering::SeqCst) {
             let t = Instant::now();
             for h in &self.handles {
@@ -76,6 +131,7 @@ impl Runtime {
         if self.lifecycle.stopping() {
             return Err(Response::error(409, "the VM is stopping"));
         }
+        self.check_not_pooled()?;
         if self.pause.swap(false, Ordering::SeqCst) {
             for h in &self.handles {
                 h.resume();
@@ -93,6 +149,7 @@ impl Runtime {
     /// Writes a snapshot to `dir` (created; must not exist or be empty).
     /// A running VM is paused for the duration and resumed afterwards.
     pub fn snapshot(&mut self, dir: &Path) -> Result<serde_json::Value, Response> {
+        self.check_not_pooled()?;
         let t = Instant::now();
         prepare_dir(dir).map_err(|e| Response::error(400, e))?;
         let was_running = !self.paused();

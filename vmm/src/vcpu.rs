@@ -38,6 +38,8 @@ pub struct VcpuContext {
 pub enum VcpuRequest {
     Resume,
     Save(Sender<Result<VcpuState, VcpuStateError>>),
+    /// Load a saved state into a vCPU that has not run yet (pooled VM).
+    Load(Box<VcpuState>, Sender<Result<(), VcpuStateError>>),
     Stop,
 }
 
@@ -87,6 +89,15 @@ impl VcpuHandle {
         let _ = self.requests.send(VcpuRequest::Resume);
     }
 
+    /// Asks a vCPU of a pooled VM to load `state`, on its own thread;
+    /// returns the channel its answer comes on.
+    pub fn load(&self, state: VcpuState) -> Receiver<Result<(), VcpuStateError>> {
+        let (tx, rx) = mpsc::channel();
+        // A thread that is gone drops `tx`: the caller's recv() fails.
+        let _ = self.requests.send(VcpuRequest::Load(Box::new(state), tx));
+        rx
+    }
+
     /// Saves the state of a parked vCPU, on its own thread.
     pub fn save(&self) -> Option<Result<VcpuState, VcpuStateError>> {
         let (tx, rx) = mpsc::channel();
@@ -108,13 +119,27 @@ impl VcpuHandle {
     }
 }
 
-/// Starts the thread for one configured vCPU.
-pub fn spawn(id: u8, vcpu: VcpuFd, ctx: VcpuContext) -> std::io::Result<VcpuHandle> {
+/// Whether a vCPU thread has its state, or waits for it (pooled VM).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VcpuStart {
+    /// Configured or restored: run (or park, if paused).
+    Ready,
+    /// Never entered KVM_RUN and must not: wait for `Load`, then `Resume`.
+    AwaitState,
+}
+
+/// Starts the thread for one vCPU.
+pub fn spawn(
+    id: u8,
+    vcpu: VcpuFd,
+    ctx: VcpuContext,
+    start: VcpuStart,
+) -> std::io::Result<VcpuHandle> {
     let (requests, requests_rx) = mpsc::channel();
     let (parked_tx, parked) = mpsc::channel();
     let thread = std::thread::Builder::new()
         .name(format!("vcpu{id}"))
-        .spawn(move || run_loop(id, vcpu, &ctx, &requests_rx, &parked_tx))?;
+        .spawn(move || run_loop(id, vcpu, &ctx, &requests_rx, &parked_tx, start))?;
     Ok(VcpuHandle {
         id,
         thread,
@@ -147,6 +172,40 @@ fn park(
             Ok(VcpuRequest::Save(reply)) => {
                 let _ = reply.send(VcpuState::save(vcpu, id, &ctx.msr_indices, ctx.has_xcrs));
             }
+            Ok(VcpuRequest::Load(_, reply)) => {
+                let _ = reply.send(Err(VcpuStateError {
+                    cpu: id,
+                    what: "state load (the vCPU has run already)",
+                    source: kvm_ioctls::Error::new(libc::EBUSY),
+                }));
+            }
+            Ok(VcpuRequest::Stop) | Err(_) => return false,
+        }
+    }
+}
+
+/// A pooled vCPU: serves `Load` until told to run; false = exit the thread.
+/// (Parking would enter KVM_RUN once, which a vCPU without state must not.)
+fn await_state(id: u8, vcpu: &VcpuFd, requests: &Receiver<VcpuRequest>) -> bool {
+    let mut loaded = false;
+    loop {
+        match requests.recv() {
+            Ok(VcpuRequest::Load(state, reply)) => {
+                let r = state.restore(vcpu);
+                loaded = r.is_ok();
+                let _ = reply.send(r);
+            }
+            Ok(VcpuRequest::Resume) if loaded => return true,
+            Ok(VcpuRequest::Resume) => {
+                tracing::error!(cpu = id, "resume of a pooled vCPU without state ignored")
+            }
+            Ok(VcpuRequest::Save(reply)) => {
+                let _ = reply.send(Err(VcpuStateError {
+                    cpu: id,
+                    what: "state save (a pooled vCPU has no state yet)",
+                    source: kvm_ioctls::Error::new(libc::EINVAL),
+                }));
+            }
             Ok(VcpuRequest::Stop) | Err(_) => return false,
         }
     }
@@ -158,10 +217,14 @@ fn run_loop(
     ctx: &VcpuContext,
     requests: &Receiver<VcpuRequest>,
     parked: &Sender<()>,
+    start: VcpuStart,
 ) {
     if let Err(e) = seccomp::install(ThreadRole::Vcpu, ctx.seccomp) {
         ctx.lifecycle
             .request_stop(StopReason::VmmError(format!("vCPU {id}: {e}")));
+        return;
+    }
+    if start == VcpuStart::AwaitState && !await_state(id, &vcpu, requests) {
         return;
     }
     if id == 0 {

@@ -30,11 +30,12 @@ use crate::event_loop::{self, ConsoleInput, EventManager, SignalWatcher, StopWat
 use crate::exit::StopReason;
 use crate::host::HostKind;
 use crate::lifecycle::Lifecycle;
+use crate::pooled::PendingTemplate;
 use crate::report::RunReport;
 use crate::runtime::Runtime;
 use crate::seccomp::{SeccompLevel, ThreadRole};
 use crate::snapshot;
-use crate::vcpu::{self, VcpuContext};
+use crate::vcpu::{self, VcpuContext, VcpuStart};
 use crate::GuestMemoryMmap;
 use event_manager::SubscriberOps;
 
@@ -184,6 +185,9 @@ pub struct RestoreConfig {
     pub vsock_uds: Option<PathBuf>,
     /// New guest CID (a clone must not reuse the template's).
     pub vsock_cid: Option<u64>,
+    /// Prepare everything but the guest state and wait for `PUT /vm/start`
+    /// on the control API (a pooled VM, `crate::pooled`).
+    pub pool: bool,
 }
 
 /// How the running VM is served.
@@ -210,6 +214,8 @@ pub struct Vm {
     devices: DeviceManager,
     lifecycle: Arc<Lifecycle>,
     console_is_stdout: bool,
+    /// A pooled VM's template state, loaded on `PUT /vm/start`.
+    pending: Option<PendingTemplate>,
 }
 
 /// KVM VM with irqchip and PIT, as every VM needs them.
@@ -270,6 +276,7 @@ struct Parts {
     devices: DeviceManager,
     lifecycle: Arc<Lifecycle>,
     console_is_stdout: bool,
+    pending: Option<PendingTemplate>,
 }
 
 /// MSRs a snapshot must carry, and whether XCRs exist on this host.
@@ -357,6 +364,7 @@ impl Vm {
                 devices,
                 lifecycle,
                 console_is_stdout: config.console == ConsoleSink::Stdout,
+                pending: None,
             },
         )
     }
@@ -386,12 +394,17 @@ impl Vm {
             devices: p.devices,
             lifecycle: p.lifecycle,
             console_is_stdout: p.console_is_stdout,
+            pending: p.pending,
         })
     }
 
     /// Recreates a VM from a snapshot directory; the guest continues where
     /// it was paused. Every check (format, checksum, CPU, memory file) runs
     /// before any guest code does.
+    ///
+    /// With `config.pool` the guest state is not loaded: guest memory is
+    /// only reserved, vCPUs are created bare, and the state waits in
+    /// `pending` for `PUT /vm/start` (see `crate::pooled`).
     pub fn restore(config: &RestoreConfig, start: Instant) -> Result<Self, VmError> {
         let state = snapshot::read_state(&config.dir)?;
         let kvm = open_kvm()?;
@@ -404,9 +417,18 @@ impl Vm {
             .prepare_restore(&state.devices.virtio)
             .map_err(|e| VmError::Restore(e.to_string()))?;
         let vm = create_vm(&kvm)?;
-        let mem =
-            snapshot::memory::map_private(&config.dir.join(snapshot::MEMORY_FILE), &state.regions)
+        let mem_path = config.dir.join(snapshot::MEMORY_FILE);
+        let (mem, memory_file) = if config.pool {
+            let file = snapshot::memory::open_checked(&mem_path, &state.regions)
                 .map_err(snapshot::SnapshotError::from)?;
+            let mem =
+                snapshot::memory::reserve(&state.regions).map_err(snapshot::SnapshotError::from)?;
+            (mem, Some(file))
+        } else {
+            let mem = snapshot::memory::map_private(&mem_path, &state.regions)
+                .map_err(snapshot::SnapshotError::from)?;
+            (mem, None)
+        };
         register_memory(&vm, &mem)?;
         // vCPUs (and their LAPICs) before the interrupt controllers: setting
         // the IOAPIC re-delivers its pending interrupts, which must find the
@@ -422,14 +444,18 @@ impl Vm {
                 )));
             }
             let vcpu = vm.create_vcpu(i as u64).map_err(kvm_err("create vCPU"))?;
-            vs.restore(&vcpu)
-                .map_err(|e| VmError::Restore(e.to_string()))?;
+            if !config.pool {
+                vs.restore(&vcpu)
+                    .map_err(|e| VmError::Restore(e.to_string()))?;
+            }
             vcpus.push(vcpu);
         }
-        state
-            .vm
-            .restore(&vm)
-            .map_err(|e| VmError::Restore(e.to_string()))?;
+        if !config.pool {
+            state
+                .vm
+                .restore(&vm)
+                .map_err(|e| VmError::Restore(e.to_string()))?;
+        }
 
         let lifecycle = Arc::new(Lifecycle::new(start).map_err(host_err("eventfd"))?);
         let serial_irq = EventFd::new(libc::EFD_NONBLOCK).map_err(host_err("eventfd"))?;
@@ -452,11 +478,30 @@ impl Vm {
             vsock_uds: config.vsock_uds.clone(),
             vsock_cid: config.vsock_cid,
         };
-        devices
-            .restore_devices(&vm, &mem, &state.devices.virtio, &params)
-            .map_err(|e| VmError::Restore(e.to_string()))?;
+        // A pooled VM's memory has no content yet: its devices are built and
+        // wired now, their transports put in the saved state at start.
+        let pending = match memory_file {
+            Some(memory_file) => {
+                devices
+                    .restore_devices_pooled(&vm, &mem, &state.devices.virtio, &params)
+                    .map_err(|e| VmError::Restore(e.to_string()))?;
+                Some(PendingTemplate {
+                    vcpus: state.vcpus,
+                    vm: state.vm,
+                    virtio: state.devices.virtio,
+                    memory_file,
+                    regions: state.regions,
+                })
+            }
+            None => {
+                devices
+                    .restore_devices(&vm, &mem, &state.devices.virtio, &params)
+                    .map_err(|e| VmError::Restore(e.to_string()))?;
+                None
+            }
+        };
 
-        tracing::debug!(dir = %config.dir.display(), clone = config.clone, generation, "restored");
+        tracing::debug!(dir = %config.dir.display(), clone = config.clone, pool = config.pool, generation, "restored");
         Self::assemble(
             &kvm,
             Parts {
@@ -468,6 +513,7 @@ impl Vm {
                 devices,
                 lifecycle,
                 console_is_stdout: config.console == ConsoleSink::Stdout,
+                pending,
             },
         )
     }
@@ -495,11 +541,17 @@ impl Vm {
         if opts.seccomp != SeccompLevel::Off {
             crate::seccomp::install_sigsys_handler().map_err(host_err("SIGSYS handler"))?;
         }
+        let pending = self.pending.take();
+        let start = if pending.is_some() {
+            VcpuStart::AwaitState
+        } else {
+            VcpuStart::Ready
+        };
         let pause = self.ctx.pause.clone();
-        pause.store(opts.paused, Ordering::SeqCst);
+        pause.store(opts.paused || pending.is_some(), Ordering::SeqCst);
         let mut handles = Vec::new();
         for (id, fd) in self.vcpus.drain(..).enumerate() {
-            match vcpu::spawn(id as u8, fd, self.ctx.clone()) {
+            match vcpu::spawn(id as u8, fd, self.ctx.clone(), start) {
                 Ok(h) => handles.push(h),
                 Err(e) => {
                     self.lifecycle.request_stop(StopReason::VmmError(format!(
@@ -519,6 +571,7 @@ impl Vm {
             notify: self.notify.clone(),
             devices: std::mem::take(&mut self.devices),
             lifecycle: self.lifecycle.clone(),
+            pending,
         }));
         if let Some(path) = &opts.api_sock {
             match ApiServer::bind(path, runtime.clone()) {

@@ -252,3 +252,75 @@ fn control_api_rejects_bad_requests() {
     assert_eq!(api(&sock, "PUT", "/vm/resume", None).1["state"], "running");
     shut_down(child, &sock);
 }
+
+#[test]
+fn pooled_clones_wait_then_start_on_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let (console, tpl) = (dir.path().join("t.log"), dir.path().join("template"));
+    let (child, sock) = boot_with_api(dir.path(), "clonetest", &["--console", s(&console)]);
+    wait_for_text(&console, "waiting to be cloned\n", T);
+    api(&sock, "PUT", "/vm/pause", None);
+    take_snapshot(&sock, &tpl);
+    shut_down(child, &sock);
+    let template_bytes = std::fs::read(tpl.join("memory.bin")).unwrap();
+
+    let pooled: Vec<_> = (0..3)
+        .map(|i| {
+            let sock = dir.path().join(format!("pool{i}.sock"));
+            let out = dir.path().join(format!("pool{i}.log"));
+            let c = spawn_vmm(&[
+                "restore",
+                "--from",
+                s(&tpl),
+                "--clone",
+                "--pool",
+                "--api-sock",
+                s(&sock),
+                "--console",
+                s(&out),
+            ]);
+            wait_for_path(&sock, T);
+            (c, sock, out)
+        })
+        .collect();
+    let mut nonces = std::collections::HashSet::new();
+    for (i, (c, sock, out)) in pooled.into_iter().enumerate() {
+        let (st, v) = api(&sock, "GET", "/vm", None);
+        assert_eq!((st, v["state"].as_str()), (200, Some("pooled")), "{v}");
+        assert_eq!(api(&sock, "PUT", "/vm/pause", None).0, 409);
+        let snap = dir.path().join(format!("nosnap{i}"));
+        let body = format!(r#"{{"dir":"{}"}}"#, s(&snap));
+        assert_eq!(api(&sock, "PUT", "/vm/snapshot", Some(&body)).0, 409);
+        std::thread::sleep(Duration::from_millis(200));
+        assert_eq!(
+            std::fs::read_to_string(&out).unwrap_or_default(),
+            "",
+            "a pooled VM runs no guest code"
+        );
+        if i == 2 {
+            // A pooled VM that is never used shuts down cleanly.
+            shut_down(c, &sock);
+            continue;
+        }
+        let (st, v) = api(&sock, "PUT", "/vm/start", None);
+        assert_eq!((st, v["state"].as_str()), (200, Some("running")), "{v}");
+        assert!(v["start_us"].as_u64().is_some(), "{v}");
+        assert_eq!(api(&sock, "PUT", "/vm/start", None).0, 409, "only once");
+        let o = wait_with_timeout(c, T);
+        assert_eq!(o.status.code(), Some(0), "stderr: {}", stderr(&o));
+        let text = std::fs::read_to_string(&out).unwrap();
+        let line = text
+            .lines()
+            .find(|l| l.starts_with("cloned gen 1 nonce "))
+            .unwrap_or_else(|| panic!("{text}"));
+        assert!(line.ends_with(" mark 0x0000000000000000"), "{text}");
+        let nonce = line.split(' ').nth(4).unwrap().to_string();
+        assert!(text.contains(&format!("after mark {nonce}\n")), "{text}");
+        assert!(nonces.insert(nonce), "every clone gets its own nonce");
+    }
+    assert_eq!(
+        std::fs::read(tpl.join("memory.bin")).unwrap(),
+        template_bytes,
+        "pooled clones never write the template"
+    );
+}

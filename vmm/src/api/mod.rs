@@ -7,6 +7,7 @@
 //! curl --unix-socket api.sock -X PUT http://localhost/vm/resume
 //! curl --unix-socket api.sock -X PUT -d '{"dir":"/tmp/snap"}' http://localhost/vm/snapshot
 //! curl --unix-socket api.sock -X PUT http://localhost/vm/shutdown
+//! curl --unix-socket api.sock -X PUT http://localhost/vm/start    # a pooled VM
 //! ```
 //! See docs/vmm-api.md for the full description.
 
@@ -112,6 +113,7 @@ impl ApiServer {
             ("/vm/pause", _) if action => rt.pause().map(Response::ok).unwrap_or_else(|e| e),
             ("/vm/resume", _) if action => rt.resume().map(Response::ok).unwrap_or_else(|e| e),
             ("/vm/shutdown", _) if action => Response::ok(rt.shutdown()),
+            ("/vm/start", _) if action => rt.start().map(Response::ok).unwrap_or_else(|e| e),
             ("/vm/snapshot", _) if action => {
                 let dir = serde_json::from_slice::<serde_json::Value>(&req.body)
                     .ok()
@@ -124,13 +126,17 @@ impl ApiServer {
                     ),
                 }
             }
-            ("/vm" | "/" | "/vm/pause" | "/vm/resume" | "/vm/shutdown" | "/vm/snapshot", _) => {
+            (
+                "/vm" | "/" | "/vm/pause" | "/vm/resume" | "/vm/shutdown" | "/vm/snapshot"
+                | "/vm/start",
+                _,
+            ) => {
                 Response::error(405, format!("{} is not allowed on {path}", req.method))
             }
             _ => Response::error(
                 404,
                 format!(
-                    "no such endpoint {path}: use GET /vm, PUT /vm/pause|resume|snapshot|shutdown"
+                    "no such endpoint {path}: use GET /vm, PUT /vm/pause|resume|snapshot|shutdown|start"
                 ),
             ),
         }

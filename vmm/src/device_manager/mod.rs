@@ -174,6 +174,40 @@ impl DeviceManager {
         states: &VirtioStates,
         params: &DeviceRestoreParams,
     ) -> Result<(), DeviceError> {
+        self.rebuild(vm, mem, states, params, true)
+    }
+
+    /// Phase 2 of a pooled VM (`crate::pooled`), before guest memory has the
+    /// snapshot's content: rebuilds and wires the devices from `states`
+    /// with fresh transports; [`Self::load_transport_states`] completes them
+    /// at start.
+    pub fn restore_devices_pooled(
+        &mut self,
+        vm: &VmFd,
+        mem: &GuestMemoryMmap,
+        states: &VirtioStates,
+        params: &DeviceRestoreParams,
+    ) -> Result<(), DeviceError> {
+        self.rebuild(vm, mem, states, params, false)
+    }
+
+    /// A pooled VM's start, once guest memory holds the snapshot's content:
+    /// puts each transport in its saved state (re-activating its device).
+    pub fn load_transport_states(&self, states: &VirtioStates) -> Result<(), DeviceError> {
+        if let (Some(vs), Some(v)) = (&states.vsock, &self.vsock) {
+            lock(&v.transport).restore_state(&vs.transport)?;
+        }
+        Ok(())
+    }
+
+    fn rebuild(
+        &mut self,
+        vm: &VmFd,
+        mem: &GuestMemoryMmap,
+        states: &VirtioStates,
+        params: &DeviceRestoreParams,
+        load_transports: bool,
+    ) -> Result<(), DeviceError> {
         if let Some(vs) = &states.vsock {
             let uds = params
                 .vsock_uds
@@ -190,7 +224,10 @@ impl DeviceManager {
                 Limits::default(),
                 &vs.device,
             )?));
-            let transport = MmioTransport::restore(mem.clone(), device.clone(), &vs.transport)?;
+            let mut transport = MmioTransport::new(mem.clone(), device.clone())?;
+            if load_transports {
+                transport.restore_state(&vs.transport)?;
+            }
             let transport = self.attach(vm, vs.slot, transport, "vsock")?;
             self.vsock = Some(VsockParts {
                 slot: vs.slot,

@@ -91,22 +91,17 @@ pub fn dump(mem: &GuestMemoryMmap, path: &Path) -> Result<(Vec<RegionInfo>, u64)
     Ok((regions, written))
 }
 
-/// Maps the memory file privately: reads share the file's page cache, writes
-/// go to anonymous copies owned by this process.
-pub fn map_private(path: &Path, regions: &[RegionInfo]) -> Result<GuestMemoryMmap, MemoryError> {
+/// Opens the memory file and checks that it is exactly as long as the
+/// regions say (a shorter file would fault the guest with SIGBUS).
+pub fn open_checked(path: &Path, regions: &[RegionInfo]) -> Result<File, MemoryError> {
     let p = path.display().to_string();
-    let file = File::open(path).map_err(|source| MemoryError::Open {
+    let open_err = |source| MemoryError::Open {
         path: p.clone(),
         source,
-    })?;
+    };
+    let file = File::open(path).map_err(open_err)?;
     let expected: u64 = regions.iter().map(|r| r.size).sum();
-    let actual = file
-        .metadata()
-        .map_err(|source| MemoryError::Open {
-            path: p.clone(),
-            source,
-        })?
-        .len();
+    let actual = file.metadata().map_err(open_err)?.len();
     if actual != expected {
         return Err(MemoryError::Size {
             path: p,
@@ -114,6 +109,14 @@ pub fn map_private(path: &Path, regions: &[RegionInfo]) -> Result<GuestMemoryMma
             actual,
         });
     }
+    Ok(file)
+}
+
+/// Maps the memory file privately: reads share the file's page cache, writes
+/// go to anonymous copies owned by this process.
+pub fn map_private(path: &Path, regions: &[RegionInfo]) -> Result<GuestMemoryMmap, MemoryError> {
+    let p = path.display().to_string();
+    let file = open_checked(path, regions)?;
     let mut mapped = Vec::with_capacity(regions.len());
     for r in regions {
         let map_err = |reason: String| MemoryError::Map {
@@ -136,6 +139,78 @@ pub fn map_private(path: &Path, regions: &[RegionInfo]) -> Result<GuestMemoryMma
         path: p,
         reason: e.to_string(),
     })
+}
+
+/// Reserves guest memory with the layout of `regions` but no content
+/// (anonymous, nothing committed): a pooled VM registers it with KVM ahead
+/// of time and [`map_over`] puts a template's memory file in its place.
+pub fn reserve(regions: &[RegionInfo]) -> Result<GuestMemoryMmap, MemoryError> {
+    let map_err = |reason: String| MemoryError::Map {
+        path: "(anonymous reservation)".into(),
+        reason,
+    };
+    let mut mapped = Vec::with_capacity(regions.len());
+    for r in regions {
+        let size = usize::try_from(r.size).map_err(|e| map_err(e.to_string()))?;
+        let region = MmapRegion::build(
+            None,
+            size,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+        )
+        .map_err(|e| map_err(e.to_string()))?;
+        let region = GuestRegionMmap::new(region, GuestAddress(r.guest_addr))
+            .ok_or_else(|| map_err("region wraps the address space".into()))?;
+        mapped.push(region);
+    }
+    GuestMemoryMmap::from_regions(mapped).map_err(|e| map_err(e.to_string()))
+}
+
+/// Maps `file` (checked by [`open_checked`] against the same `regions`)
+/// copy-on-write over the reserved memory `mem`, in place: host addresses,
+/// and so KVM's memory slots, stay as they are; KVM drops its old
+/// translations through its MMU notifier. The file is never written.
+pub fn map_over(
+    mem: &GuestMemoryMmap,
+    file: &File,
+    regions: &[RegionInfo],
+) -> Result<(), MemoryError> {
+    let map_err = |reason: String| MemoryError::Map {
+        path: "(template memory)".into(),
+        reason,
+    };
+    for r in regions {
+        let region = mem
+            .iter()
+            .find(|g| g.start_addr().raw_value() == r.guest_addr && g.len() == r.size)
+            .ok_or_else(|| {
+                map_err(format!(
+                    "no reserved region at {:#x} of {} bytes",
+                    r.guest_addr, r.size
+                ))
+            })?;
+        let offset = libc::off_t::try_from(r.file_offset).map_err(|e| map_err(e.to_string()))?;
+        let addr = region.as_ptr().cast::<libc::c_void>();
+        // SAFETY: `addr` and `r.size` are exactly one region of `mem`, a
+        // mapping this process owns and keeps for the VM's life; MAP_FIXED
+        // replaces its pages with the file's at the same address, so every
+        // pointer into guest memory (KVM slots, devices) stays valid. The
+        // file's length was checked to cover every region.
+        let got = unsafe {
+            libc::mmap(
+                addr,
+                region.len() as usize,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_FIXED | libc::MAP_NORESERVE,
+                std::os::fd::AsRawFd::as_raw_fd(file),
+                offset,
+            )
+        };
+        if got != addr {
+            return Err(map_err(std::io::Error::last_os_error().to_string()));
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -207,5 +282,38 @@ mod tests {
             map_private(&path, &regions),
             Err(MemoryError::Size { .. })
         ));
+    }
+
+    #[test]
+    fn reserved_memory_takes_the_file_in_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("memory.bin");
+        let src = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+        src.write_obj(0xfeed_f00du32, GuestAddress(0x3000)).unwrap();
+        let (regions, _) = dump(&src, &path).unwrap();
+
+        let mem = reserve(&regions).unwrap();
+        let host = mem.get_host_address(GuestAddress(0x3000)).unwrap();
+        assert_eq!(mem.read_obj::<u32>(GuestAddress(0x3000)).unwrap(), 0);
+        let file = open_checked(&path, &regions).unwrap();
+        map_over(&mem, &file, &regions).unwrap();
+        assert_eq!(mem.get_host_address(GuestAddress(0x3000)).unwrap(), host);
+        assert_eq!(
+            mem.read_obj::<u32>(GuestAddress(0x3000)).unwrap(),
+            0xfeed_f00d
+        );
+        mem.write_obj(1u32, GuestAddress(0x3000)).unwrap();
+        let again = map_private(&path, &regions).unwrap();
+        assert_eq!(
+            again.read_obj::<u32>(GuestAddress(0x3000)).unwrap(),
+            0xfeed_f00d,
+            "the file is never written"
+        );
+
+        let other = vec![RegionInfo {
+            guest_addr: 1 << 30,
+            ..regions[0].clone()
+        }];
+        assert!(map_over(&mem, &file, &other).is_err());
     }
 }

@@ -251,6 +251,16 @@ impl MmioTransport {
         state: &MmioTransportState,
     ) -> Result<Self, MmioError> {
         let mut t = Self::new(mem, device)?;
+        t.restore_state(state)?;
+        Ok(t)
+    }
+
+    /// Puts a fresh transport (from [`MmioTransport::new`], its eventfds
+    /// already registered with KVM) in the saved state, activating the
+    /// device when the driver had. Guest memory must hold the snapshot's
+    /// content by then: activation checks the rings in it.
+    pub fn restore_state(&mut self, state: &MmioTransportState) -> Result<(), MmioError> {
+        let t = self;
         if state.device_type != t.device_type {
             return Err(MmioError::DeviceType {
                 saved: state.device_type,
@@ -328,7 +338,7 @@ impl MmioTransport {
             "virtio-mmio: restored device type {} in status {:#x}",
             t.device_type, t.status
         );
-        Ok(t)
+        Ok(())
     }
 
     /// Hands the restored queues (with their ring positions) to the device.

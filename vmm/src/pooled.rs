@@ -1,0 +1,60 @@
+//! A pooled VM: everything a clone needs that does not depend on the
+//! template's content is done ahead of time (KVM VM, vCPUs and their
+//! threads with seccomp on, guest memory reserved and registered with KVM,
+//! devices bound to their sockets), and the process waits on its control
+//! socket. `PUT /vm/start` then only maps the template's memory file over
+//! the reservation and loads the saved state: the part of a restore that
+//! must happen at start time.
+
+use std::fs::File;
+
+use crate::runtime::Runtime;
+use crate::snapshot::devices::VirtioStates;
+use crate::snapshot::memory::{self, RegionInfo};
+use crate::snapshot::{VcpuState, VmState};
+
+/// The template state a pooled VM loads when it is started.
+pub struct PendingTemplate {
+    pub vcpus: Vec<VcpuState>,
+    pub vm: VmState,
+    /// The virtio devices' saved state: the devices are rebuilt and wired
+    /// ahead of time; their transports (which read the rings in guest
+    /// memory) load it at start.
+    pub virtio: VirtioStates,
+    /// The template's memory file, opened and its size checked ahead of time.
+    pub memory_file: File,
+    pub regions: Vec<RegionInfo>,
+}
+
+impl PendingTemplate {
+    /// Loads the template into the VM, in a restore's order: memory, vCPUs
+    /// (with their LAPICs, each on its own thread, in parallel), then the
+    /// interrupt controllers and clock, then devices. The vCPUs stay parked.
+    pub fn load(self, rt: &Runtime) -> Result<(), String> {
+        memory::map_over(&rt.mem, &self.memory_file, &self.regions).map_err(|e| e.to_string())?;
+        if self.vcpus.len() != rt.handles.len() {
+            return Err(format!(
+                "the template has {} vCPUs, the pooled VM {}",
+                self.vcpus.len(),
+                rt.handles.len()
+            ));
+        }
+        let replies: Vec<_> = rt
+            .handles
+            .iter()
+            .zip(self.vcpus)
+            .map(|(h, state)| (h.id, h.load(state)))
+            .collect();
+        for (id, reply) in replies {
+            match reply.recv() {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return Err(e.to_string()),
+                Err(_) => return Err(format!("vCPU {id} is gone")),
+            }
+        }
+        self.vm.restore(&rt.vm).map_err(|e| e.to_string())?;
+        rt.devices
+            .load_transport_states(&self.virtio)
+            .map_err(|e| e.to_string())
+    }
+}
