@@ -3,7 +3,10 @@
 //! - clone start: 50 clones one after another, VMM side = process start →
 //!   first KVM_RUN (from `--report`), and spawn → control socket up (external);
 //! - private memory of idle clones (Private_* of /proc/PID/smaps_rollup);
-//! - 100 clones started back to back and left running together.
+//! - 100 clones started back to back and left running together;
+//! - pooled clones (what arrowd's warm pool holds): `restore --clone --pool`
+//!   spawned ahead; timed = `PUT /vm/start` sent → answered (the VM runs),
+//!   and the VMM's own `start_us`.
 //!
 //! Prints a table and writes target/bench-results/clone.json. Goals for
 //! later turns: clone ≤ 2 ms VMM-side, ≤ 1 MiB private per idle clone.
@@ -59,6 +62,33 @@ fn start_clone(tpl: &Path, dir: &Path, i: usize) -> (Child, PathBuf, PathBuf, In
         report.to_str().unwrap(),
     ]);
     (child, sock, report, t)
+}
+
+/// A pooled clone, spawned and waiting in `pooled` state.
+fn pooled_clone(tpl: &Path, dir: &Path, i: usize) -> (Child, PathBuf) {
+    let sock = dir.join(format!("p{i}.sock"));
+    let child = common::spawn_vmm(&[
+        "restore",
+        "--from",
+        tpl.to_str().unwrap(),
+        "--clone",
+        "--pool",
+        "--console",
+        "none",
+        "--api-sock",
+        sock.to_str().unwrap(),
+    ]);
+    wait_pooled(&sock);
+    (child, sock)
+}
+
+fn wait_pooled(sock: &Path) {
+    common::wait_for_path(sock, T);
+    let t = Instant::now();
+    while common::api(sock, "GET", "/vm", None).1["state"] != "pooled" {
+        assert!(t.elapsed() < T, "{} never got pooled", sock.display());
+        std::thread::sleep(Duration::from_millis(1));
+    }
 }
 
 fn stop_clone(child: Child, sock: &Path) {
@@ -144,7 +174,36 @@ fn main() {
         stop_clone(child, &sock);
     }
 
-    for v in [&mut vmm_side, &mut cpu, &mut external, &mut private] {
+    // Pooled clones: the pool is filled ahead (up to 10 waiting), then
+    // each start is timed from the request to its answer.
+    let (mut pooled_req, mut pooled_vmm) = (vec![], vec![]);
+    let mut pool: std::collections::VecDeque<_> = (0..10.min(runs))
+        .map(|i| pooled_clone(&tpl, dir.path(), i))
+        .collect();
+    for i in 0..runs {
+        let Some((child, sock)) = pool.pop_front() else {
+            break;
+        };
+        std::thread::sleep(Duration::from_millis(20));
+        let t = Instant::now();
+        let (st, v) = common::api(&sock, "PUT", "/vm/start", None);
+        pooled_req.push(t.elapsed().as_micros() as u64);
+        assert_eq!(st, 200, "{v}");
+        pooled_vmm.push(v["start_us"].as_u64().unwrap());
+        stop_clone(child, &sock);
+        if i + 10 < runs {
+            pool.push_back(pooled_clone(&tpl, dir.path(), i + 10));
+        }
+    }
+
+    for v in [
+        &mut vmm_side,
+        &mut cpu,
+        &mut external,
+        &mut private,
+        &mut pooled_req,
+        &mut pooled_vmm,
+    ] {
         v.sort_unstable();
     }
     println!("arrow-vmm clones of a 128 MiB / 1 vCPU idle test-guest template ({runs} sequential, 100 concurrent)");
@@ -158,6 +217,13 @@ fn main() {
         ("clone_cpu_to_first_kvm_run", "µs", &cpu, "-"),
         ("clone_spawn_to_api_socket", "µs", &external, "-"),
         ("private_memory_per_idle_clone", "KiB", &private, "≤1024"),
+        (
+            "pooled_start_request_to_running",
+            "µs",
+            &pooled_req,
+            "≤2000",
+        ),
+        ("pooled_start_vmm_side", "µs", &pooled_vmm, "-"),
     ] {
         let (p50, p99, max) = (percentile(v, 0.5), percentile(v, 0.99), v[v.len() - 1]);
         println!("{name:<34} {unit:>6} {p50:>9} {p99:>9} {max:>9} {goal:>9}");

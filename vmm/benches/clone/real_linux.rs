@@ -9,6 +9,10 @@
 //! process spawn → the VMM's API confirms the VM runs.
 //! - arrow-vmm: `restore --clone …`, until `GET /vm` on its control socket
 //!   answers `"state": "running"`;
+//! - arrow-vmm pooled (what arrowd's warm pool does): `restore --clone
+//!   --pool …` is spawned ahead and waits (not timed, as in a pool); the
+//!   timed part is `PUT /vm/start` until it is answered, i.e. start request
+//!   → vCPUs running the restored state;
 //! - Firecracker: a new process per restore, until `PUT /snapshot/load`
 //!   with `resume_vm: true` answered 204 (including the wait for its API
 //!   socket to appear). Its vsock socket path is stored in the snapshot;
@@ -67,6 +71,10 @@ pub struct Side {
     pub private_kib: Vec<u64>,
     /// Private_Dirty alone per idle clone, KiB.
     pub private_dirty_kib: Vec<u64>,
+    /// Pooled only: `start_us` as the VMM reports it (its own share).
+    pub vmm_start_us: Vec<u64>,
+    /// Pooled only: private memory of a pooled VMM before its start, KiB.
+    pub pooled_idle_kib: Vec<u64>,
 }
 
 /// Result of the section for both VMMs.
@@ -74,6 +82,7 @@ pub struct Results {
     pub runs: usize,
     pub kernel: PathBuf,
     pub arrow: Side,
+    pub pooled: Side,
     pub firecracker: Result<Side, String>,
 }
 
@@ -81,6 +90,7 @@ pub struct Results {
 #[derive(Clone, Copy, PartialEq)]
 enum Kind {
     Arrow,
+    ArrowPooled,
     Firecracker,
 }
 
@@ -88,7 +98,17 @@ impl Kind {
     fn name(self) -> &'static str {
         match self {
             Kind::Arrow => "arrow-vmm",
+            Kind::ArrowPooled => "arrow-vmm pooled",
             Kind::Firecracker => "firecracker",
+        }
+    }
+
+    /// Prefix of a clone's file names.
+    fn tag(self) -> &'static str {
+        match self {
+            Kind::Arrow => "ar",
+            Kind::ArrowPooled => "ap",
+            Kind::Firecracker => "fc",
         }
     }
 }
@@ -101,6 +121,8 @@ struct Restored {
     vsock: PathBuf,
     log: PathBuf,
     spawned: Instant,
+    /// Pooled: the answer to `PUT /vm/start`.
+    start_body: String,
 }
 
 impl Restored {
@@ -112,7 +134,7 @@ impl Restored {
     /// by SIGKILL (it has no stop request on x86 short of a guest reboot).
     fn stop(mut self) -> Result<(), String> {
         let r = match self.kind {
-            Kind::Arrow => http(&self.api, "PUT", "/vm/shutdown", "")
+            Kind::Arrow | Kind::ArrowPooled => http(&self.api, "PUT", "/vm/shutdown", "")
                 .and_then(|(st, body)| match st {
                     200 | 204 => Ok(()),
                     _ => Err(format!("PUT /vm/shutdown: {st} {body}")),
@@ -258,6 +280,7 @@ fn fc_template(
         vsock: dir.join("fc-tpl.vsock"),
         log: log.clone(),
         spawned,
+        start_body: String::new(),
     };
     wait_api(&mut c)?;
     let put = |path: &str, body: serde_json::Value| -> Result<(), String> {
@@ -373,7 +396,10 @@ fn restore(
     let (out, err) = log_file(&log)?;
     let mut cmd = Command::new(bin);
     match kind {
-        Kind::Arrow => {
+        Kind::Arrow | Kind::ArrowPooled => {
+            if kind == Kind::ArrowPooled {
+                cmd.arg("--log-level").arg("info");
+            }
             cmd.arg("restore")
                 .arg("--from")
                 .arg(&tpl.arrow)
@@ -383,6 +409,9 @@ fn restore(
                 .arg(&vsock)
                 .arg("--api-sock")
                 .arg(&api);
+            if kind == Kind::ArrowPooled {
+                cmd.arg("--pool");
+            }
         }
         Kind::Firecracker => {
             cmd.arg("--api-sock").arg(&api).args(["--level", "Warn"]);
@@ -400,8 +429,26 @@ fn restore(
         vsock,
         log,
         spawned,
+        start_body: String::new(),
     };
+    let mut timed_from = spawned;
     match kind {
+        Kind::ArrowPooled => {
+            loop {
+                if let Ok((200, body)) = http(&c.api, "GET", "/vm", "") {
+                    if body.contains(r#""state":"pooled""#) {
+                        break;
+                    }
+                    return Err(format!("pooled VMM is not pooled: {body}"));
+                }
+                wait_api_step(&mut c)?;
+            }
+            timed_from = Instant::now();
+            match http(&c.api, "PUT", "/vm/start", "")? {
+                (200, body) => c.start_body = body,
+                (st, b) => return Err(format!("PUT /vm/start: {st} {b}\n{}", c.log_tail())),
+            }
+        }
         Kind::Arrow => loop {
             // The control socket may not exist or not listen yet: retry.
             if let Ok((200, body)) = http(&c.api, "GET", "/vm", "") {
@@ -429,7 +476,7 @@ fn restore(
             }
         }
     }
-    let dt = spawned.elapsed();
+    let dt = timed_from.elapsed();
     Ok((c, dt))
 }
 
@@ -532,9 +579,15 @@ fn one(
     check: bool,
     side: &mut Side,
 ) -> Result<(), String> {
-    let tag = format!("{}-c{i}", &kind.name()[..2]);
-    let (mut c, dt) = restore(kind, bin, tpl, dir, &tag, 100 + i as u32)?;
+    let tag = format!("{}-c{i}", kind.tag());
+    let cid = if kind == Kind::ArrowPooled { 1000 } else { 100 } + i as u32;
+    let (mut c, dt) = restore(kind, bin, tpl, dir, &tag, cid)?;
     side.restore_us.push(dt.as_micros() as u64);
+    if let Ok(v) = serde_json::from_str::<serde_json::Value>(&c.start_body) {
+        if let Some(us) = v["start_us"].as_u64() {
+            side.vmm_start_us.push(us);
+        }
+    }
     if check {
         let t = verify(&mut c)?;
         side.echo_ms.push(t.as_secs_f64() * 1e3);
@@ -553,9 +606,10 @@ fn memory(
     side: &mut Side,
 ) -> Result<(), String> {
     let mut clones = Vec::new();
+    let base = if kind == Kind::ArrowPooled { 2000 } else { 200 };
     for i in 0..MEM_CLONES {
-        let tag = format!("{}-m{i}", &kind.name()[..2]);
-        clones.push(restore(kind, bin, tpl, dir, &tag, 200 + i as u32)?.0);
+        let tag = format!("{}-m{i}", kind.tag());
+        clones.push(restore(kind, bin, tpl, dir, &tag, base + i as u32)?.0);
     }
     std::thread::sleep(SETTLE);
     for c in &clones {
@@ -573,6 +627,52 @@ fn memory(
     Ok(())
 }
 
+/// `MEM_CLONES` pooled VMMs waiting together: their memory before start.
+fn pooled_idle(bin: &Path, tpl: &Templates, dir: &Path, side: &mut Side) -> Result<(), String> {
+    let mut pool = Vec::new();
+    for i in 0..MEM_CLONES {
+        let api = dir.join(format!("pi{i}.api"));
+        let log = dir.join(format!("pi{i}.log"));
+        let (out, err) = log_file(&log)?;
+        let child = Command::new(bin)
+            .arg("restore")
+            .arg("--from")
+            .arg(&tpl.arrow)
+            .arg("--clone")
+            .args(["--vsock-cid", &(3000 + i).to_string()])
+            .arg("--vsock-uds")
+            .arg(dir.join(format!("pi{i}.vsock")))
+            .arg("--api-sock")
+            .arg(&api)
+            .arg("--pool")
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .map_err(|e| format!("cannot start {}: {e}", bin.display()))?;
+        let mut c = Restored {
+            kind: Kind::ArrowPooled,
+            child,
+            api,
+            vsock: dir.join(format!("pi{i}.vsock")),
+            log,
+            spawned: Instant::now(),
+            start_body: String::new(),
+        };
+        wait_api(&mut c)?;
+        pool.push(c);
+    }
+    std::thread::sleep(SETTLE);
+    for c in &pool {
+        let (clean, dirty) = private_kib(c.child.id());
+        side.pooled_idle_kib.push(clean + dirty);
+    }
+    for c in pool {
+        c.stop()?;
+    }
+    Ok(())
+}
+
 /// Runs the section. arrow-vmm failures panic (the bench is about it);
 /// Firecracker failures are returned in `firecracker` with their output.
 pub fn run(arrow_bin: &Path, fc_bin: &Path, kernel: &Path, initrd: &Path, runs: usize) -> Results {
@@ -583,6 +683,7 @@ pub fn run(arrow_bin: &Path, fc_bin: &Path, kernel: &Path, initrd: &Path, runs: 
         .expect("creating the bench's temp dir");
     let dir = tmp.path();
     let mut arrow = Side::default();
+    let mut pooled = Side::default();
     let mut fc_side = Side::default();
 
     eprintln!("clone bench: booting the arrow-vmm template (real guest kernel, ~25–45 s)");
@@ -610,6 +711,16 @@ pub fn run(arrow_bin: &Path, fc_bin: &Path, kernel: &Path, initrd: &Path, runs: 
         let check = i % VERIFY_EVERY == 0;
         one(Kind::Arrow, arrow_bin, &tpl, dir, i, check, &mut arrow)
             .unwrap_or_else(|e| panic!("arrow-vmm restore {i} failed: {e}"));
+        one(
+            Kind::ArrowPooled,
+            arrow_bin,
+            &tpl,
+            dir,
+            i,
+            check,
+            &mut pooled,
+        )
+        .unwrap_or_else(|e| panic!("arrow-vmm pooled start {i} failed: {e}"));
         if fc.is_ok() {
             if let Err(e) = one(Kind::Firecracker, fc_bin, &tpl, dir, i, check, &mut fc_side) {
                 fc = Err(format!("restore {i} failed: {e}"));
@@ -625,6 +736,10 @@ pub fn run(arrow_bin: &Path, fc_bin: &Path, kernel: &Path, initrd: &Path, runs: 
     );
     memory(Kind::Arrow, arrow_bin, &tpl, dir, &mut arrow)
         .unwrap_or_else(|e| panic!("arrow-vmm memory clones failed: {e}"));
+    memory(Kind::ArrowPooled, arrow_bin, &tpl, dir, &mut pooled)
+        .unwrap_or_else(|e| panic!("arrow-vmm pooled memory clones failed: {e}"));
+    pooled_idle(arrow_bin, &tpl, dir, &mut pooled)
+        .unwrap_or_else(|e| panic!("arrow-vmm idle pooled VMMs failed: {e}"));
     if fc.is_ok() {
         if let Err(e) = memory(Kind::Firecracker, fc_bin, &tpl, dir, &mut fc_side) {
             fc = Err(format!("memory clones failed: {e}"));
@@ -634,6 +749,7 @@ pub fn run(arrow_bin: &Path, fc_bin: &Path, kernel: &Path, initrd: &Path, runs: 
         runs,
         kernel: kernel.to_path_buf(),
         arrow,
+        pooled,
         firecracker: fc.map(|()| fc_side),
     }
 }
@@ -654,9 +770,12 @@ fn summary(v: &[f64]) -> serde_json::Value {
 /// Prints the table and adds `real_linux_template` to the bench's JSON.
 pub fn report(r: &Results, json: &mut serde_json::Map<String, serde_json::Value>) {
     type Get = fn(&Side) -> Vec<f64>;
-    let rows: [(&str, &str, Get); 6] = [
-        ("restore_spawn_to_vm_running", "µs", |s| {
+    let rows: [(&str, &str, Get); 8] = [
+        ("restore_to_vm_running", "µs", |s| {
             s.restore_us.iter().map(|&x| x as f64).collect()
+        }),
+        ("pooled_vmm_side_start", "µs", |s| {
+            s.vmm_start_us.iter().map(|&x| x as f64).collect()
         }),
         ("restore_spawn_to_guest_echo", "ms", |s| s.echo_ms.clone()),
         ("private_memory_per_idle_clone", "KiB", |s| {
@@ -664,6 +783,9 @@ pub fn report(r: &Results, json: &mut serde_json::Map<String, serde_json::Value>
         }),
         ("private_dirty_per_idle_clone", "KiB", |s| {
             s.private_dirty_kib.iter().map(|&x| x as f64).collect()
+        }),
+        ("pooled_vmm_idle_private", "KiB", |s| {
+            s.pooled_idle_kib.iter().map(|&x| x as f64).collect()
         }),
         ("template_boot_to_app_ready", "s", |s| {
             vec![s.boot_to_ready_s]
@@ -678,10 +800,24 @@ pub fn report(r: &Results, json: &mut serde_json::Map<String, serde_json::Value>
         r.runs
     );
     println!(
-        "{:<30} {:>4} {:>10} {:>10} {:>10} {:>10} {:>9} {:>9}",
-        "metric", "unit", "arrow p50", "arrow p99", "fc p50", "fc p99", "a/fc p50", "a/fc p99"
+        "restore = arrow-vmm / firecracker: process spawn → API says the VM runs; \
+         pooled = arrow-vmm --pool spawned ahead, PUT /vm/start → answered (VM running)"
+    );
+    println!(
+        "{:<30} {:>4} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>8} {:>8}",
+        "metric",
+        "unit",
+        "arrow p50",
+        "p99",
+        "pool p50",
+        "p99",
+        "fc p50",
+        "p99",
+        "pool/fc",
+        "arw/fc"
     );
     let cell = |x: Option<f64>| x.map_or("-".to_string(), |x| format!("{x:.1}"));
+    let c3 = |x: Option<f64>| x.map_or("-".to_string(), |x| format!("{x:.3}"));
     let ratio = |a: Option<f64>, f: Option<f64>| match (a, f) {
         (Some(a), Some(f)) if f > 0.0 => Some(a / f),
         _ => None,
@@ -689,50 +825,44 @@ pub fn report(r: &Results, json: &mut serde_json::Map<String, serde_json::Value>
     let mut metrics = serde_json::Map::new();
     for (name, unit, get) in rows {
         let a = get(&r.arrow);
+        let p = get(&r.pooled);
         let f = fc.map(get);
-        let single = a.len() == 1;
         let (a50, a99) = (pct(&a, 0.5), pct(&a, 0.99));
+        let (p50, p99) = (pct(&p, 0.5), pct(&p, 0.99));
         let (f50, f99) = (
             f.as_deref().and_then(|f| pct(f, 0.5)),
             f.as_deref().and_then(|f| pct(f, 0.99)),
         );
-        let (r50, r99) = (ratio(a50, f50), ratio(a99, f99));
-        let c3 = |x: Option<f64>| x.map_or("-".to_string(), |x| format!("{x:.3}"));
-        if single {
-            println!(
-                "{name:<30} {unit:>4} {:>10} {:>10} {:>10} {:>10} {:>9} {:>9}",
-                cell(a50),
-                "",
-                cell(f50),
-                "",
-                c3(r50),
-                ""
-            );
-        } else {
-            println!(
-                "{name:<30} {unit:>4} {:>10} {:>10} {:>10} {:>10} {:>9} {:>9}",
-                cell(a50),
-                cell(a99),
-                cell(f50),
-                cell(f99),
-                c3(r50),
-                c3(r99)
-            );
-        }
+        let single = a.len() <= 1 && p.len() <= 1;
+        let (pr, ar) = (ratio(p50, f50), ratio(a50, f50));
+        let opt = |x: Option<f64>| if single { String::new() } else { cell(x) };
+        println!(
+            "{name:<30} {unit:>4} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>8} {:>8}",
+            cell(a50),
+            opt(a99),
+            cell(p50),
+            opt(p99),
+            cell(f50),
+            opt(f99),
+            c3(pr),
+            c3(ar)
+        );
         metrics.insert(
             name.into(),
             serde_json::json!({
                 "unit": unit,
                 "arrow": summary(&a),
+                "arrow_pooled": summary(&p),
                 "firecracker": f.as_deref().map(summary),
-                "arrow_over_firecracker": {"p50": r50, "p99": r99},
+                "pooled_over_firecracker": {"p50": pr, "p99": ratio(p99, f99)},
+                "arrow_over_firecracker": {"p50": ar, "p99": ratio(a99, f99)},
             }),
         );
     }
     println!(
-        "(a/fc below 1: arrow-vmm is faster / smaller. Restore = process spawn until the VMM's API \
-         says the VM runs; verified clones: arrow-vmm {}, firecracker {})",
+        "(ratios below 1: arrow-vmm is faster / smaller; verified clones: arrow-vmm {}, pooled {}, firecracker {})",
         r.arrow.verified,
+        r.pooled.verified,
         fc.map_or(0, |f| f.verified)
     );
     if let Err(e) = &r.firecracker {
@@ -749,9 +879,10 @@ pub fn report(r: &Results, json: &mut serde_json::Map<String, serde_json::Value>
                 Ok(_) => "ran".to_string(),
                 Err(e) => e.clone(),
             },
-            "verified": {"arrow": r.arrow.verified, "firecracker": fc.map(|f| f.verified)},
+            "verified": {"arrow": r.arrow.verified, "pooled": r.pooled.verified, "firecracker": fc.map(|f| f.verified)},
             "metrics": metrics,
             "arrow_restore_us": r.arrow.restore_us,
+            "pooled_start_us": r.pooled.restore_us,
             "firecracker_restore_us": fc.map(|f| f.restore_us.clone()),
         }),
     );
