@@ -49,6 +49,65 @@ pub enum MemoryError {
     },
     #[error("cannot map memory file {path}: {reason}")]
     Map { path: String, reason: String },
+    #[error("snapshot memory layout is invalid: {0}; the snapshot is damaged or was not written by arrow-vmm: take it again")]
+    Layout(String),
+}
+
+/// Checks a snapshot's region table against the memory file's length before
+/// anything is mapped: every region is page aligned, non-empty, lies wholly
+/// inside the file (a mapping past EOF would SIGBUS the VMM when the guest
+/// touches it), and no two regions overlap in the file or in guest memory.
+/// All sums are overflow-checked. Returns the total size.
+pub fn validate_regions(regions: &[RegionInfo], file_len: u64) -> Result<u64, MemoryError> {
+    let bad = |m: String| Err(MemoryError::Layout(m));
+    if regions.is_empty() {
+        return bad("no memory regions".into());
+    }
+    let page = PAGE as u64;
+    let mut total = 0u64;
+    for (i, r) in regions.iter().enumerate() {
+        if r.size == 0
+            || r.size % page != 0
+            || r.file_offset % page != 0
+            || r.guest_addr % page != 0
+        {
+            return bad(format!(
+                "region {i} (guest {:#x}, size {:#x}, file offset {:#x}) is empty or not page aligned",
+                r.guest_addr, r.size, r.file_offset
+            ));
+        }
+        let Some(file_end) = r.file_offset.checked_add(r.size) else {
+            return bad(format!("region {i}: file offset + size overflows"));
+        };
+        if file_end > file_len {
+            return bad(format!(
+                "region {i} ends at byte {file_end} of a {file_len}-byte memory file"
+            ));
+        }
+        if r.guest_addr.checked_add(r.size).is_none() {
+            return bad(format!("region {i}: guest address + size overflows"));
+        }
+        if usize::try_from(r.size).is_err() {
+            return bad(format!(
+                "region {i} is larger than this host's address space"
+            ));
+        }
+        total = match total.checked_add(r.size) {
+            Some(t) => t,
+            None => return bad("the region sizes overflow when summed".into()),
+        };
+        for (j, o) in regions[..i].iter().enumerate() {
+            // Both ends were checked above for the earlier regions.
+            let overlap = |a: u64, b: u64| a < b + o.size && b < a + r.size;
+            if overlap(r.file_offset, o.file_offset) {
+                return bad(format!("regions {j} and {i} overlap in the memory file"));
+            }
+            if overlap(r.guest_addr, o.guest_addr) {
+                return bad(format!("regions {j} and {i} overlap in guest memory"));
+            }
+        }
+    }
+    Ok(total)
 }
 
 /// Writes every page that is not all zeroes; returns the regions' layout and
@@ -100,7 +159,7 @@ pub fn open_checked(path: &Path, regions: &[RegionInfo]) -> Result<File, MemoryE
         source,
     };
     let file = File::open(path).map_err(open_err)?;
-    let expected: u64 = regions.iter().map(|r| r.size).sum();
+    let expected = validate_regions(regions, u64::MAX)?;
     let actual = file.metadata().map_err(open_err)?.len();
     if actual != expected {
         return Err(MemoryError::Size {
@@ -109,6 +168,7 @@ pub fn open_checked(path: &Path, regions: &[RegionInfo]) -> Result<File, MemoryE
             actual,
         });
     }
+    validate_regions(regions, actual)?;
     Ok(file)
 }
 
@@ -216,6 +276,56 @@ pub fn map_over(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn region(guest_addr: u64, size: u64, file_offset: u64) -> RegionInfo {
+        RegionInfo {
+            guest_addr,
+            size,
+            file_offset,
+        }
+    }
+
+    #[test]
+    fn region_tables_are_checked_before_mapping() {
+        let mib = 1u64 << 20;
+        assert_eq!(validate_regions(&[region(0, mib, 0)], mib).unwrap(), mib);
+        let bad: &[(&[RegionInfo], u64)] = &[
+            (&[], 0),
+            (&[region(0, 0, 0)], 0),
+            (&[region(0, 100, 0)], mib),
+            (&[region(0, mib, 4096)], mib),
+            (&[region(0, mib, u64::MAX - 4095)], mib),
+            (&[region(u64::MAX - 4095, mib, 0)], mib),
+            (
+                &[region(0, u64::MAX - 4095, 0), region(1 << 40, 8192, 0)],
+                u64::MAX,
+            ),
+            (&[region(0, mib, 0), region(2 * mib, mib, 0)], 2 * mib),
+            (&[region(0, mib, 0), region(mib / 2, mib, mib)], 2 * mib),
+        ];
+        for (regions, len) in bad {
+            assert!(
+                matches!(validate_regions(regions, *len), Err(MemoryError::Layout(_))),
+                "{regions:?} in a {len}-byte file must be refused"
+            );
+        }
+    }
+
+    /// A state whose sizes add up to the file's length but whose region lies
+    /// past its end used to be mapped and SIGBUS the VMM on first touch.
+    #[test]
+    fn region_past_the_end_of_the_file_is_refused_not_mapped() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("memory.bin");
+        std::fs::File::create(&path)
+            .unwrap()
+            .set_len(2 << 20)
+            .unwrap();
+        let regions = [region(0, 1 << 20, 0), region(1 << 30, 1 << 20, 4 << 20)];
+        let e = map_private(&path, &regions).unwrap_err();
+        assert!(matches!(e, MemoryError::Layout(_)), "{e}");
+        assert!(e.to_string().contains("ends at byte"), "{e}");
+    }
 
     #[test]
     fn dump_is_sparse_and_private_maps_do_not_write_back() {

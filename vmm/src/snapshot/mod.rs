@@ -28,6 +28,9 @@ pub const FORMAT_VERSION: u32 = 1;
 const MAGIC: &str = "ARROW-SNAPSHOT";
 pub const STATE_FILE: &str = "state.json";
 pub const MEMORY_FILE: &str = "memory.bin";
+/// A state file is a few hundred KiB at most (vCPU state, device state);
+/// a larger one is not read into memory.
+pub const MAX_STATE_BYTES: u64 = 16 << 20;
 
 /// The CPU a snapshot was taken on; restoring on another model is refused
 /// because the guest has already probed its features.
@@ -131,10 +134,23 @@ pub fn write_state(dir: &Path, state: &SnapshotState) -> Result<(), SnapshotErro
 /// Reads and checks a snapshot's state: header, version, checksum, CPU.
 pub fn read_state(dir: &Path) -> Result<SnapshotState, SnapshotError> {
     let path = dir.join(STATE_FILE);
-    let content = std::fs::read(&path).map_err(|e| SnapshotError::Io {
+    let io = |e: std::io::Error| SnapshotError::Io {
         dir: dir.into(),
         what: format!("cannot read {}: {e}", path.display()),
-    })?;
+    };
+    let mut content = Vec::new();
+    std::fs::File::open(&path)
+        .and_then(|f| {
+            use std::io::Read;
+            f.take(MAX_STATE_BYTES + 1).read_to_end(&mut content)
+        })
+        .map_err(io)?;
+    if content.len() as u64 > MAX_STATE_BYTES {
+        return Err(SnapshotError::Parse {
+            dir: dir.into(),
+            reason: format!("{STATE_FILE} is larger than {MAX_STATE_BYTES} bytes"),
+        });
+    }
     let state = parse_state(dir, &content)?;
     let host = CpuSignature::host();
     if state.cpu != host {
@@ -147,7 +163,10 @@ pub fn read_state(dir: &Path) -> Result<SnapshotState, SnapshotError> {
     Ok(state)
 }
 
-fn parse_state(dir: &Path, content: &[u8]) -> Result<SnapshotState, SnapshotError> {
+/// Parses and checks a state file's bytes (header, version, checksum, JSON,
+/// and the parts that need no other file: the region table, the vCPU list).
+/// Public so that the fuzz targets can drive it.
+pub fn parse_state(dir: &Path, content: &[u8]) -> Result<SnapshotState, SnapshotError> {
     let not_snapshot = || SnapshotError::NotASnapshot { dir: dir.into() };
     let nl = content
         .iter()
@@ -173,15 +192,88 @@ fn parse_state(dir: &Path, content: &[u8]) -> Result<SnapshotState, SnapshotErro
     if sha256_hex(body) != sum {
         return Err(SnapshotError::Checksum { dir: dir.into() });
     }
-    serde_json::from_slice(body).map_err(|e| SnapshotError::Parse {
+    let state: SnapshotState = serde_json::from_slice(body).map_err(|e| SnapshotError::Parse {
         dir: dir.into(),
         reason: e.to_string(),
-    })
+    })?;
+    memory::validate_regions(&state.regions, u64::MAX)?;
+    let parse = |reason: String| SnapshotError::Parse {
+        dir: dir.into(),
+        reason,
+    };
+    if state.vcpus.is_empty() || state.vcpus.len() > usize::from(u8::MAX) {
+        return Err(parse(format!("{} vCPUs", state.vcpus.len())));
+    }
+    if let Some((i, v)) = state
+        .vcpus
+        .iter()
+        .enumerate()
+        .find(|(i, v)| usize::from(v.id) != *i)
+    {
+        return Err(parse(format!("vCPU {i} has id {}", v.id)));
+    }
+    Ok(state)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn vcpu(id: u8) -> VcpuState {
+        VcpuState {
+            id,
+            cpuid: vec![],
+            msrs: vec![],
+            regs: Default::default(),
+            sregs: Default::default(),
+            xsave: Default::default(),
+            xcrs: None,
+            debugregs: Default::default(),
+            lapic: Default::default(),
+            mp_state: Default::default(),
+            events: Default::default(),
+        }
+    }
+
+    #[test]
+    fn parse_refuses_bad_layouts_before_any_file_is_mapped() {
+        let dir = tempfile::tempdir().unwrap();
+        let cases: Vec<(&str, Box<dyn Fn(&mut SnapshotState)>)> = vec![
+            ("no vCPUs", Box::new(|s| s.vcpus.clear())),
+            ("vCPU ids", Box::new(|s| s.vcpus[0].id = 3)),
+            (
+                "overflowing region",
+                Box::new(|s| s.regions[0].file_offset = u64::MAX - 4095),
+            ),
+            (
+                "overflowing sum",
+                Box::new(|s| {
+                    s.regions = vec![
+                        RegionInfo {
+                            guest_addr: 0,
+                            size: 1 << 63,
+                            file_offset: 0,
+                        },
+                        RegionInfo {
+                            guest_addr: 1 << 63,
+                            size: 1 << 63,
+                            file_offset: 1 << 63,
+                        },
+                    ]
+                }),
+            ),
+        ];
+        for (what, change) in cases {
+            let mut s = sample();
+            change(&mut s);
+            write_state(dir.path(), &s).unwrap();
+            let e = read_state(dir.path()).unwrap_err();
+            assert!(
+                matches!(e, SnapshotError::Parse { .. } | SnapshotError::Memory(_)),
+                "{what}: {e}"
+            );
+        }
+    }
 
     fn sample() -> SnapshotState {
         SnapshotState {
@@ -200,7 +292,7 @@ mod tests {
                 pit: Default::default(),
                 clock: Default::default(),
             },
-            vcpus: vec![],
+            vcpus: vec![vcpu(0)],
             devices: DeviceStates::default(),
         }
     }
