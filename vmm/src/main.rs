@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use anyhow::Context;
+use arrow_vmm::api::{ApiPolicy, PeerPolicy, SnapshotPolicy};
 use arrow_vmm::arch::boot::BootProtocol;
 use arrow_vmm::arch::cpuid::{parse_clear_rule, ClearRule};
 use arrow_vmm::config::{parse_size, ConsoleSink, VmConfig, VsockConfig, DEFAULT_CMDLINE};
@@ -51,6 +52,14 @@ struct ServeArgs {
     /// /vm/resume, /vm/snapshot {"dir": …}, /vm/shutdown.
     #[arg(long)]
     api_sock: Option<PathBuf>,
+    /// Let this uid use the control API too (repeatable); arrow-vmm's own
+    /// uid and root always may. The socket is created mode 0600.
+    #[arg(long, requires = "api_sock")]
+    api_allow_uid: Vec<u32>,
+    /// `PUT /vm/snapshot` writes only to new directories under DIR
+    /// (default: any absolute path arrow-vmm's user may write).
+    #[arg(long, requires = "api_sock")]
+    snapshot_dir: Option<PathBuf>,
     /// Start with the vCPUs paused (resume through the control API).
     #[arg(long, requires = "api_sock")]
     paused: bool,
@@ -184,8 +193,17 @@ fn restore(args: RestoreArgs, start: Instant) -> anyhow::Result<i32> {
 
 /// Runs a built or restored VM; returns the exit code.
 fn serve(vm: Vm, args: &ServeArgs) -> anyhow::Result<i32> {
+    let snapshots = match &args.snapshot_dir {
+        Some(dir) => SnapshotPolicy::under(dir)
+            .with_context(|| format!("bad --snapshot-dir {}", dir.display()))?,
+        None => SnapshotPolicy::anywhere(),
+    };
     let opts = RunOptions {
         api_sock: args.api_sock.clone(),
+        api_policy: ApiPolicy {
+            peers: PeerPolicy::new(&args.api_allow_uid),
+            snapshots,
+        },
         paused: args.paused,
         seccomp: args.seccomp,
     };

@@ -109,6 +109,9 @@ const EVENT_LOOP: &[libc::c_long] = &[
     // vsock connection-setup timeouts: the device's timerfd is created with
     // the device, before the filter; the loop (re-)arms it.
     libc::SYS_timerfd_settime,
+    // --snapshot-dir: resolving a requested directory (realpath).
+    libc::SYS_readlink,
+    libc::SYS_readlinkat,
 ];
 
 #[derive(Debug, thiserror::Error)]

@@ -195,6 +195,8 @@ pub struct RestoreConfig {
 pub struct RunOptions {
     /// Control API socket.
     pub api_sock: Option<PathBuf>,
+    /// Who may use it, and where it may write snapshots.
+    pub api_policy: crate::api::ApiPolicy,
     /// Start with vCPUs parked (resume through the API).
     pub paused: bool,
     /// Per-thread system call filters.
@@ -574,7 +576,7 @@ impl Vm {
             pending,
         }));
         if let Some(path) = &opts.api_sock {
-            match ApiServer::bind(path, runtime.clone()) {
+            match ApiServer::bind(path, runtime.clone(), opts.api_policy.clone()) {
                 Ok(server) => {
                     em.add_subscriber(Arc::new(Mutex::new(server)) as Subscriber);
                 }

@@ -222,6 +222,26 @@ fn bad_snapshots_are_refused_before_the_guest_runs() {
     )
     .unwrap();
     fails(&other_cpu, "same CPU model");
+
+    // Sizes that add up to memory.bin's length but a region that lies past
+    // its end: refused before mapping (it used to SIGBUS on first touch).
+    let past_eof = copy("pasteof");
+    let text = String::from_utf8(std::fs::read(past_eof.join("state.json")).unwrap()).unwrap();
+    let (_, body) = text.split_once('\n').unwrap();
+    let mut state: serde_json::Value = serde_json::from_str(body).unwrap();
+    let size = state["regions"][0]["size"].as_u64().unwrap();
+    state["regions"][0]["file_offset"] = serde_json::json!(size);
+    let body = state.to_string();
+    let sum: String = sha2::Sha256::digest(body.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    std::fs::write(
+        past_eof.join("state.json"),
+        format!("ARROW-SNAPSHOT 1 sha256={sum}\n{body}"),
+    )
+    .unwrap();
+    fails(&past_eof, "memory layout is invalid");
 }
 
 #[test]

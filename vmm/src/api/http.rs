@@ -1,9 +1,6 @@
 //! Just enough HTTP/1.1 for a local control socket: one request per
 //! connection (parsed with httparse), a JSON response, then close.
 
-use std::io::Write;
-use std::os::unix::net::UnixStream;
-
 /// Upper bound on a request (headers + body): control requests are tiny.
 pub const MAX_REQUEST: usize = 64 * 1024;
 
@@ -85,6 +82,7 @@ impl Response {
         match self.status {
             200 => "OK",
             400 => "Bad Request",
+            403 => "Forbidden",
             404 => "Not Found",
             405 => "Method Not Allowed",
             409 => "Conflict",
@@ -93,20 +91,19 @@ impl Response {
         }
     }
 
-    /// Writes the response; the client may be gone, which is not our problem.
-    pub fn send(&self, stream: &mut UnixStream) {
+    /// The response on the wire (the server writes it without blocking).
+    pub fn to_bytes(&self) -> Vec<u8> {
         let body = self.body.to_string();
-        let head = format!(
+        let mut out = format!(
             "HTTP/1.1 {} {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
             self.status,
             self.reason(),
             body.len() + 1
-        );
-        let _ = stream.set_nonblocking(false);
-        let _ = stream.set_write_timeout(Some(std::time::Duration::from_secs(2)));
-        let _ = stream.write_all(head.as_bytes());
-        let _ = stream.write_all(body.as_bytes());
-        let _ = stream.write_all(b"\n");
+        )
+        .into_bytes();
+        out.extend_from_slice(body.as_bytes());
+        out.push(b'\n');
+        out
     }
 }
 

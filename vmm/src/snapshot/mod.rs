@@ -238,7 +238,8 @@ mod tests {
     #[test]
     fn parse_refuses_bad_layouts_before_any_file_is_mapped() {
         let dir = tempfile::tempdir().unwrap();
-        let cases: Vec<(&str, Box<dyn Fn(&mut SnapshotState)>)> = vec![
+        type Change = Box<dyn Fn(&mut SnapshotState)>;
+        let cases: Vec<(&str, Change)> = vec![
             ("no vCPUs", Box::new(|s| s.vcpus.clear())),
             ("vCPU ids", Box::new(|s| s.vcpus[0].id = 3)),
             (
