@@ -43,6 +43,37 @@ pub struct VmConfig {
     pub host_compat: Option<bool>,
     /// A vsock device: guest CID and the host Unix socket.
     pub vsock: Option<VsockConfig>,
+    /// virtio-pmem devices, in the order the guest numbers them
+    /// (/dev/pmem0, /dev/pmem1, ...).
+    pub pmem: Vec<PmemConfig>,
+}
+
+/// A virtio-pmem device: a host file the guest sees as persistent memory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PmemConfig {
+    pub path: PathBuf,
+    /// Mapped read-only (guest writes never reach the file); the default.
+    pub read_only: bool,
+}
+
+impl std::str::FromStr for PmemConfig {
+    type Err = String;
+    /// `PATH[,ro|rw]`.
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (path, mode) = match s.rsplit_once(',') {
+            Some((p, m @ ("ro" | "rw"))) => (p, m),
+            _ => (s, "ro"),
+        };
+        if path.is_empty() {
+            return Err(format!(
+                "invalid --pmem '{s}': expected PATH[,ro|rw], e.g. /images/base.erofs,ro"
+            ));
+        }
+        Ok(Self {
+            path: PathBuf::from(path),
+            read_only: mode == "ro",
+        })
+    }
 }
 
 /// The vsock device: guest-initiated connections to port P go to `<uds>_P`.
@@ -113,6 +144,18 @@ mod tests {
         assert!(parse_size("M").is_err());
         assert!(parse_size("-1G").is_err());
         assert!(parse_size("99999999999T").is_err());
+    }
+
+    #[test]
+    fn pmem_options() {
+        let p: PmemConfig = "/a/b.erofs".parse().unwrap();
+        assert_eq!((p.path.to_str(), p.read_only), (Some("/a/b.erofs"), true));
+        let p: PmemConfig = "/a/up,rw".parse().unwrap();
+        assert_eq!((p.path.to_str(), p.read_only), (Some("/a/up"), false));
+        let p: PmemConfig = "/a/x,y,ro".parse().unwrap();
+        assert_eq!(p.path.to_str(), Some("/a/x,y"));
+        assert!(",rw".parse::<PmemConfig>().is_err());
+        assert!("".parse::<PmemConfig>().is_err());
     }
 
     #[test]

@@ -9,7 +9,9 @@ use anyhow::Context;
 use arrow_vmm::api::{ApiPolicy, PeerPolicy, SnapshotPolicy};
 use arrow_vmm::arch::boot::BootProtocol;
 use arrow_vmm::arch::cpuid::{parse_clear_rule, ClearRule};
-use arrow_vmm::config::{parse_size, ConsoleSink, VmConfig, VsockConfig, DEFAULT_CMDLINE};
+use arrow_vmm::config::{
+    parse_size, ConsoleSink, PmemConfig, VmConfig, VsockConfig, DEFAULT_CMDLINE,
+};
 use arrow_vmm::exit::EXIT_VMM_ERROR;
 use arrow_vmm::seccomp::SeccompLevel;
 use arrow_vmm::vm::{RestoreConfig, RunOptions, Vm};
@@ -134,6 +136,11 @@ struct RunArgs {
     /// guest connections to host port P go to `<PATH>_P`.
     #[arg(long, requires = "vsock_cid")]
     vsock_uds: Option<PathBuf>,
+    /// Add a virtio-pmem device backed by this file: PATH[,ro|rw] (default
+    /// ro: mapped read-only and shared). Repeatable; the guest sees them as
+    /// /dev/pmem0, /dev/pmem1, ... in this order.
+    #[arg(long, value_name = "PATH[,ro|rw]")]
+    pmem: Vec<PmemConfig>,
     #[command(flatten)]
     serve: ServeArgs,
 }
@@ -169,6 +176,7 @@ fn run(args: RunArgs, start: Instant) -> anyhow::Result<i32> {
             (Some(cid), Some(uds)) => Some(VsockConfig { cid, uds }),
             _ => None,
         },
+        pmem: args.pmem,
     };
     // Stop signals are read from a signalfd by the event loop; block them
     // before any thread exists so every thread inherits the mask.

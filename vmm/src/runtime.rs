@@ -106,6 +106,16 @@ impl Runtime {
             "app_ready_port": self.lifecycle.app_ready().map(|(_, p)| p),
             "generation": lock(&self.notify).generation(),
             "vsock_cid": self.devices.vsock().map(|v| lock(&v.device).guest_cid()),
+            "pmem": self.devices.pmem().iter().map(|p| {
+                let d = lock(&p.device);
+                json!({
+                    "path": d.path(),
+                    "read_only": d.read_only(),
+                    "guest_addr": d.guest_addr(),
+                    "size": d.region_size(),
+                    "flushes": d.flushes(),
+                })
+            }).collect::<Vec<_>>(),
         })
     }
 

@@ -306,6 +306,9 @@ impl Vm {
         if let Some(vs) = &config.vsock {
             devices.add_vsock(&vm, &mem, vs)?;
         }
+        for p in &config.pmem {
+            devices.add_pmem(&vm, &mem, p)?;
+        }
         let cmdline = devices.add_to_cmdline(&host.adapt_cmdline(&config.cmdline));
         tracing::debug!(?host, %cmdline, "guest command line");
         let (entry, kernel_end) = boot::load_kernel(&mem, &config.kernel, config.boot_protocol)?;
@@ -414,11 +417,11 @@ impl Vm {
         if vcpu_count == 0 {
             return Err(VmError::NoVcpus);
         }
+        let vm = create_vm(&kvm)?;
         let mut devices = DeviceManager::new();
         devices
-            .prepare_restore(&state.devices.virtio)
+            .prepare_restore(&vm, state.mem_size, &state.devices.virtio)
             .map_err(|e| VmError::Restore(e.to_string()))?;
-        let vm = create_vm(&kvm)?;
         let mem_path = config.dir.join(snapshot::MEMORY_FILE);
         let (mem, memory_file) = if config.pool {
             let file = snapshot::memory::open_checked(&mem_path, &state.regions)

@@ -170,3 +170,58 @@ fn vsock_device_is_announced_and_answers_on_mmio() {
     assert!(out.contains("virtio_mmio.device=4K@0xd0000000:5"), "{out}");
     assert!(uds.exists(), "the host side listens on --vsock-uds");
 }
+
+/// Two pmem devices: a read-only base and a writable upper. The guest reads
+/// each window's config, maps it, reads the file's bytes and writes one:
+/// the write is dropped for the read-only device (KVM read-only slot) and
+/// reaches the file for the writable one.
+#[test]
+fn pmem_windows_map_the_files_read_only_and_read_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path().join("base.img");
+    let upper = dir.path().join("upper.img");
+    std::fs::write(&base, b"hello base").unwrap();
+    let mut u = b"upper data".to_vec();
+    u.resize(4096, 0);
+    std::fs::write(&upper, &u).unwrap();
+    let upper_arg = format!("{},rw", upper.display());
+    let o = run_guest(
+        "pmem",
+        &["--pmem", base.to_str().unwrap(), "--pmem", &upper_arg],
+    );
+    assert_eq!(o.status.code(), Some(0), "stderr: {}", stderr(&o));
+    let out = stdout(&o);
+    assert!(
+        out.contains(
+            "pmem start 0x0000000100000000 size 0x0000000000200000 data 'hello base' after write 'e'\n"
+        ),
+        "{out}"
+    );
+    assert!(
+        out.contains(
+            "pmem start 0x0000000108000000 size 0x0000000000200000 data 'upper data' after write 'W'\n"
+        ),
+        "{out}"
+    );
+    assert_eq!(
+        std::fs::read(&base).unwrap(),
+        b"hello base",
+        "base untouched"
+    );
+    assert_eq!(&std::fs::read(&upper).unwrap()[..10], b"uWper data");
+}
+
+#[test]
+fn pmem_bad_files_fail_before_the_guest_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("nope.img");
+    let o = run_guest("hello", &["--pmem", missing.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(125));
+    let err = stderr(&o);
+    assert!(err.contains("cannot open pmem file"), "{err}");
+    let empty = dir.path().join("empty.img");
+    std::fs::write(&empty, b"").unwrap();
+    let o = run_guest("hello", &["--pmem", empty.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(125));
+    assert!(stderr(&o).contains("is empty"), "{}", stderr(&o));
+}

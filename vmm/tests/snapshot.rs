@@ -344,3 +344,124 @@ fn pooled_clones_wait_then_start_on_request() {
         "pooled clones never write the template"
     );
 }
+
+/// pmem devices are in the snapshot: a restore maps the same files at the
+/// same guest addresses. A read-only base can back any number of clones; a
+/// writable file cannot be shared by clones (refused), but a plain restore
+/// continues with it.
+#[test]
+fn pmem_files_are_mapped_again_on_restore() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path().join("base.img");
+    let upper = dir.path().join("upper.img");
+    std::fs::write(&base, b"hello base").unwrap();
+    let mut u = b"upper data".to_vec();
+    u.resize(4096, 0);
+    std::fs::write(&upper, &u).unwrap();
+    let upper_arg = format!("{},rw", s(&upper));
+    let console = dir.path().join("t.log");
+    let (child, sock) = boot_with_api(
+        dir.path(),
+        "pmemclone",
+        &[
+            "--console",
+            s(&console),
+            "--pmem",
+            s(&base),
+            "--pmem",
+            &upper_arg,
+        ],
+    );
+    wait_for_text(&console, "waiting to be cloned\n", T);
+    let (_, v) = api(&sock, "GET", "/vm", None);
+    assert_eq!(v["pmem"][1]["guest_addr"], 0x1_0800_0000u64, "{v}");
+    assert_eq!(v["pmem"][0]["read_only"], true, "{v}");
+    api(&sock, "PUT", "/vm/pause", None);
+    let tpl = dir.path().join("tpl");
+    take_snapshot(&sock, &tpl);
+    shut_down(child, &sock);
+
+    let o = run_vmm(&["restore", "--from", s(&tpl), "--clone"]);
+    assert_eq!(o.status.code(), Some(125));
+    assert!(
+        stderr(&o).contains("writable pmem device"),
+        "{}",
+        stderr(&o)
+    );
+
+    // A plain restore (the one continuation of the VM) keeps the writable
+    // file, at the same guest address.
+    let sock2 = dir.path().join("api2.sock");
+    let restored = spawn_vmm(&[
+        "restore",
+        "--from",
+        s(&tpl),
+        "--console",
+        "none",
+        "--api-sock",
+        s(&sock2),
+    ]);
+    wait_for_path(&sock2, T);
+    let (_, v) = api(&sock2, "GET", "/vm", None);
+    assert_eq!(v["pmem"][1]["guest_addr"], 0x1_0800_0000u64, "{v}");
+    assert_eq!(v["pmem"][1]["path"], s(&upper), "{v}");
+    shut_down(restored, &sock2);
+
+    // Read-only only: clones run and see the base.
+    let dir2 = tempfile::tempdir().unwrap();
+    let console = dir2.path().join("t.log");
+    let (child, sock) = boot_with_api(
+        dir2.path(),
+        "pmemclone",
+        &["--console", s(&console), "--pmem", s(&base)],
+    );
+    wait_for_text(&console, "waiting to be cloned\n", T);
+    api(&sock, "PUT", "/vm/pause", None);
+    let tpl = dir2.path().join("tpl");
+    take_snapshot(&sock, &tpl);
+    shut_down(child, &sock);
+    for _ in 0..2 {
+        let o = run_vmm(&["restore", "--from", s(&tpl), "--clone"]);
+        assert_eq!(o.status.code(), Some(0), "stderr: {}", stderr(&o));
+        assert!(
+            stdout(&o).contains(
+                "pmem start 0x0000000100000000 size 0x0000000000200000 data 'hello base' after write 'e'\n"
+            ),
+            "{}",
+            stdout(&o)
+        );
+    }
+    // A pooled clone maps the base ahead and runs on PUT /vm/start.
+    let (psock, pout) = (dir2.path().join("pool.sock"), dir2.path().join("pool.log"));
+    let c = spawn_vmm(&[
+        "restore",
+        "--from",
+        s(&tpl),
+        "--clone",
+        "--pool",
+        "--api-sock",
+        s(&psock),
+        "--console",
+        s(&pout),
+    ]);
+    wait_for_path(&psock, T);
+    let (st, v) = api(&psock, "PUT", "/vm/start", None);
+    assert_eq!(st, 200, "{v}");
+    let o = wait_with_timeout(c, T);
+    assert_eq!(o.status.code(), Some(0), "stderr: {}", stderr(&o));
+    let text = std::fs::read_to_string(&pout).unwrap();
+    assert!(
+        text.contains("data 'hello base' after write 'e'\n"),
+        "{text}"
+    );
+    assert_eq!(std::fs::read(&base).unwrap(), b"hello base");
+    // The base changed size: the restore says so.
+    std::fs::write(&base, b"hello base, longer").unwrap();
+    let o = run_vmm(&["restore", "--from", s(&tpl), "--clone"]);
+    assert_eq!(o.status.code(), Some(125));
+    assert!(
+        stderr(&o).contains("when the snapshot was taken"),
+        "{}",
+        stderr(&o)
+    );
+}

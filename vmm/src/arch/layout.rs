@@ -12,6 +12,8 @@
 //! initrd       page aligned, at the top of RAM below the MMIO gap
 //! 0xd000_0000  MMIO gap: virtio-mmio devices, IOAPIC, LAPIC (up to 4 GiB)
 //! 0x1_0000_0000 RAM above the gap when the guest has more than 3.25 GiB
+//! above RAM    device memory (pmem windows), from the next 1 GiB boundary
+//!              at or above 4 GiB, each range on a 128 MiB boundary
 //! ```
 
 use vm_memory::GuestAddress;
@@ -101,6 +103,15 @@ pub fn e820_map(mem_size: u64) -> Vec<E820Entry> {
         });
     }
     map
+}
+
+/// End (exclusive) of all guest RAM (device memory goes above it).
+pub fn ram_end(mem_size: u64) -> u64 {
+    if mem_size > MMIO_GAP_START {
+        MMIO_GAP_END + (mem_size - MMIO_GAP_START)
+    } else {
+        mem_size
+    }
 }
 
 /// End (exclusive) of the RAM below the MMIO gap.

@@ -9,8 +9,8 @@
 //! Restore runs in two phases, so a VM can be prepared before its memory has
 //! the snapshot's content:
 //! 1. [`DeviceManager::prepare_restore`] checks and claims the recorded
-//!    slots (and maps device memory, for devices that have some); it does not
-//!    read guest memory.
+//!    slots, reopens and maps the pmem files and registers their KVM memory
+//!    slots; it does not read guest memory.
 //! 2. [`DeviceManager::restore_devices`], once guest memory holds the
 //!    snapshot's content: creates the device models and their transports
 //!    from the saved state (a restored transport reads ring indices from
@@ -21,18 +21,21 @@ pub mod resources;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
+use kvm_bindings::{kvm_userspace_memory_region, KVM_MEM_READONLY};
 use kvm_ioctls::{IoEventAddress, VmFd};
 
-use crate::config::{insert_kernel_param, VsockConfig};
+use crate::arch::layout;
+use crate::config::{insert_kernel_param, PmemConfig, VsockConfig};
 use crate::devices::bus::{Bus, BusError};
 use crate::devices::virtio::mmio::{MmioError, MmioTransport, NOTIFY_OFFSET};
+use crate::devices::virtio::pmem::{Pmem, PmemError};
 use crate::devices::virtio::vsock::{Limits, Vsock, VsockError};
 use crate::devices::virtio::{cmdline_fragment, MMIO_WINDOW_SIZE};
 use crate::event_loop::Subscriber;
-use crate::snapshot::devices::{VirtioStates, VsockSnapshot};
+use crate::snapshot::devices::{PmemSnapshot, VirtioStates, VsockSnapshot};
 use crate::GuestMemoryMmap;
-use resources::SlotAllocator;
-pub use resources::{MmioSlot, SlotError};
+use resources::{DeviceMemory, KvmSlotAllocator, SlotAllocator};
+pub use resources::{DeviceMemoryError, MmioSlot, SlotError};
 
 /// Errors from attaching or restoring devices.
 #[derive(Debug, thiserror::Error)]
@@ -55,6 +58,16 @@ pub enum DeviceError {
     VsockUdsMissing,
     #[error("a clone needs its own vsock CID: pass --vsock-cid")]
     VsockCidMissing,
+    #[error("pmem device: {0}")]
+    Pmem(#[from] PmemError),
+    #[error(transparent)]
+    DeviceMemory(#[from] DeviceMemoryError),
+    #[error("the snapshot has a writable pmem device ({0}): clones would write the same file; start instances with their own upper layer instead of cloning this snapshot")]
+    PmemWritableClone(PathBuf),
+    #[error(
+        "restore_devices needs prepare_restore first (the snapshot's pmem devices are not mapped)"
+    )]
+    NotPrepared,
 }
 
 /// The vsock device and its transport, kept for snapshots and the API.
@@ -62,6 +75,14 @@ pub enum DeviceError {
 pub struct VsockParts {
     pub slot: MmioSlot,
     pub device: Arc<Mutex<Vsock>>,
+    pub transport: Arc<Mutex<MmioTransport>>,
+}
+
+/// A pmem device and its transport.
+#[derive(Clone)]
+pub struct PmemParts {
+    pub slot: MmioSlot,
+    pub device: Arc<Mutex<Pmem>>,
     pub transport: Arc<Mutex<MmioTransport>>,
 }
 
@@ -85,6 +106,12 @@ pub struct DeviceManager {
     /// `virtio_mmio.device=` fragments, in attach order.
     fragments: Vec<String>,
     vsock: Option<VsockParts>,
+    pmem: Vec<PmemParts>,
+    /// Guest-physical space above RAM, set up on first use.
+    device_memory: Option<DeviceMemory>,
+    kvm_slots: KvmSlotAllocator,
+    /// Restore phase 1 output: mapped pmem devices awaiting transports.
+    pending_pmem: Vec<Arc<Mutex<Pmem>>>,
 }
 
 fn lock<T: ?Sized>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -115,11 +142,77 @@ impl DeviceManager {
         if let Some(v) = &self.vsock {
             subs.push(v.device.clone() as Subscriber);
         }
+        for p in &self.pmem {
+            subs.push(p.device.clone() as Subscriber);
+        }
         subs
     }
 
     pub fn vsock(&self) -> Option<&VsockParts> {
         self.vsock.as_ref()
+    }
+
+    pub fn pmem(&self) -> &[PmemParts] {
+        &self.pmem
+    }
+
+    fn device_memory(&mut self, ram_end: u64) -> &mut DeviceMemory {
+        self.device_memory
+            .get_or_insert_with(|| DeviceMemory::above_ram(ram_end))
+    }
+
+    /// Registers a pmem device's window with KVM (read-only slot for a
+    /// read-only device: guest writes exit to the VMM and are dropped).
+    fn map_pmem(&mut self, vm: &VmFd, dev: &Pmem) -> Result<(), DeviceError> {
+        let region = kvm_userspace_memory_region {
+            slot: self.kvm_slots.allocate(),
+            guest_phys_addr: dev.guest_addr(),
+            memory_size: dev.region_size(),
+            userspace_addr: dev.mapping().host_addr(),
+            flags: if dev.read_only() { KVM_MEM_READONLY } else { 0 },
+        };
+        // SAFETY: the mapping is live, exactly `memory_size` bytes, and is
+        // owned by the device, which the device manager keeps as long as
+        // the VM can run (vCPUs are joined before it is dropped).
+        unsafe { vm.set_user_memory_region(region) }.map_err(|source| DeviceError::Kvm {
+            device: "pmem",
+            what: "memory slot registration",
+            source,
+        })
+    }
+
+    /// Adds a pmem device: maps the file above RAM (and after earlier
+    /// devices) and attaches its transport. The guest numbers pmem devices
+    /// in the order they are added.
+    pub fn add_pmem(
+        &mut self,
+        vm: &VmFd,
+        mem: &GuestMemoryMmap,
+        config: &PmemConfig,
+    ) -> Result<(), DeviceError> {
+        use vm_memory::{Address, GuestMemoryBackend};
+        let slot = self.slots.allocate()?;
+        let mut dev = Pmem::new(&config.path, config.read_only)?;
+        let ram_end = mem.last_addr().raw_value() + 1;
+        let addr = self.device_memory(ram_end).allocate(dev.region_size())?;
+        dev.set_guest_addr(addr);
+        self.map_pmem(vm, &dev)?;
+        tracing::info!(
+            path = %config.path.display(),
+            read_only = config.read_only,
+            guest_addr = addr,
+            size = dev.region_size(),
+            "pmem device"
+        );
+        let device = Arc::new(Mutex::new(dev));
+        let transport = MmioTransport::new(mem.clone(), device.clone())?;
+        let transport = self.attach(vm, slot, transport, "pmem")?;
+        self.pmem.push(PmemParts {
+            slot,
+            device,
+            transport,
+        });
+        Ok(())
     }
 
     /// Adds a vsock device (binds its host socket).
@@ -153,14 +246,38 @@ impl DeviceManager {
                 transport: lock(&v.transport).state(),
                 device: lock(&v.device).state(),
             }),
+            pmem: self
+                .pmem
+                .iter()
+                .map(|p| PmemSnapshot {
+                    slot: p.slot,
+                    transport: lock(&p.transport).state(),
+                    device: lock(&p.device).state(),
+                })
+                .collect(),
         }
     }
 
-    /// Restore phase 1: checks and claims the slots recorded in `states`.
-    /// Guest memory is not read; its content may still be missing.
-    pub fn prepare_restore(&mut self, states: &VirtioStates) -> Result<(), DeviceError> {
+    /// Restore phase 1: checks and claims the slots recorded in `states`,
+    /// reopens and maps the pmem files at their recorded guest addresses
+    /// (above the RAM of a `mem_size` guest). Guest memory is not read; its
+    /// content may still be missing.
+    pub fn prepare_restore(
+        &mut self,
+        vm: &VmFd,
+        mem_size: u64,
+        states: &VirtioStates,
+    ) -> Result<(), DeviceError> {
         if let Some(v) = &states.vsock {
             self.slots.claim(v.slot)?;
+        }
+        for p in &states.pmem {
+            self.slots.claim(p.slot)?;
+            let dev = Pmem::restore(&p.device)?;
+            self.device_memory(layout::ram_end(mem_size))
+                .claim(dev.guest_addr(), dev.region_size())?;
+            self.map_pmem(vm, &dev)?;
+            self.pending_pmem.push(Arc::new(Mutex::new(dev)));
         }
         Ok(())
     }
@@ -197,6 +314,9 @@ impl DeviceManager {
         if let (Some(vs), Some(v)) = (&states.vsock, &self.vsock) {
             lock(&v.transport).restore_state(&vs.transport)?;
         }
+        for (ps, p) in states.pmem.iter().zip(&self.pmem) {
+            lock(&p.transport).restore_state(&ps.transport)?;
+        }
         Ok(())
     }
 
@@ -231,6 +351,25 @@ impl DeviceManager {
             let transport = self.attach(vm, vs.slot, transport, "vsock")?;
             self.vsock = Some(VsockParts {
                 slot: vs.slot,
+                device,
+                transport,
+            });
+        }
+        if self.pending_pmem.len() != states.pmem.len() {
+            return Err(DeviceError::NotPrepared);
+        }
+        let pending = std::mem::take(&mut self.pending_pmem);
+        for (p, device) in states.pmem.iter().zip(pending) {
+            if params.clone && !p.device.read_only {
+                return Err(DeviceError::PmemWritableClone(p.device.path.clone()));
+            }
+            let mut transport = MmioTransport::new(mem.clone(), device.clone())?;
+            if load_transports {
+                transport.restore_state(&p.transport)?;
+            }
+            let transport = self.attach(vm, p.slot, transport, "pmem")?;
+            self.pmem.push(PmemParts {
+                slot: p.slot,
                 device,
                 transport,
             });

@@ -117,9 +117,102 @@ impl KvmSlotAllocator {
     }
 }
 
+/// Guest-physical space for device memory (pmem windows, hotplug
+/// regions): above RAM and above 4 GiB, from a 1 GiB boundary.
+#[derive(Debug)]
+pub struct DeviceMemory {
+    start: u64,
+    next: u64,
+    /// Ranges taken (start, end), for restore's overlap checks.
+    taken: Vec<(u64, u64)>,
+}
+
+/// Each device-memory range starts on a memory-section boundary (128 MiB
+/// on x86-64) so no two devices share a section in the guest's memmap.
+pub const DEVICE_MEMORY_ALIGN: u64 = 128 << 20;
+
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum DeviceMemoryError {
+    #[error("no guest-physical room for {size:#x} bytes of device memory")]
+    Exhausted { size: u64 },
+    #[error("device memory {start:#x}+{size:#x} is below {floor:#x} or overlaps another device")]
+    Invalid { start: u64, size: u64, floor: u64 },
+}
+
+/// Guest-physical addresses stay below 2^46 (the guest kernel's limit for
+/// x86-64 4-level paging).
+const DEVICE_MEMORY_END: u64 = 1 << 46;
+
+impl DeviceMemory {
+    /// Device memory for a guest whose RAM ends (exclusive) at `ram_end`.
+    pub fn above_ram(ram_end: u64) -> Self {
+        let floor = ram_end.max(layout::MMIO_GAP_END);
+        let start = floor.div_ceil(1 << 30) * (1 << 30);
+        Self {
+            start,
+            next: start,
+            taken: Vec::new(),
+        }
+    }
+
+    /// A range of `size` bytes on a section boundary.
+    pub fn allocate(&mut self, size: u64) -> Result<u64, DeviceMemoryError> {
+        let addr = self.next.div_ceil(DEVICE_MEMORY_ALIGN) * DEVICE_MEMORY_ALIGN;
+        let end = addr
+            .checked_add(size)
+            .filter(|&e| e <= DEVICE_MEMORY_END && size > 0)
+            .ok_or(DeviceMemoryError::Exhausted { size })?;
+        self.next = end;
+        self.taken.push((addr, end));
+        Ok(addr)
+    }
+
+    /// Claims a range recorded in a snapshot.
+    pub fn claim(&mut self, start: u64, size: u64) -> Result<(), DeviceMemoryError> {
+        let invalid = DeviceMemoryError::Invalid {
+            start,
+            size,
+            floor: self.start,
+        };
+        let end = start
+            .checked_add(size)
+            .filter(|&e| e <= DEVICE_MEMORY_END && size > 0 && start >= self.start)
+            .ok_or(invalid.clone())?;
+        if self.taken.iter().any(|&(s, e)| start < e && end > s) {
+            return Err(invalid);
+        }
+        self.taken.push((start, end));
+        self.next = self.next.max(end);
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn device_memory_sits_above_ram_on_section_boundaries() {
+        let mut d = DeviceMemory::above_ram(128 << 20);
+        let a = d.allocate(2 << 20).unwrap();
+        assert_eq!(a, 4 << 30);
+        let b = d.allocate(6 << 20).unwrap();
+        assert_eq!(b, (4 << 30) + DEVICE_MEMORY_ALIGN);
+        assert!(d.allocate(0).is_err());
+        assert!(d.allocate(u64::MAX).is_err());
+
+        // 6 GiB of RAM ends at 4 GiB + 2.75 GiB: device memory from 7 GiB.
+        let mut big = DeviceMemory::above_ram(layout::MMIO_GAP_END + (2816 << 20));
+        assert_eq!(big.allocate(1).unwrap(), 7 << 30);
+
+        let mut r = DeviceMemory::above_ram(128 << 20);
+        r.claim(b, 6 << 20).unwrap();
+        assert!(r.claim(b + (2 << 20), 2 << 20).is_err(), "overlap");
+        assert!(r.claim(1 << 20, 2 << 20).is_err(), "inside RAM");
+        assert!(r.claim(u64::MAX - 1, 2).is_err());
+        // Allocation continues after claimed ranges.
+        assert!(r.allocate(2 << 20).unwrap() >= b + (6 << 20));
+    }
 
     #[test]
     fn slots_are_handed_out_in_order_and_claims_checked() {

@@ -4,6 +4,7 @@
 use vm_memory::GuestAddress;
 
 use super::*;
+use crate::config::PmemConfig;
 use crate::snapshot::devices::DeviceStates;
 
 fn kvm_vm() -> Option<VmFd> {
@@ -51,7 +52,7 @@ fn vsock_is_attached_in_the_first_slot_and_announced() {
     // Restore into a fresh VM, in two phases, as a clone with a new CID.
     let Some(vm2) = kvm_vm() else { return };
     let mut dm2 = DeviceManager::new();
-    dm2.prepare_restore(&saved).unwrap();
+    dm2.prepare_restore(&vm2, 1 << 20, &saved).unwrap();
     let clone = DeviceRestoreParams {
         clone: true,
         vsock_uds: Some(dir.path().join("v2.sock")),
@@ -94,7 +95,9 @@ fn restore_refuses_missing_socket_and_bad_slots() {
     if let Some(v) = saved.vsock.as_mut() {
         v.slot.base += 8;
     }
-    let e = DeviceManager::new().prepare_restore(&saved).unwrap_err();
+    let e = DeviceManager::new()
+        .prepare_restore(&vm2, 1 << 20, &saved)
+        .unwrap_err();
     assert!(
         matches!(e, DeviceError::Slot(SlotError::Invalid { .. })),
         "{e}"
@@ -128,4 +131,57 @@ fn device_states_read_snapshots_without_slots() {
     json.as_object_mut().unwrap().remove("vsock");
     let back: DeviceStates = serde_json::from_value(json).unwrap();
     assert!(back.virtio.vsock.is_none());
+}
+
+#[test]
+fn pmem_gets_the_next_slot_and_a_window_above_ram() {
+    let Some(vm) = kvm_vm() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("base");
+    std::fs::write(&file, b"base").unwrap();
+    let mut dm = DeviceManager::new();
+    let mem = mem();
+    dm.add_vsock(
+        &vm,
+        &mem,
+        &VsockConfig {
+            cid: 3,
+            uds: dir.path().join("v.sock"),
+        },
+    )
+    .unwrap();
+    let cfg = PmemConfig {
+        path: file.clone(),
+        read_only: true,
+    };
+    dm.add_pmem(&vm, &mem, &cfg).unwrap();
+    dm.add_pmem(&vm, &mem, &cfg).unwrap();
+    let p = dm.pmem();
+    assert_eq!(p[0].slot.irq, 6);
+    assert_eq!(p[1].slot.irq, 7);
+    assert_eq!(lock(&p[0].device).guest_addr(), 4 << 30);
+    assert_eq!(lock(&p[1].device).guest_addr(), (4 << 30) + (128 << 20));
+    assert_eq!(
+        dm.add_to_cmdline(""),
+        "virtio_mmio.device=4K@0xd0000000:5 virtio_mmio.device=4K@0xd0001000:6 \
+         virtio_mmio.device=4K@0xd0002000:7"
+    );
+    assert_eq!(dm.subscribers().len(), 3);
+    let saved = dm.save();
+    assert_eq!(saved.pmem.len(), 2);
+
+    // restore_devices without prepare_restore cannot map the files.
+    let Some(vm2) = kvm_vm() else { return };
+    let e = DeviceManager::new()
+        .restore_devices(
+            &vm2,
+            &mem,
+            &saved,
+            &DeviceRestoreParams {
+                vsock_uds: Some(dir.path().join("v2.sock")),
+                ..Default::default()
+            },
+        )
+        .unwrap_err();
+    assert!(matches!(e, DeviceError::NotPrepared), "{e}");
 }

@@ -5,6 +5,7 @@ use vm_superio::serial::SerialState;
 
 use crate::device_manager::MmioSlot;
 use crate::devices::virtio::mmio::MmioTransportState;
+use crate::devices::virtio::pmem::PmemState;
 use crate::devices::virtio::vsock::VsockState;
 
 /// vm-superio's `SerialState` has no serde support: this remote definition
@@ -51,4 +52,16 @@ pub struct DeviceStates {
 pub struct VirtioStates {
     #[serde(default)]
     pub vsock: Option<VsockSnapshot>,
+    /// In attach order (the guest's /dev/pmem numbering).
+    #[serde(default)]
+    pub pmem: Vec<PmemSnapshot>,
+}
+
+/// A pmem device with its transport; restore maps the same file at the
+/// same guest address.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PmemSnapshot {
+    pub slot: MmioSlot,
+    pub transport: MmioTransportState,
+    pub device: PmemState,
 }

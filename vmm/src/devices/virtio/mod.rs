@@ -10,6 +10,7 @@
 //!   interrupts through the shared [`IrqTrigger`].
 
 pub mod mmio;
+pub mod pmem;
 pub mod vsock;
 
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -22,6 +23,7 @@ use crate::GuestMemoryMmap;
 
 /// Virtio device IDs (virtio 1.x, section 5).
 pub const TYPE_VSOCK: u32 = 19;
+pub const TYPE_PMEM: u32 = 27;
 
 /// Feature bits common to all devices.
 pub const VIRTIO_F_RING_EVENT_IDX: u32 = 29;
