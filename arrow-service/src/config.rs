@@ -49,6 +49,10 @@ pub struct Config {
     /// Seconds a graceful stop waits before killing arrow-vmm.
     #[arg(long, default_value_t = 10)]
     pub stop_timeout: u64,
+    /// Warm arrow-vmm processes kept per template (0: none; clones then start with a
+    /// plain restore). A template can set its own (`pool_size`).
+    #[arg(long, env = "ARROWD_POOL_SIZE", default_value_t = 2)]
+    pub pool_size: u32,
     /// arrowd's log level (error, warn, info, debug, trace); RUST_LOG overrides it.
     #[arg(long, env = "ARROWD_LOG", default_value = "info")]
     pub log_level: String,

@@ -133,7 +133,7 @@ impl Db {
         })
     }
 
-    fn lock(&self) -> MutexGuard<'_, Connection> {
+    pub(crate) fn lock(&self) -> MutexGuard<'_, Connection> {
         // A poisoned lock only means another request panicked mid-call; the connection
         // itself is still consistent (SQLite rolled back any open transaction).
         self.conn.lock().unwrap_or_else(|p| p.into_inner())
@@ -142,6 +142,18 @@ impl Db {
     /// Inserts a new instance (state `created`) and records its image, in one transaction.
     /// The vsock CID is taken from the row number: `spec.vsock_cid` is filled in here.
     pub fn insert(&self, id: &str, name: &str, spec: &mut InstanceSpec, now: i64) -> Result<i64> {
+        self.insert_with_cid(id, name, spec, now, None)
+    }
+
+    /// [`Db::insert`], with a CID chosen beforehand (a warm-pool VMM already has its own).
+    pub fn insert_with_cid(
+        &self,
+        id: &str,
+        name: &str,
+        spec: &mut InstanceSpec,
+        now: i64,
+        cid: Option<u32>,
+    ) -> Result<i64> {
         let mut conn = self.lock();
         let tx = conn.transaction()?;
         let taken: bool = tx
@@ -161,7 +173,7 @@ impl Db {
             params![id, name, now],
         )?;
         let seq = tx.last_insert_rowid();
-        spec.vsock_cid = u32::try_from(seq + 2).unwrap_or(u32::MAX);
+        spec.vsock_cid = cid.unwrap_or_else(|| u32::try_from(seq + 2).unwrap_or(u32::MAX));
         let spec_json = serde_json::to_string(spec)
             .map_err(|e| Error::Internal(format!("cannot encode the instance spec: {e}")))?;
         tx.execute(

@@ -16,6 +16,7 @@ pub mod procfs;
 pub mod proxy;
 pub mod size;
 pub mod supervisor;
+pub mod templates;
 
 /// The OpenAPI document of the REST API, checked in as `arrow-service/openapi.json`.
 pub const OPENAPI_JSON: &str = include_str!("../openapi.json");

@@ -92,7 +92,8 @@ pub enum MemoryArg {
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CreateRequest {
-    /// Image reference (`name:tag`), digest or short ID.
+    /// Image reference (`name:tag`), digest or short ID; may be left out with `template`.
+    #[serde(default)]
     pub image: String,
     /// Unique name; default: generated from the ID.
     #[serde(default)]
@@ -112,6 +113,9 @@ pub struct CreateRequest {
     /// Exported ports.
     #[serde(default)]
     pub ports: Vec<PortMapping>,
+    /// Start as a clone of this template (image, args, env, memory and vCPUs come from it).
+    #[serde(default)]
+    pub template: Option<String>,
     /// Start right after creating.
     #[serde(default)]
     pub start: bool,
@@ -138,6 +142,10 @@ pub struct InstanceSpec {
     pub vsock_cid: u32,
     /// Guest kernel command line arrowd passes (without the VMM's host-compat flags).
     pub cmdline: String,
+    /// The template it was created from explicitly (`--template`): it always starts as a
+    /// clone of it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template: Option<String>,
 }
 
 /// An instance as the API shows it.
@@ -171,6 +179,9 @@ pub struct Instance {
     pub cgroup: Option<String>,
     /// What it runs.
     pub spec: InstanceSpec,
+    /// The template its current (or last) run was cloned from; null for a cold boot.
+    #[serde(default)]
+    pub clone: Option<crate::templates::model::CloneInfo>,
 }
 
 /// `POST /instances/{id}/wait`.

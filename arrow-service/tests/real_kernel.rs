@@ -1,7 +1,10 @@
-//! End to end with the real guest kernel: `actl run -p HOST:5000 vsock-echo` and bytes echoed
-//! through arrowd's port proxy → arrow-vmm's vsock → the app. One real boot (~25 s on
-//! nested-PVM hosts). The kernel is ARROW_TEST_KERNEL, or the cached build of
-//! guest-kernel/build.sh (built on first use).
+//! End to end with the real guest kernel: ONE boot, as a template of vsock-echo (snapshot at
+//! APP_READY: the app listens on vsock port 5000), then two clones of it — one with
+//! `--template`, taken from the warm pool, one that matches the template by image and
+//! settings — each with its own
+//! exported port; bytes are echoed through arrowd's port proxy → each clone's own vsock
+//! socket → the restored app. The boot takes ~25 s on nested-PVM hosts. The kernel is
+//! ARROW_TEST_KERNEL, or the cached build of guest-kernel/build.sh (built on first use).
 
 mod common;
 
@@ -10,8 +13,41 @@ use std::time::{Duration, Instant};
 
 use common::{stderr, stdout, Daemon};
 
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Echoes a line through the exported port, retrying while the clone's guest settles
+/// (it handles the vsock transport reset within seconds of the restore).
+fn echo(d: &Daemon, id: &str, port: u16) -> Duration {
+    let start = Instant::now();
+    let line = format!("ping {id}\n");
+    loop {
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "no echo from {id}; console:\n{}",
+            stdout(&d.actl(&["logs", id]))
+        );
+        if let Ok(mut c) = std::net::TcpStream::connect(("127.0.0.1", port)) {
+            c.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+            if c.write_all(line.as_bytes()).is_ok() {
+                let mut buf = vec![0u8; line.len()];
+                if c.read_exact(&mut buf).is_ok() {
+                    assert_eq!(buf, line.as_bytes());
+                    return start.elapsed();
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 #[test]
-fn vsock_echo_through_an_exported_port() {
+fn vsock_echo_through_exported_ports_of_clones() {
     let kernel = std::env::var_os("ARROW_TEST_KERNEL")
         .map(std::path::PathBuf::from)
         .unwrap_or_else(arrow_e2e::kernel)
@@ -22,37 +58,75 @@ fn vsock_echo_through_an_exported_port() {
         &kernel,
         "--kernel-cmdline",
         "console=ttyS0 reboot=k panic=-1",
+        "--pool-size",
+        "1",
     ]);
     let src = common::repo_root().join("examples/apps/vsock-echo");
     let store = asdk::Store::open(d.store_dir()).unwrap();
     asdk::build::build_into(&store, &src.join("vsock-echo.c"), &Default::default(), &[]).unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let publish = format!("{port}:5000");
-    let out = d.actl(&["run", "-d", "-p", &publish, "vsock-echo"]);
-    assert!(out.status.success(), "{}", stderr(&out));
-    let id = stdout(&out).trim().to_owned();
+
+    let t0 = Instant::now();
+    let out = d.actl(&["template", "create", "--name", "echo", "vsock-echo"]);
+    assert!(out.status.success(), "{}\n{}", stderr(&out), d.log());
+    let t = d.get("/templates/echo").unwrap();
+    assert_eq!(t["state"], "ready", "{t}");
+    assert_eq!(
+        t["spec"]["snapshot_at"], "ready",
+        "the image declares port 5000"
+    );
+    eprintln!(
+        "template: boot → snapshot {} ms (request {} ms), disk {}",
+        t["boot_to_snapshot_ms"],
+        t0.elapsed().as_millis(),
+        t["disk"]
+    );
+
+    // The first clone comes from the warm pool (one pooled arrow-vmm).
     let start = Instant::now();
-    loop {
+    while d.get("/templates/echo").unwrap()["pool"]["ready"] != 1 {
         assert!(
-            start.elapsed() < Duration::from_secs(240),
-            "no echo; console:\n{}",
-            stdout(&d.actl(&["logs", &id]))
+            start.elapsed() < Duration::from_secs(60),
+            "{}",
+            d.get("/templates/echo").unwrap()
         );
-        if let Ok(mut c) = std::net::TcpStream::connect(("127.0.0.1", port)) {
-            c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-            if c.write_all(b"ping\n").is_ok() {
-                let mut buf = [0u8; 5];
-                if c.read_exact(&mut buf).is_ok() {
-                    assert_eq!(&buf, b"ping\n");
-                    break;
-                }
-            }
-        }
-        std::thread::sleep(Duration::from_millis(500));
+        std::thread::sleep(Duration::from_millis(50));
     }
-    assert!(d.actl(&["rm", "-f", &id]).status.success());
+    let (p1, p2) = (free_port(), free_port());
+    let run = |args: &[&str]| {
+        let out = d.actl(args);
+        assert!(out.status.success(), "{}", stderr(&out));
+        stdout(&out).trim().to_owned()
+    };
+    let a = run(&[
+        "run",
+        "-d",
+        "--template",
+        "echo",
+        "-p",
+        &format!("{p1}:5000"),
+    ]);
+    let b = run(&["run", "-d", "-p", &format!("{p2}:5000"), "vsock-echo"]);
+    assert_eq!(
+        d.get(&format!("/instances/{a}")).unwrap()["clone"]["pooled"],
+        true
+    );
+    for (id, port) in [(&a, p1), (&b, p2)] {
+        let inst = d.get(&format!("/instances/{id}")).unwrap();
+        assert_eq!(inst["state"], "running", "{inst}");
+        assert_eq!(inst["clone"]["template"], "echo", "{inst}");
+        let first = echo(&d, id, port);
+        eprintln!(
+            "clone {id}: pooled {}, start {} µs (arrowd), first echo after {} ms",
+            inst["clone"]["pooled"],
+            inst["clone"]["start_us"],
+            first.as_millis()
+        );
+    }
+    let t = d.get("/templates/echo").unwrap();
+    assert_eq!(t["clones"].as_array().unwrap().len(), 2, "{t}");
+    eprintln!("sharing with 2 clones: {}", t["sharing"]);
+    for id in [&a, &b] {
+        assert!(d.actl(&["rm", "-f", id]).status.success());
+    }
+    assert!(d.actl(&["template", "rm", "echo"]).status.success());
 }

@@ -3,6 +3,7 @@
 mod error;
 mod images;
 mod instances;
+mod templates;
 
 use std::sync::Arc;
 
@@ -37,6 +38,11 @@ pub fn router(sup: Arc<Supervisor>) -> Router {
         .route("/instances/{id}/kill", post(instances::kill))
         .route("/instances/{id}/wait", post(instances::wait))
         .route("/instances/{id}/logs", get(instances::logs))
+        .route("/templates", get(templates::list).post(templates::create))
+        .route(
+            "/templates/{name}",
+            get(templates::inspect).delete(templates::delete),
+        )
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(sup.clone(), count_requests))
@@ -136,6 +142,6 @@ mod tests {
             );
             n += 1;
         }
-        assert!(n >= 13, "{n}");
+        assert!(n >= 15, "{n}");
     }
 }

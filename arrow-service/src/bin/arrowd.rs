@@ -104,6 +104,7 @@ async fn run(cfg: Config) -> Result<()> {
     }
     let sup = Supervisor::new(cfg.clone(), db, store, cgroups);
     sup.recover().await?;
+    sup.start_templates().await?;
 
     let unix = bind_unix(&cfg.socket).await?;
     tracing::info!(socket = %cfg.socket.display(), "arrowd listening");

@@ -14,7 +14,7 @@ use crate::client::Endpoint;
 use crate::clock::ago;
 use crate::model::{ImageInfo, Instance, PortMapping, State, WaitResponse};
 
-fn parse_env(items: &[String]) -> Result<BTreeMap<String, String>> {
+pub(super) fn parse_env(items: &[String]) -> Result<BTreeMap<String, String>> {
     items
         .iter()
         .map(|kv| {
@@ -47,7 +47,7 @@ fn create_body(c: &CreateArgs, start: bool) -> Result<Value> {
         .map(|p| parse_publish(p))
         .collect::<Result<Vec<_>>>()?;
     let mut body = json!({
-        "image": c.image,
+        "image": c.image.clone().unwrap_or_default(),
         "env": parse_env(&c.env)?,
         "ports": ports,
         "start": start,
@@ -64,10 +64,13 @@ fn create_body(c: &CreateArgs, start: bool) -> Result<Value> {
     if let Some(n) = &c.name {
         body["name"] = json!(n);
     }
+    if let Some(t) = &c.template {
+        body["template"] = json!(t);
+    }
     Ok(body)
 }
 
-fn path_of(id: &str, action: &str) -> String {
+pub(super) fn path_of(id: &str, action: &str) -> String {
     let id: String = id
         .bytes()
         .map(|b| {
@@ -121,7 +124,7 @@ fn ports_text(ports: &[PortMapping]) -> String {
         .join(", ")
 }
 
-fn print_json<T: serde::Serialize>(v: &T) -> Result<()> {
+pub(super) fn print_json<T: serde::Serialize>(v: &T) -> Result<()> {
     println!("{}", serde_json::to_string_pretty(v)?);
     Ok(())
 }
@@ -282,6 +285,7 @@ pub async fn run(cli: Cli) -> Result<i32> {
             })
             .await
         }
+        Command::Template { command } => super::template::run(ep, command).await,
         Command::Images { quiet, output } => {
             let list: Vec<ImageInfo> = ep.json(Method::GET, "/images", None).await?;
             if quiet {
@@ -323,7 +327,7 @@ fn short_digest(d: &str) -> String {
 }
 
 /// Parses our own RFC 3339 output back to ms (for "x minutes ago").
-fn parse_ms(text: &str) -> i64 {
+pub(super) fn parse_ms(text: &str) -> i64 {
     let n =
         |r: std::ops::Range<usize>| text.get(r).and_then(|s| s.parse::<i64>().ok()).unwrap_or(0);
     let (y, m, d) = (n(0..4), n(5..7), n(8..10));
@@ -339,7 +343,7 @@ fn parse_ms(text: &str) -> i64 {
 }
 
 /// Runs `f` for each instance like docker: errors are printed, the exit code is 1 if any failed.
-async fn each<F, Fut>(ids: &[String], f: F) -> Result<i32>
+pub(super) async fn each<F, Fut>(ids: &[String], f: F) -> Result<i32>
 where
     F: Fn(String) -> Fut,
     Fut: std::future::Future<Output = Result<()>>,

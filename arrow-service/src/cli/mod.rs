@@ -2,6 +2,7 @@
 
 mod commands;
 mod table;
+mod template;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
@@ -40,8 +41,9 @@ pub enum Output {
 /// Instance creation flags shared by `run` and `create`.
 #[derive(Debug, Args)]
 pub struct CreateArgs {
-    /// Image reference (name:tag), digest or short ID.
-    pub image: String,
+    /// Image reference (name:tag), digest or short ID (optional with --template).
+    #[arg(required_unless_present = "template")]
+    pub image: Option<String>,
     /// Arguments for the app (replace the image's).
     #[arg(trailing_var_arg = true)]
     pub args: Vec<String>,
@@ -60,6 +62,73 @@ pub struct CreateArgs {
     /// Instance name.
     #[arg(long)]
     pub name: Option<String>,
+    /// Start as a clone of this template (see `actl template`).
+    #[arg(long)]
+    pub template: Option<String>,
+}
+
+/// `actl template` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum TemplateCommand {
+    /// Boot an image once and snapshot it as a template; prints the template ID.
+    Create {
+        /// Template name.
+        #[arg(long)]
+        name: String,
+        /// Image reference (name:tag), digest or short ID.
+        image: String,
+        /// Arguments for the app (replace the image's).
+        #[arg(trailing_var_arg = true)]
+        args: Vec<String>,
+        /// Environment variable KEY=VALUE (repeatable).
+        #[arg(short = 'e', long = "env", value_name = "KEY=VALUE")]
+        env: Vec<String>,
+        /// Guest memory, e.g. 256M or 1G.
+        #[arg(short = 'm', long)]
+        memory: Option<String>,
+        /// Number of vCPUs.
+        #[arg(long)]
+        cpus: Option<u8>,
+        /// Snapshot point: ready (APP_READY), started (APP_STARTED) or delay (--delay-ms
+        /// after the spawn); default: ready if the image declares ports or readiness.
+        #[arg(long, value_parser = ["ready", "started", "delay"])]
+        snapshot_at: Option<String>,
+        /// Milliseconds to wait after the snapshot point (with delay: after the spawn).
+        #[arg(long)]
+        delay_ms: Option<u64>,
+        /// Seconds to wait for the snapshot point.
+        #[arg(long)]
+        timeout: Option<u64>,
+        /// Warm VMMs kept for this template (default: arrowd's --pool-size).
+        #[arg(long)]
+        pool_size: Option<u32>,
+    },
+    /// List templates.
+    #[command(alias = "list")]
+    Ls {
+        /// Only print names.
+        #[arg(short = 'q', long)]
+        quiet: bool,
+        /// Output format.
+        #[arg(short = 'o', long, value_enum, default_value = "table")]
+        output: Output,
+    },
+    /// Show templates as JSON (size on disk, clones, page sharing, pool).
+    Inspect {
+        /// Template names or IDs.
+        #[arg(required = true)]
+        templates: Vec<String>,
+    },
+    /// Remove templates (refused while clones run, unless -f: they are killed).
+    #[command(alias = "remove")]
+    Rm {
+        /// Kill running clones first.
+        #[arg(short = 'f', long)]
+        force: bool,
+        /// Template names or IDs.
+        #[arg(required = true)]
+        templates: Vec<String>,
+    },
 }
 
 /// actl's subcommands.
@@ -148,6 +217,12 @@ pub enum Command {
         /// Instance IDs or names.
         #[arg(required = true)]
         instances: Vec<String>,
+    },
+    /// Manage templates (snapshotted VMs that instances start from as clones).
+    Template {
+        /// The template command.
+        #[command(subcommand)]
+        command: TemplateCommand,
     },
     /// List images in the store.
     Images {

@@ -1,5 +1,6 @@
 //! `create`: validates a request against the image and records a new instance.
 
+use std::collections::BTreeMap;
 use std::io::Read;
 use std::sync::Arc;
 
@@ -16,7 +17,7 @@ use crate::size::{parse_mib, MAX_MEMORY_MIB, MIN_MEMORY_MIB};
 pub const MAX_VCPUS: u8 = 32;
 
 /// Maps an image-store error to an API error with what to do.
-pub(super) fn image_error(reference: &str, e: StoreError) -> Error {
+pub(crate) fn image_error(reference: &str, e: StoreError) -> Error {
     match e {
         StoreError::NotFound(_) => Error::NotFound(format!(
             "image {reference:?} not found: build it with `asdk build`, import it with `asdk import`, or pick one from `actl images`"
@@ -26,7 +27,8 @@ pub(super) fn image_error(reference: &str, e: StoreError) -> Error {
     }
 }
 
-fn check_name(name: &str) -> Result<()> {
+/// Checks an instance's or template's (`what`) name.
+pub(crate) fn check_name(name: &str, what: &str) -> Result<()> {
     let ok = !name.is_empty()
         && name.len() <= 64
         && name.starts_with(|c: char| c.is_ascii_alphanumeric())
@@ -37,7 +39,7 @@ fn check_name(name: &str) -> Result<()> {
         Ok(())
     } else {
         Err(Error::Invalid(format!(
-            "bad instance name {name:?}: use 1-64 letters, digits, '_', '.' or '-', starting with a letter or digit"
+            "bad {what} name {name:?}: use 1-64 letters, digits, '_', '.' or '-', starting with a letter or digit"
         )))
     }
 }
@@ -65,7 +67,7 @@ fn memory(arg: &MemoryArg) -> Result<u32> {
 }
 
 /// 16 hex digits from the kernel's random source.
-fn new_id() -> Result<String> {
+pub(crate) fn new_id() -> Result<String> {
     let mut b = [0u8; 8];
     std::fs::File::open("/dev/urandom")
         .and_then(|mut f| f.read_exact(&mut b))
@@ -101,42 +103,72 @@ impl Supervisor {
         Ok(())
     }
 
-    /// Creates an instance (and starts it when `req.start`).
-    pub async fn create(self: &Arc<Self>, req: CreateRequest) -> Result<Instance> {
-        if req.image.trim().is_empty() {
+    /// Resolves an image and the request's overrides into what a VM runs.
+    pub(crate) fn resolve(
+        &self,
+        image_ref: &str,
+        vcpus: Option<u8>,
+        memory_arg: Option<&MemoryArg>,
+        env: &BTreeMap<String, String>,
+        args: Option<&Vec<String>>,
+    ) -> Result<Resolved> {
+        if image_ref.trim().is_empty() {
             return Err(Error::Invalid(
                 "no image given: set \"image\" to a reference such as hello:latest (see `actl images`)".into(),
             ));
         }
         let image = self
             .store
-            .image(&req.image)
-            .map_err(|e| image_error(&req.image, e))?;
-        let vcpus = req.vcpus.unwrap_or(image.spec.vcpus);
+            .image(image_ref)
+            .map_err(|e| image_error(image_ref, e))?;
+        let vcpus = vcpus.unwrap_or(image.spec.vcpus);
         if vcpus == 0 || vcpus > MAX_VCPUS {
             return Err(Error::Invalid(format!(
                 "bad vCPU count {vcpus}: give 1 to {MAX_VCPUS} (--cpus)"
             )));
         }
-        let memory_mib = match &req.memory {
+        let memory_mib = match memory_arg {
             Some(m) => memory(m)?,
             None => image.spec.memory_mib,
         };
         let mut spec = image.spec.clone();
-        for (k, v) in &req.env {
+        for (k, v) in env {
             check_env_key(k)?;
             spec.env.insert(k.clone(), v.clone());
         }
-        if let Some(args) = &req.args {
+        if let Some(args) = args {
             spec.args = args.clone();
         }
         let app_cmdline = spec
             .kernel_cmdline()
             .map_err(|e| Error::Invalid(format!("{e}; change the value")))?;
-        let id = new_id()?;
+        Ok(Resolved {
+            image,
+            vcpus,
+            memory_mib,
+            env: spec.env,
+            args: spec.args,
+            app_cmdline,
+        })
+    }
+
+    /// Creates an instance (and starts it when `req.start`).
+    pub async fn create(self: &Arc<Self>, mut req: CreateRequest) -> Result<Instance> {
+        let template = match req.template.clone() {
+            Some(t) => Some(self.template_defaults(&mut req, &t)?),
+            None => None,
+        };
+        let r = self.resolve(
+            &req.image,
+            req.vcpus,
+            req.memory.as_ref(),
+            &req.env,
+            req.args.as_ref(),
+        )?;
+        let mut id = new_id()?;
         let name = match &req.name {
             Some(n) => {
-                check_name(n)?;
+                check_name(n, "instance")?;
                 n.clone()
             }
             None => format!("arrow-{}", &id[..8]),
@@ -144,24 +176,78 @@ impl Supervisor {
         self.check_ports(&req.ports)?;
         let mut ispec = InstanceSpec {
             image: req.image.clone(),
-            image_digest: image.digest.to_string(),
-            vcpus,
-            memory_mib,
-            env: spec.env.clone(),
-            args: spec.args.clone(),
+            image_digest: r.image.digest.to_string(),
+            vcpus: r.vcpus,
+            memory_mib: r.memory_mib,
+            env: r.env,
+            args: r.args,
             ports: req.ports.clone(),
             vsock_cid: 0,
             cmdline: format!(
-                "{} arrow.hostname={name} {app_cmdline}",
-                self.cfg.kernel_cmdline
+                "{} arrow.hostname={name} {}",
+                self.cfg.kernel_cmdline, r.app_cmdline
             ),
+            template: template.as_ref().map(|t| t.name.clone()),
         };
-        self.db.insert(&id, &name, &mut ispec, now_ms())?;
-        tracing::info!(instance = %id, %name, image = %req.image, "created");
+        if let Some(t) = &template {
+            self.check_template_fits(t, &ispec)?;
+        }
+        // A start that will be a clone takes a warm VMM now: the instance gets its ID,
+        // run directory and CID.
+        let slot = if req.start {
+            self.pool_slot_for(template.as_ref(), &ispec)
+        } else {
+            None
+        };
+        if let Some(s) = &slot {
+            id = s.id.clone();
+        }
+        let name = match &req.name {
+            Some(n) => n.clone(),
+            None => format!("arrow-{}", &id[..8]),
+        };
+        if req.name.is_none() {
+            ispec.cmdline = format!(
+                "{} arrow.hostname={name} {}",
+                self.cfg.kernel_cmdline, r.app_cmdline
+            );
+        }
+        if let Err(e) = self.db.insert_with_cid(
+            &id,
+            &name,
+            &mut ispec,
+            now_ms(),
+            slot.as_ref().map(|s| s.cid),
+        ) {
+            if let Some(s) = slot {
+                self.templates.put_back(s);
+            }
+            return Err(e);
+        }
+        if let Some(s) = slot {
+            self.templates.claim(s);
+        }
+        tracing::info!(instance = %id, %name, image = %ispec.image, "created");
         self.changed();
         if req.start {
             return self.start(&id).await;
         }
         self.inspect(&id)
     }
+}
+
+/// An image plus a request's overrides.
+pub(crate) struct Resolved {
+    /// The image.
+    pub image: asdk::Image,
+    /// vCPUs.
+    pub vcpus: u8,
+    /// Memory, MiB.
+    pub memory_mib: u32,
+    /// Whole environment.
+    pub env: BTreeMap<String, String>,
+    /// Arguments after argv[0].
+    pub args: Vec<String>,
+    /// The app's part of the kernel command line.
+    pub app_cmdline: String,
 }

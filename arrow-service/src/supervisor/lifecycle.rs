@@ -13,32 +13,18 @@ use crate::model::{Instance, State, WaitResponse};
 use crate::{cgroup, procfs, proxy};
 
 impl Supervisor {
-    /// Starts a created or finished instance; a running one is left alone.
+    /// Starts a created or finished instance; a running one is left alone. An instance
+    /// that names a template, or matches a ready one, starts as a clone of it.
     pub async fn start(self: &Arc<Self>, reference: &str) -> Result<Instance> {
         let rec = self.db.find(reference)?;
         if rec.state.is_active() {
             return Ok(self.view(&rec));
         }
-        let kernel = self.cfg.kernel_path();
-        if !kernel.is_file() {
-            return Err(Error::Internal(format!(
-                "arrowd's guest kernel {} does not exist: restart arrowd with --kernel PATH (build one with guest-kernel/build.sh)",
-                kernel.display()
-            )));
-        }
-        let image = self
-            .store
-            .image_by_digest(&rec.spec.image_digest.parse().map_err(|_| {
-                Error::Internal(format!(
-                    "stored image digest {:?} is damaged",
-                    rec.spec.image_digest
-                ))
-            })?)
-            .map_err(|e| image_error(&rec.spec.image, e))?;
-        let initrd = self
-            .store
-            .initrd_path(&image)
-            .map_err(|e| image_error(&rec.spec.image, e))?;
+        let template = self.template_for(&rec)?;
+        let boot = match template {
+            Some(_) => None,
+            None => Some(self.boot_files(&rec)?),
+        };
         let run_dir = self.run_dir(&rec.id);
         std::fs::create_dir_all(&run_dir).map_err(|e| {
             Error::Internal(format!(
@@ -60,22 +46,30 @@ impl Supervisor {
             )));
         }
         self.changed();
-        let _ = std::fs::remove_file(run_dir.join(REPORT));
-        let _ = std::fs::remove_file(&vsock);
-        let _ = std::fs::remove_file(run_dir.join(API_SOCK));
         let cg = self
             .cgroups
             .create(&rec.id, rec.spec.vcpus, rec.spec.memory_mib);
-        match self.spawn(&rec, &kernel, &initrd, cg.as_ref().map(|(_, p)| p.clone())) {
-            Ok((child, pid, start)) => {
+        let cg_procs = cg.as_ref().map(|(_, p)| p.clone());
+        let spawned = match (&boot, &template) {
+            (Some((kernel, initrd)), _) => {
+                self.clean_run_dir(&run_dir);
+                self.spawn(&rec, kernel, initrd, cg_procs)
+                    .map(|(child, pid, start)| (child, pid, start, None))
+            }
+            (None, Some(t)) => self.start_clone(&rec, t, cg_procs).await,
+            (None, None) => Err(std::io::Error::other("no way to start it")),
+        };
+        match spawned {
+            Ok((child, pid, start, clone)) => {
                 let cg_dir = cg.map(|(d, _)| d.display().to_string());
                 self.db
                     .set_running(&rec.id, pid, start, cg_dir.as_deref())?;
+                self.record_clone(&rec.id, clone.as_ref());
                 self.set_proxies(&rec.id, Some(proxies));
                 self.metrics.start();
-                tracing::info!(instance = %rec.id, pid, "started");
+                tracing::info!(instance = %rec.id, pid, template = clone.as_ref().map(|c| c.template.as_str()), "started");
                 self.changed();
-                self.monitor_child(rec.id.clone(), child);
+                self.monitor_child(rec.id.clone(), child, clone.is_none());
                 self.inspect(&rec.id)
             }
             Err(e) => {
@@ -94,6 +88,38 @@ impl Supervisor {
         }
     }
 
+    /// The kernel and the image's initrd for a cold boot.
+    fn boot_files(&self, rec: &Record) -> Result<(std::path::PathBuf, std::path::PathBuf)> {
+        let kernel = self.cfg.kernel_path();
+        if !kernel.is_file() {
+            return Err(Error::Internal(format!(
+                "arrowd's guest kernel {} does not exist: restart arrowd with --kernel PATH (build one with guest-kernel/build.sh)",
+                kernel.display()
+            )));
+        }
+        let image = self
+            .store
+            .image_by_digest(&rec.spec.image_digest.parse().map_err(|_| {
+                Error::Internal(format!(
+                    "stored image digest {:?} is damaged",
+                    rec.spec.image_digest
+                ))
+            })?)
+            .map_err(|e| image_error(&rec.spec.image, e))?;
+        let initrd = self
+            .store
+            .initrd_path(&image)
+            .map_err(|e| image_error(&rec.spec.image, e))?;
+        Ok((kernel, initrd))
+    }
+
+    /// Removes the previous run's report and sockets.
+    pub(crate) fn clean_run_dir(&self, run_dir: &std::path::Path) {
+        let _ = std::fs::remove_file(run_dir.join(REPORT));
+        let _ = std::fs::remove_file(run_dir.join(VSOCK_SOCK));
+        let _ = std::fs::remove_file(run_dir.join(API_SOCK));
+    }
+
     fn spawn(
         &self,
         rec: &Record,
@@ -102,37 +128,56 @@ impl Supervisor {
         cgroup_procs: Option<std::ffi::CString>,
     ) -> std::io::Result<(tokio::process::Child, i32, u64)> {
         let run_dir = self.run_dir(&rec.id);
+        let mut args: Vec<std::ffi::OsString> = vec![
+            "run".into(),
+            "--kernel".into(),
+            kernel.into(),
+            "--initrd".into(),
+            initrd.into(),
+            "--cmdline".into(),
+            rec.spec.cmdline.clone().into(),
+            "--memory".into(),
+            format!("{}M", rec.spec.memory_mib).into(),
+            "--vcpus".into(),
+            rec.spec.vcpus.to_string().into(),
+        ];
+        if !rec.spec.ports.is_empty() {
+            args.extend([
+                "--vsock-cid".into(),
+                rec.spec.vsock_cid.to_string().into(),
+                "--vsock-uds".into(),
+                VSOCK_SOCK.into(),
+            ]);
+        }
+        self.spawn_vmm(&run_dir, args, cgroup_procs)
+    }
+
+    /// Spawns arrow-vmm with `args` plus the run directory's console, report, control
+    /// socket and log, in its own process group (and cgroup).
+    pub(crate) fn spawn_vmm(
+        &self,
+        run_dir: &std::path::Path,
+        args: Vec<std::ffi::OsString>,
+        cgroup_procs: Option<std::ffi::CString>,
+    ) -> std::io::Result<(tokio::process::Child, i32, u64)> {
         let stderr = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(run_dir.join(VMM_LOG))?;
         let mut cmd = tokio::process::Command::new(self.cfg.vmm_path());
-        cmd.arg("run")
-            .arg("--kernel")
-            .arg(kernel)
-            .arg("--initrd")
-            .arg(initrd)
-            .arg("--cmdline")
-            .arg(&rec.spec.cmdline)
-            .arg("--memory")
-            .arg(format!("{}M", rec.spec.memory_mib))
-            .arg("--vcpus")
-            .arg(rec.spec.vcpus.to_string())
+        cmd.args(args)
             .arg("--console")
             .arg(run_dir.join(CONSOLE_LOG))
             .arg("--log-level")
             .arg("info")
             .arg("--report")
             .arg(run_dir.join(REPORT))
+            // Relative to the run directory (arrow-vmm's working directory): a Unix
+            // socket path is limited to 107 bytes, and arrow-vmm binds it through a
+            // longer temporary path.
             .arg("--api-sock")
-            .arg(run_dir.join(API_SOCK));
-        if !rec.spec.ports.is_empty() {
-            cmd.arg("--vsock-cid")
-                .arg(rec.spec.vsock_cid.to_string())
-                .arg("--vsock-uds")
-                .arg(run_dir.join(VSOCK_SOCK));
-        }
-        cmd.current_dir(&run_dir)
+            .arg(API_SOCK);
+        cmd.current_dir(run_dir)
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(Stdio::null())

@@ -2,7 +2,7 @@
 //! its own run directory (and cgroup), watches it, and re-adopts running VMMs after an
 //! arrowd restart.
 
-mod create;
+pub(crate) mod create;
 mod lifecycle;
 mod logs;
 mod monitor;
@@ -38,12 +38,14 @@ pub const VSOCK_SOCK: &str = "vsock.sock";
 
 /// Shared state of arrowd.
 pub struct Supervisor {
-    cfg: Config,
-    db: Db,
-    store: asdk::Store,
+    pub(crate) cfg: Config,
+    pub(crate) db: Db,
+    pub(crate) store: asdk::Store,
     /// Counters for `/metrics`.
     pub metrics: Metrics,
-    cgroups: Cgroups,
+    pub(crate) cgroups: Cgroups,
+    /// Templates' runtime state (warm pools).
+    pub(crate) templates: crate::templates::Templates,
     changes: watch::Sender<u64>,
     proxies: Mutex<HashMap<String, Proxies>>,
     stopping: Mutex<HashSet<String>>,
@@ -59,6 +61,7 @@ impl Supervisor {
             store,
             metrics: Metrics::default(),
             cgroups,
+            templates: crate::templates::Templates::default(),
             changes,
             proxies: Mutex::new(HashMap::new()),
             stopping: Mutex::new(HashSet::new()),
@@ -80,16 +83,16 @@ impl Supervisor {
         self.cgroups.enabled()
     }
 
-    fn run_dir(&self, id: &str) -> PathBuf {
+    pub(crate) fn run_dir(&self, id: &str) -> PathBuf {
         self.cfg.run_root().join(id)
     }
 
     /// Wakes everyone waiting for a state change.
-    fn changed(&self) {
+    pub(crate) fn changed(&self) {
         self.changes.send_modify(|g| *g = g.wrapping_add(1));
     }
 
-    fn set_proxies(&self, id: &str, p: Option<Proxies>) {
+    pub(crate) fn set_proxies(&self, id: &str, p: Option<Proxies>) {
         let mut map = self.proxies.lock().unwrap_or_else(|e| e.into_inner());
         match p {
             Some(p) => {
@@ -127,6 +130,7 @@ impl Supervisor {
             run_dir: self.run_dir(&r.id).display().to_string(),
             cgroup: r.cgroup.clone(),
             spec: r.spec.clone(),
+            clone: crate::templates::db::clone_of(&self.db, &r.id).unwrap_or(None),
         }
     }
 

@@ -32,13 +32,19 @@ fn app_started(run_dir: &Path) -> bool {
 }
 
 impl Supervisor {
-    /// Watches a child arrowd spawned itself.
-    pub(super) fn monitor_child(self: &Arc<Self>, id: String, mut child: tokio::process::Child) {
+    /// Watches a child arrowd spawned itself. `track_latency`: record spawn → APP_STARTED
+    /// as the start latency (a clone's was recorded when it started).
+    pub(crate) fn monitor_child(
+        self: &Arc<Self>,
+        id: String,
+        mut child: tokio::process::Child,
+        track_latency: bool,
+    ) {
         let sup = Arc::clone(self);
         tokio::spawn(async move {
             let run_dir = sup.run_dir(&id);
             let spawned = Instant::now();
-            let mut latency_known = false;
+            let mut latency_known = !track_latency;
             let mut tick = tokio::time::interval(Duration::from_millis(20));
             let status = loop {
                 tokio::select! {
@@ -70,7 +76,7 @@ impl Supervisor {
         });
     }
 
-    fn record_latency(&self, id: &str, elapsed: Duration) {
+    pub(crate) fn record_latency(&self, id: &str, elapsed: Duration) {
         let ms = elapsed.as_millis() as u64;
         self.metrics.start_latency(ms);
         if let Err(e) = self.db.set_start_latency(id, ms as i64) {

@@ -20,6 +20,8 @@
  *   clonetest        wait until the notify device reports a clone nonce, then
  *                    show a memory cell, write the nonce into it, read it back
  *   idle             sleep in HLT with interrupts on, forever (an idle app)
+ *   cloneidle        wait until cloned, print "clone gen G nonce N cid C" (C from
+ *                    the vsock device's config space), then idle like `idle`
  *   virtio           read the identification registers of the virtio-mmio
  *                    device at 0xd0000000
  *   pmem             for each virtio-pmem device: print its config window,
@@ -248,6 +250,21 @@ static void clonetest(void) {
     }
 }
 
+/* A long-running clone that says who it is once, then sleeps. */
+static void cloneidle(void) {
+    puts("waiting to be cloned\n");
+    while (!clone_nonce()) delay(1000);
+    volatile u32 *vsock_config = (volatile u32 *)0xd0000100UL;
+    puts("clone gen ");
+    putu(clone_generation());
+    puts(" nonce ");
+    puthex(clone_nonce());
+    puts(" cid ");
+    putu(vsock_config[0]);
+    putc('\n');
+    for (;;) __asm__ volatile("sti; hlt");
+}
+
 struct idt_ptr { u16 limit; u64 base; } __attribute__((packed));
 
 void guest_main(const u8 *zp) {
@@ -273,6 +290,7 @@ void guest_main(const u8 *zp) {
     }
     if ((v = find_word(cl, "tick="))) tick(parse_u(v));
     if (find_word(cl, "clonetest")) clonetest();
+    if (find_word(cl, "cloneidle")) cloneidle();
     if (find_word(cl, "idle")) {
         puts("idle\n");
         for (;;) __asm__ volatile("sti; hlt");

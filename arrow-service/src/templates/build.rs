@@ -1,0 +1,243 @@
+//! `POST /templates`: boot the image once, wait for the snapshot point, snapshot, shut
+//! the VM down, and keep the snapshot read-only.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::clone::vmm_api;
+use super::model::{SnapshotPoint, Template, TemplateRequest, TemplateSpec};
+use super::{db, identity, pool, TEMPLATE_CID_BASE};
+use crate::clock::now_ms;
+use crate::error::{Error, Result};
+use crate::supervisor::create::{check_name, new_id};
+use crate::supervisor::{Supervisor, API_SOCK, CONSOLE_LOG, VSOCK_SOCK};
+
+/// Default bound on boot → snapshot point (a real guest kernel boots in ~25 s on
+/// nested-virtualization hosts, 2-3x more under load).
+const DEFAULT_TIMEOUT_S: u64 = 300;
+
+/// The last lines of a file, for error messages.
+fn tail(path: &Path, lines: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+impl Supervisor {
+    /// Creates a template from an image; returns once it is ready (or failed).
+    pub async fn create_template(self: &Arc<Self>, req: TemplateRequest) -> Result<Template> {
+        check_name(&req.name, "template")?;
+        let r = self.resolve(
+            &req.image,
+            req.vcpus,
+            req.memory.as_ref(),
+            &req.env,
+            req.args.as_ref(),
+        )?;
+        let declares_ready =
+            !r.image.spec.ports.is_empty() || r.image.spec.readiness != asdk::Readiness::Started;
+        let snapshot_at = req.snapshot_at.unwrap_or(if declares_ready {
+            SnapshotPoint::Ready
+        } else {
+            SnapshotPoint::Started
+        });
+        if snapshot_at == SnapshotPoint::Delay && req.delay_ms.is_none() {
+            return Err(Error::Invalid(
+                "snapshot_at \"delay\" needs delay_ms: the time after the VM's spawn to take the snapshot".into(),
+            ));
+        }
+        let initrd = self
+            .store
+            .initrd_path(&r.image)
+            .map_err(|e| crate::supervisor::create::image_error(&req.image, e))?;
+        let kernel_path = self.cfg.kernel_path();
+        let kernel = tokio::task::spawn_blocking(move || identity::kernel_identity(&kernel_path))
+            .await
+            .map_err(|e| Error::Internal(format!("kernel hash task failed: {e}")))??;
+        let id = new_id()?;
+        let mut spec = TemplateSpec {
+            image: req.image.clone(),
+            image_digest: r.image.digest.to_string(),
+            vcpus: r.vcpus,
+            memory_mib: r.memory_mib,
+            env: r.env,
+            args: r.args,
+            base_cmdline: self.cfg.kernel_cmdline.clone(),
+            cmdline: format!(
+                "{} arrow.hostname={} {}",
+                self.cfg.kernel_cmdline, req.name, r.app_cmdline
+            ),
+            kernel,
+            snapshot_at,
+            delay_ms: req.delay_ms.unwrap_or(0),
+            pool_size: req.pool_size,
+            vsock_cid: 0,
+        };
+        db::insert(&self.db, &id, &req.name, &mut spec, now_ms(), |seq| {
+            TEMPLATE_CID_BASE.saturating_add(u32::try_from(seq).unwrap_or(u32::MAX))
+        })?;
+        tracing::info!(template = %req.name, %id, image = %req.image, point = snapshot_at.as_str(), "creating template");
+        // Its own task: a client that hangs up does not leave a half-made template VM.
+        let sup = Arc::clone(self);
+        let timeout = Duration::from_secs(req.timeout_s.unwrap_or(DEFAULT_TIMEOUT_S));
+        let (tid, tspec) = (id.clone(), spec.clone());
+        let built =
+            tokio::spawn(async move { sup.build_snapshot(&tid, &tspec, &initrd, timeout).await })
+                .await
+                .map_err(|e| Error::Internal(format!("template task failed: {e}")))?;
+        match built {
+            Ok(ms) => {
+                db::set_ready(&self.db, &id, ms)?;
+                tracing::info!(template = %req.name, %id, boot_to_snapshot_ms = ms, "template ready");
+                self.templates.wake();
+            }
+            Err(e) => {
+                db::set_failed(&self.db, &id, &e.to_string())?;
+                tracing::warn!(template = %req.name, %id, "template failed: {e}");
+                return Err(e);
+            }
+        }
+        self.inspect_template(&id)
+    }
+
+    /// Boots the template VM and snapshots it into the template directory; returns the
+    /// spawn → snapshot time in ms.
+    async fn build_snapshot(
+        &self,
+        id: &str,
+        spec: &TemplateSpec,
+        initrd: &Path,
+        timeout: Duration,
+    ) -> Result<i64> {
+        let build = self.build_root().join(id);
+        let dir = self.template_dir(id);
+        std::fs::create_dir_all(&build)
+            .map_err(|e| Error::Internal(format!("cannot create {}: {e}", build.display())))?;
+        let args = vec![
+            "run".into(),
+            "--kernel".into(),
+            spec.kernel.path.clone().into(),
+            "--initrd".into(),
+            initrd.into(),
+            "--cmdline".into(),
+            spec.cmdline.clone().into(),
+            "--memory".into(),
+            format!("{}M", spec.memory_mib).into(),
+            "--vcpus".into(),
+            spec.vcpus.to_string().into(),
+            "--vsock-cid".into(),
+            spec.vsock_cid.to_string().into(),
+            "--vsock-uds".into(),
+            VSOCK_SOCK.into(),
+            // The control API may only write snapshots under the templates directory.
+            "--snapshot-dir".into(),
+            self.templates_root().into(),
+        ];
+        let t0 = Instant::now();
+        let (mut child, pid, start) = self.spawn_vmm(&build, args, None).map_err(|e| {
+            Error::Internal(format!(
+                "cannot start arrow-vmm {}: {e}; check arrowd's --vmm option",
+                self.cfg.vmm_path().display()
+            ))
+        })?;
+        let result = self
+            .snapshot_when_ready(&mut child, &build, &dir, spec, t0, timeout)
+            .await;
+        // Whatever happened, the template VM goes away.
+        if tokio::time::timeout(Duration::from_secs(10), child.wait())
+            .await
+            .is_err()
+        {
+            crate::procfs::signal(pid, start, libc::SIGKILL);
+            let _ = child.wait().await;
+        }
+        let _ = std::fs::remove_file(build.join(API_SOCK));
+        let _ = std::fs::remove_file(build.join(VSOCK_SOCK));
+        match result {
+            Ok(ms) => {
+                pool::make_read_only(&dir);
+                Ok(ms)
+            }
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&dir);
+                Err(e)
+            }
+        }
+    }
+
+    async fn snapshot_when_ready(
+        &self,
+        child: &mut tokio::process::Child,
+        build: &Path,
+        dir: &Path,
+        spec: &TemplateSpec,
+        t0: Instant,
+        timeout: Duration,
+    ) -> Result<i64> {
+        let sock = build.join(API_SOCK);
+        let console = build.join(CONSOLE_LOG);
+        let fail = |what: String| {
+            Error::Internal(format!(
+                "{what}; last console lines:\n{}\n(see {})",
+                tail(&console, 10),
+                console.display()
+            ))
+        };
+        loop {
+            if let Ok(Some(st)) = child.try_wait() {
+                return Err(fail(format!(
+                    "the template VM stopped ({st}) before its snapshot point ({}); vmm log: {}",
+                    spec.snapshot_at.as_str(),
+                    tail(&build.join(crate::supervisor::VMM_LOG), 3)
+                )));
+            }
+            if t0.elapsed() > timeout {
+                let hint = match spec.snapshot_at {
+                    SnapshotPoint::Ready => "; an app that never listens on vsock needs snapshot_at \"started\" or \"delay\"",
+                    _ => "",
+                };
+                let _ = vmm_api(&sock, hyper::Method::PUT, "/vm/shutdown", None).await;
+                return Err(fail(format!(
+                    "the template VM did not reach its snapshot point ({}) within {} s{hint}",
+                    spec.snapshot_at.as_str(),
+                    timeout.as_secs()
+                )));
+            }
+            let reached = match spec.snapshot_at {
+                SnapshotPoint::Delay => t0.elapsed() >= Duration::from_millis(spec.delay_ms),
+                point => match vmm_api(&sock, hyper::Method::GET, "/vm", None).await {
+                    Ok(v) if point == SnapshotPoint::Ready => !v["app_ready_ms"].is_null(),
+                    Ok(v) => !v["app_started_ms"].is_null(),
+                    Err(_) => false,
+                },
+            };
+            if reached {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        if spec.snapshot_at != SnapshotPoint::Delay && spec.delay_ms > 0 {
+            tokio::time::sleep(Duration::from_millis(spec.delay_ms)).await;
+        }
+        let call = |method, path: &'static str, body| {
+            let sock = sock.clone();
+            async move {
+                vmm_api(&sock, method, path, body)
+                    .await
+                    .map_err(|e| fail(format!("{path} on the template VM failed: {e}")))
+            }
+        };
+        call(hyper::Method::PUT, "/vm/pause", None).await?;
+        let snap = call(
+            hyper::Method::PUT,
+            "/vm/snapshot",
+            Some(serde_json::json!({ "dir": dir })),
+        )
+        .await?;
+        let ms = t0.elapsed().as_millis() as i64;
+        tracing::info!(dir = %dir.display(), ms, pages = %snap["memory_pages_written"], "template snapshot written");
+        call(hyper::Method::PUT, "/vm/shutdown", None).await?;
+        Ok(ms)
+    }
+}

@@ -1,0 +1,106 @@
+//! Starting an instance as a clone: hand a warm-pool VMM its `PUT /vm/start`, or (pool
+//! empty, pooled VMM dead) spawn `arrow-vmm restore --clone` from the template directory.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use http_body_util::BodyExt;
+use hyper::Method;
+use serde_json::Value;
+
+use super::db::TemplateRecord;
+use super::model::CloneInfo;
+use crate::client::{ClientError, Endpoint};
+use crate::db::Record;
+use crate::supervisor::{Supervisor, API_SOCK, VSOCK_SOCK};
+
+/// One bounded request to an arrow-vmm control socket; the JSON answer or why not.
+pub(super) async fn vmm_api(
+    sock: &Path,
+    method: Method,
+    path: &str,
+    body: Option<Value>,
+) -> Result<Value, String> {
+    let ep = Endpoint::Unix(sock.to_path_buf());
+    let call = async {
+        let resp = ep
+            .send(method, path, body.map(|b| b.to_string().into_bytes()))
+            .await?;
+        let bytes = resp.into_body().collect().await?.to_bytes();
+        Ok::<_, ClientError>(serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+    };
+    match tokio::time::timeout(Duration::from_secs(10), call).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(ClientError::Api { status, message })) => Err(format!("{status}: {message}")),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(format!("{} did not answer {path} in 10 s", sock.display())),
+    }
+}
+
+/// A started VMM: child, PID, PID start time, and how it was cloned.
+pub(crate) type Started = (tokio::process::Child, i32, u64, Option<CloneInfo>);
+
+impl Supervisor {
+    /// Starts `rec` as a clone of `t`: from its claimed warm VMM if it has one, else with
+    /// a plain `restore --clone`. Returns once the VM runs (or its VMM ended).
+    pub(crate) async fn start_clone(
+        &self,
+        rec: &Record,
+        t: &TemplateRecord,
+        cgroup_procs: Option<std::ffi::CString>,
+    ) -> std::io::Result<Started> {
+        let run_dir = self.run_dir(&rec.id);
+        let info = |pooled, t0: Instant| CloneInfo {
+            template: t.name.clone(),
+            template_id: t.id.clone(),
+            pooled,
+            start_us: Some(t0.elapsed().as_micros() as i64),
+        };
+        if let Some(mut slot) = self.templates.take_claimed(&rec.id) {
+            let t0 = Instant::now();
+            match vmm_api(&run_dir.join(API_SOCK), Method::PUT, "/vm/start", None).await {
+                Ok(_) => {
+                    let ci = info(true, t0);
+                    self.templates.count_hit(&t.id);
+                    self.record_latency(&rec.id, t0.elapsed());
+                    return Ok((slot.child, slot.pid, slot.start, Some(ci)));
+                }
+                Err(e) => {
+                    let why = format!("pooled VMM {} did not start: {e}", slot.pid);
+                    tracing::warn!(instance = %rec.id, "{why}; falling back to a plain restore");
+                    self.templates.count_miss(&t.id, Some(why));
+                    crate::procfs::signal(slot.pid, slot.start, libc::SIGKILL);
+                    let _ = tokio::time::timeout(Duration::from_secs(5), slot.child.wait()).await;
+                }
+            }
+        }
+        self.clean_run_dir(&run_dir);
+        let args = vec![
+            "restore".into(),
+            "--from".into(),
+            self.template_dir(&t.id).into(),
+            "--clone".into(),
+            "--vsock-cid".into(),
+            rec.spec.vsock_cid.to_string().into(),
+            "--vsock-uds".into(),
+            VSOCK_SOCK.into(),
+        ];
+        let t0 = Instant::now();
+        let (mut child, pid, start) = self.spawn_vmm(&run_dir, args, cgroup_procs)?;
+        // The reply says "running" only once the restored VM runs.
+        let sock = run_dir.join(API_SOCK);
+        while t0.elapsed() < Duration::from_secs(10) {
+            if matches!(child.try_wait(), Ok(Some(_))) {
+                break;
+            }
+            if let Ok(v) = vmm_api(&sock, Method::GET, "/vm", None).await {
+                if v["state"] == "running" {
+                    break;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        self.record_latency(&rec.id, t0.elapsed());
+        Ok((child, pid, start, Some(info(false, t0))))
+    }
+}
