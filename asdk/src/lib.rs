@@ -22,6 +22,7 @@ pub mod elf;
 pub mod image;
 pub mod oci;
 pub mod reference;
+pub mod registry;
 pub mod spec;
 pub mod store;
 

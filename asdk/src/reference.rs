@@ -1,4 +1,6 @@
-//! Image references `NAME[:TAG]`, as docker and podman write them (local names only for now).
+//! Image references `NAME[:TAG]`, as docker and podman write them. A name may start with a
+//! registry host (`localhost:5000/hello`, `registry.example.com/team/app`), as pulled images
+//! are stored under their full reference.
 
 use std::fmt;
 use std::str::FromStr;
@@ -80,7 +82,14 @@ pub fn validate_name(name: &str) -> Result<(), String> {
     if name.is_empty() || name.len() > 255 {
         return Err(format!("the name must be 1 to 255 characters; {HINT}"));
     }
-    for component in name.split('/') {
+    let mut components = name.split('/').peekable();
+    if let Some(first) = components.peek() {
+        if name.contains('/') && is_registry_host(first) {
+            validate_host(first)?;
+            components.next();
+        }
+    }
+    for component in components {
         let bytes = component.as_bytes();
         let ok = !bytes.is_empty()
             && bytes[0].is_ascii_alphanumeric()
@@ -94,6 +103,41 @@ pub fn validate_name(name: &str) -> Result<(), String> {
         if !ok {
             return Err(format!("bad name component '{component}': {HINT}"));
         }
+    }
+    Ok(())
+}
+
+/// Whether the first component of a name is a registry host rather than a path component, by
+/// docker's rule: it contains a `.` or a `:`, or is `localhost`.
+pub fn is_registry_host(component: &str) -> bool {
+    component.contains('.') || component.contains(':') || component == "localhost"
+}
+
+/// Checks a registry host: DNS labels (letters, digits, inner '-') joined by '.', or an IPv4
+/// address, optionally with `:PORT`.
+fn validate_host(host: &str) -> Result<(), String> {
+    let bad = || {
+        format!("bad registry host '{host}': use HOST or HOST:PORT, e.g. localhost:5000 or registry.example.com")
+    };
+    let (name, port) = match host.rsplit_once(':') {
+        Some((name, port)) => (name, Some(port)),
+        None => (host, None),
+    };
+    if let Some(port) = port {
+        if port.is_empty() || port.len() > 5 || !port.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(bad());
+        }
+    }
+    let label_ok = |l: &str| {
+        let b = l.as_bytes();
+        !b.is_empty()
+            && b.len() <= 63
+            && b[0].is_ascii_alphanumeric()
+            && b[b.len() - 1].is_ascii_alphanumeric()
+            && b.iter().all(|c| c.is_ascii_alphanumeric() || *c == b'-')
+    };
+    if name.is_empty() || !name.split('.').all(label_ok) {
+        return Err(bad());
     }
     Ok(())
 }
@@ -145,6 +189,25 @@ mod tests {
         assert_eq!(r.to_string(), "hello:latest");
         let r: Reference = "team/vsock-echo:1.0".parse().unwrap();
         assert_eq!((r.name(), r.tag()), ("team/vsock-echo", "1.0"));
+    }
+
+    #[test]
+    fn names_may_start_with_a_registry_host() {
+        let r: Reference = "localhost:5000/hello:1".parse().unwrap();
+        assert_eq!((r.name(), r.tag()), ("localhost:5000/hello", "1"));
+        let r: Reference = "127.0.0.1:5000/team/app".parse().unwrap();
+        assert_eq!((r.name(), r.tag()), ("127.0.0.1:5000/team/app", "latest"));
+        let r: Reference = "Registry.Example.com/app:v2".parse().unwrap();
+        assert_eq!(r.name(), "Registry.Example.com/app");
+        for s in [
+            "localhost:/a",
+            "localhost:5x/a",
+            "-bad.com/a",
+            "a.b..c/x",
+            "host:5000/Up",
+        ] {
+            assert!(s.parse::<Reference>().is_err(), "{s}");
+        }
     }
 
     #[test]

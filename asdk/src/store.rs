@@ -196,6 +196,71 @@ impl Store {
         Ok(bytes)
     }
 
+    /// Whether an intact copy of the blob is in the store (its content is re-hashed).
+    pub fn has_blob(&self, digest: &Digest) -> bool {
+        fs::File::open(self.blob_path(digest))
+            .and_then(Digest::of_reader)
+            .is_ok_and(|d| d == *digest)
+    }
+
+    /// The store's directory for temporary files (same filesystem as the blobs). Downloads
+    /// in progress live here (`asdk pull` resumes them).
+    pub fn tmp_dir(&self) -> PathBuf {
+        self.root.join("tmp")
+    }
+
+    /// Adds an image whose blobs were downloaded to files (e.g. under [`Store::tmp_dir`]):
+    /// each file is re-hashed and must match its digest, then moved into place; then the
+    /// manifest is written and each reference pointed at it. Nothing is written unless every
+    /// file matches and the manifest and spec parse.
+    pub fn add_downloaded(
+        &self,
+        manifest_bytes: &[u8],
+        blob_files: &[(Digest, PathBuf)],
+        refs: &[Reference],
+    ) -> Result<Digest> {
+        let digest = Digest::of(manifest_bytes);
+        let manifest = Manifest::parse(manifest_bytes, &digest.to_string())?;
+        let config = manifest.config.digest;
+        let spec_bytes = match blob_files.iter().find(|(d, _)| *d == config) {
+            Some((_, path)) => fs::read(path).map_err(io(path))?,
+            None => self.read_blob(&config)?,
+        };
+        let spec: Spec = serde_json::from_slice(&spec_bytes).map_err(|e| ImageError::NotArrow {
+            what: digest.to_string(),
+            reason: format!("spec is not valid JSON: {e}"),
+        })?;
+        spec.validate()
+            .map_err(|source| ImageError::Spec { digest, source })?;
+        for (d, path) in blob_files {
+            let actual = File::open(path)
+                .and_then(Digest::of_reader)
+                .map_err(io(path))?;
+            if actual != *d {
+                return Err(StoreError::Corrupted {
+                    digest: *d,
+                    path: path.clone(),
+                    actual,
+                });
+            }
+        }
+        let _lock = self.lock(false)?;
+        for (d, path) in blob_files {
+            let target = self.blob_path(d);
+            fs::set_permissions(path, fs::Permissions::from_mode(0o444)).map_err(io(path))?;
+            File::open(path)
+                .and_then(|f| f.sync_all())
+                .map_err(io(path))?;
+            fs::rename(path, &target).map_err(io(&target))?;
+        }
+        self.put_blob(manifest_bytes)?;
+        self.image_by_digest(&digest)?;
+        for r in refs {
+            self.set_ref(r, &digest)?;
+        }
+        Ok(digest)
+    }
+
     /// Writes a blob atomically (temp file + rename) unless an intact copy exists; returns its digest.
     pub fn put_blob(&self, bytes: &[u8]) -> Result<Digest> {
         let digest = Digest::of(bytes);

@@ -27,7 +27,9 @@ pub fn router(sup: Arc<Supervisor>) -> Router {
         .route("/info", get(info))
         .route("/metrics", get(metrics))
         .route("/images", get(images::list))
-        .route("/images/{reference}", get(images::inspect))
+        .route("/images/pull", post(images::pull))
+        // Pulled images are named REGISTRY/REPOSITORY:TAG: the reference spans segments.
+        .route("/images/{*reference}", get(images::inspect))
         .route("/instances", get(instances::list).post(instances::create))
         .route(
             "/instances/{id}",
@@ -136,6 +138,9 @@ mod tests {
             let Some(path) = chunk.split('"').nth(1).filter(|p| p.starts_with('/')) else {
                 continue;
             };
+            // A catch-all `{*name}` is documented as the parameter `{name}`.
+            let path = path.replace("{*", "{");
+            let path = path.as_str();
             assert!(
                 doc["paths"].get(path).is_some(),
                 "{path} missing from openapi.json"

@@ -286,6 +286,25 @@ pub async fn run(cli: Cli) -> Result<i32> {
             .await
         }
         Command::Template { command } => super::template::run(ep, command).await,
+        Command::Pull {
+            reference,
+            creds,
+            insecure,
+        } => {
+            let mut body = serde_json::json!({ "reference": reference, "insecure": insecure });
+            if let Some(c) = creds {
+                let Some((u, p)) = c.split_once(':') else {
+                    anyhow::bail!("--creds wants USER:PASSWORD");
+                };
+                body["username"] = u.into();
+                body["password"] = p.into();
+            }
+            eprintln!("Pulling {reference} (arrowd)");
+            let pulled: serde_json::Value =
+                ep.json(Method::POST, "/images/pull", Some(&body)).await?;
+            println!("{}", pulled["digest"].as_str().unwrap_or_default());
+            Ok(0)
+        }
         Command::Images { quiet, output } => {
             let list: Vec<ImageInfo> = ep.json(Method::GET, "/images", None).await?;
             if quiet {

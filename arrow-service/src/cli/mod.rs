@@ -224,6 +224,17 @@ pub enum Command {
         #[command(subcommand)]
         command: TemplateCommand,
     },
+    /// Pull an image from an OCI registry into arrowd's store.
+    Pull {
+        /// REGISTRY/REPOSITORY[:TAG] or REGISTRY/REPOSITORY@sha256:HEX.
+        reference: String,
+        /// Credentials USER:PASSWORD [default: arrowd's auth files].
+        #[arg(long, env = "ACTL_REGISTRY_CREDS", hide_env_values = true)]
+        creds: Option<String>,
+        /// Reach the registry over plain HTTP (loopback registries always are).
+        #[arg(long)]
+        insecure: bool,
+    },
     /// List images in the store.
     Images {
         /// Only print image IDs.

@@ -109,7 +109,67 @@ pub fn run(cli: Cli) -> Result<()> {
             let refs = parse_refs(&tags)?;
             import(&open()?, &file, &refs)
         }
+        Command::Push {
+            image,
+            destination,
+            registry,
+            output,
+        } => {
+            let store = open()?;
+            let opts = registry_options(&registry)?;
+            let pushed = runtime()?
+                .block_on(asdk::registry::push(&store, &image, &destination, &opts))
+                .with_context(|| format!("cannot push {image} to {destination}"))?;
+            match output {
+                Output::Json => outln!("{}", serde_json::to_string_pretty(&pushed)?),
+                Output::Table => outln!("{}", pushed.digest),
+            }
+            Ok(())
+        }
+        Command::Pull {
+            reference,
+            registry,
+            output,
+        } => {
+            let store = open()?;
+            let opts = registry_options(&registry)?;
+            let pulled = runtime()?
+                .block_on(asdk::registry::pull(&store, &reference, &opts))
+                .with_context(|| format!("cannot pull {reference}"))?;
+            match output {
+                Output::Json => outln!("{}", serde_json::to_string_pretty(&pulled)?),
+                Output::Table => outln!("{}", pulled.digest),
+            }
+            Ok(())
+        }
     }
+}
+
+fn registry_options(args: &super::RegistryArgs) -> Result<asdk::registry::RegistryOptions> {
+    use asdk::registry::{Credentials, ProgressMode, RegistryOptions};
+    let credentials = match (&args.creds, &args.registry_token) {
+        (Some(c), _) => Some(Credentials::parse_user_pass(c)?),
+        (None, Some(t)) => Some(Credentials::Bearer(t.clone())),
+        (None, None) => None,
+    };
+    Ok(RegistryOptions {
+        credentials,
+        auth_file: args.authfile.clone(),
+        insecure_registries: args.insecure.clone(),
+        progress: if args.quiet {
+            ProgressMode::Quiet
+        } else {
+            ProgressMode::Auto
+        },
+        retries: None,
+    })
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
 }
 
 fn parse_refs(tags: &[String]) -> Result<Vec<Reference>> {

@@ -121,6 +121,68 @@ pub enum Command {
         #[arg(short = 't', long = "tag", value_name = "NAME:TAG")]
         tags: Vec<String>,
     },
+    /// Upload an image to an OCI registry
+    ///
+    /// Blobs the registry already has are not uploaded again. The manifest is sent byte for
+    /// byte, so the registry's digest is the local image ID. Prints the digest on stdout.
+    Push {
+        /// Local image: reference (NAME[:TAG]), digest or ID prefix
+        image: String,
+        /// Destination REGISTRY/REPOSITORY[:TAG], e.g. localhost:5000/hello:1
+        destination: String,
+        #[command(flatten)]
+        registry: RegistryArgs,
+        /// Result format
+        #[arg(long, value_enum, default_value_t = Output::Table)]
+        output: Output,
+    },
+    /// Download an image from an OCI registry into the store
+    ///
+    /// The image is stored under its full reference (REGISTRY/REPOSITORY:TAG), as docker
+    /// does; every blob is verified by digest before anything is stored, blobs the store
+    /// has are skipped, and an interrupted pull resumes where it stopped. Prints the image ID.
+    Pull {
+        /// REGISTRY/REPOSITORY[:TAG] or REGISTRY/REPOSITORY@sha256:HEX
+        reference: String,
+        #[command(flatten)]
+        registry: RegistryArgs,
+        /// Result format
+        #[arg(long, value_enum, default_value_t = Output::Table)]
+        output: Output,
+    },
+}
+
+/// Registry access flags shared by push and pull.
+#[derive(Debug, clap::Args)]
+pub struct RegistryArgs {
+    /// Credentials USER:PASSWORD [default: from the auth file]
+    #[arg(
+        long,
+        env = "ASDK_REGISTRY_CREDS",
+        value_name = "USER:PASSWORD",
+        hide_env_values = true
+    )]
+    pub creds: Option<String>,
+    /// Bearer token sent as is (instead of --creds)
+    #[arg(
+        long,
+        env = "ASDK_REGISTRY_TOKEN",
+        value_name = "TOKEN",
+        hide_env_values = true,
+        conflicts_with = "creds"
+    )]
+    pub registry_token: Option<String>,
+    /// Docker-style config.json / podman auth.json with credentials
+    /// [default: $REGISTRY_AUTH_FILE, $XDG_RUNTIME_DIR/containers/auth.json, ~/.docker/config.json]
+    #[arg(long, value_name = "FILE")]
+    pub authfile: Option<PathBuf>,
+    /// Reach this registry (HOST[:PORT]) over plain HTTP; loopback registries always are
+    /// (repeatable)
+    #[arg(long = "insecure-registry", value_name = "HOST[:PORT]")]
+    pub insecure: Vec<String>,
+    /// No progress output
+    #[arg(short, long)]
+    pub quiet: bool,
 }
 
 /// Runs the parsed command.
