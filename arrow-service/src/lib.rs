@@ -8,6 +8,7 @@ pub mod cli;
 pub mod client;
 pub mod clock;
 pub mod config;
+pub mod cores;
 pub mod db;
 pub mod error;
 pub mod metrics;

@@ -119,6 +119,11 @@ pub struct CreateRequest {
     /// Start right after creating.
     #[serde(default)]
     pub start: bool,
+    /// Keep app core dumps: the guest kernel sends the ELF core of any app process killed
+    /// by a core-dumping signal, stored as `core.<pid>` in the run directory (cold boots
+    /// only, not clones of templates).
+    #[serde(default)]
+    pub core_dumps: bool,
 }
 
 /// What an instance runs, fixed at creation (stored as JSON).
@@ -146,6 +151,9 @@ pub struct InstanceSpec {
     /// clone of it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub template: Option<String>,
+    /// App core dumps are kept (`core.<pid>` in the run directory).
+    #[serde(default)]
+    pub core_dumps: bool,
 }
 
 /// An instance as the API shows it.
@@ -182,6 +190,23 @@ pub struct Instance {
     /// The template its current (or last) run was cloned from; null for a cold boot.
     #[serde(default)]
     pub clone: Option<crate::templates::model::CloneInfo>,
+    /// App core dumps in the run directory (newest last); download them with
+    /// `GET /instances/{id}/cores/{name}` or `actl cp ID:NAME DEST`.
+    #[serde(default)]
+    pub cores: Vec<CoreFile>,
+}
+
+/// An app core dump an instance left.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CoreFile {
+    /// File name, `core.<pid>` (guest PID).
+    pub name: String,
+    /// Bytes.
+    pub size: u64,
+    /// Host path.
+    pub path: String,
+    /// When it was written (RFC 3339).
+    pub created_at: String,
 }
 
 /// `POST /instances/{id}/wait`.

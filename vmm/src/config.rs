@@ -46,6 +46,8 @@ pub struct VmConfig {
     /// virtio-pmem devices, in the order the guest numbers them
     /// (/dev/pmem0, /dev/pmem1, ...).
     pub pmem: Vec<PmemConfig>,
+    /// App core dumps to the host (off when `None`).
+    pub core_dumps: Option<crate::devices::coredump::CoreDumpConfig>,
 }
 
 /// A virtio-pmem device: a host file the guest sees as persistent memory.

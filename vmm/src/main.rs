@@ -141,6 +141,13 @@ struct RunArgs {
     /// /dev/pmem0, /dev/pmem1, ... in this order.
     #[arg(long, value_name = "PATH[,ro|rw]")]
     pmem: Vec<PmemConfig>,
+    /// Store app core dumps here as core.<pid> (off by default): the guest kernel sends
+    /// the ELF core of any app process killed by a core-dumping signal.
+    #[arg(long, value_name = "DIR")]
+    core_dir: Option<PathBuf>,
+    /// Largest core file accepted (the guest kernel is given the same limit).
+    #[arg(long, value_name = "SIZE", default_value = "64M", value_parser = parse_size, requires = "core_dir")]
+    core_max: u64,
     #[command(flatten)]
     serve: ServeArgs,
 }
@@ -177,6 +184,12 @@ fn run(args: RunArgs, start: Instant) -> anyhow::Result<i32> {
             _ => None,
         },
         pmem: args.pmem,
+        core_dumps: args
+            .core_dir
+            .map(|dir| arrow_vmm::devices::coredump::CoreDumpConfig {
+                dir,
+                max_bytes: args.core_max,
+            }),
     };
     // Stop signals are read from a signalfd by the event loop; block them
     // before any thread exists so every thread inherits the mask.

@@ -22,6 +22,7 @@ use crate::arch::{cpuid, mptable};
 use crate::config::{ConsoleSink, VmConfig};
 use crate::device_manager::{DeviceError, DeviceManager, DeviceRestoreParams};
 use crate::devices::bus::{Bus, BusError};
+use crate::devices::coredump::{self, CoreWriter};
 use crate::devices::legacy::{
     SerialDevice, COM1_IRQ, COM1_PORT, I8042, I8042_LEN, I8042_PORT, SERIAL_LEN,
 };
@@ -218,6 +219,8 @@ pub struct Vm {
     console_is_stdout: bool,
     /// A pooled VM's template state, loaded on `PUT /vm/start`.
     pending: Option<PendingTemplate>,
+    /// Writes app core dumps (when enabled).
+    cores: Option<CoreWriter>,
 }
 
 /// KVM VM with irqchip and PIT, as every VM needs them.
@@ -279,6 +282,7 @@ struct Parts {
     lifecycle: Arc<Lifecycle>,
     console_is_stdout: bool,
     pending: Option<PendingTemplate>,
+    cores: Option<CoreWriter>,
 }
 
 /// MSRs a snapshot must carry, and whether XCRs exist on this host.
@@ -309,7 +313,10 @@ impl Vm {
         for p in &config.pmem {
             devices.add_pmem(&vm, &mem, p)?;
         }
-        let cmdline = devices.add_to_cmdline(&host.adapt_cmdline(&config.cmdline));
+        let mut cmdline = devices.add_to_cmdline(&host.adapt_cmdline(&config.cmdline));
+        if let Some(c) = &config.core_dumps {
+            cmdline = crate::config::insert_kernel_param(&cmdline, &coredump::kernel_param(c));
+        }
         tracing::debug!(?host, %cmdline, "guest command line");
         let (entry, kernel_end) = boot::load_kernel(&mem, &config.kernel, config.boot_protocol)?;
         let initrd = match &config.initrd {
@@ -325,13 +332,15 @@ impl Vm {
             serial_irq.try_clone().map_err(host_err("eventfd"))?,
             console_writer(&config.console)?,
         );
-        let legacy = legacy_devices(
-            &vm,
-            &lifecycle,
-            serial,
-            &serial_irq,
-            NotifyDevice::new(lifecycle.clone()),
-        )?;
+        let mut notify = NotifyDevice::new(lifecycle.clone());
+        let mut cores = None;
+        if let Some(c) = &config.core_dumps {
+            let (collector, writer) =
+                coredump::channel(c, mem.clone()).map_err(host_err("eventfd"))?;
+            notify = notify.with_core_dumps(collector);
+            cores = Some(writer);
+        }
+        let legacy = legacy_devices(&vm, &lifecycle, serial, &serial_irq, notify)?;
 
         let base_cpuid = kvm
             .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
@@ -370,6 +379,7 @@ impl Vm {
                 lifecycle,
                 console_is_stdout: config.console == ConsoleSink::Stdout,
                 pending: None,
+                cores,
             },
         )
     }
@@ -400,6 +410,7 @@ impl Vm {
             lifecycle: p.lifecycle,
             console_is_stdout: p.console_is_stdout,
             pending: p.pending,
+            cores: p.cores,
         })
     }
 
@@ -519,6 +530,7 @@ impl Vm {
                 lifecycle,
                 console_is_stdout: config.console == ConsoleSink::Stdout,
                 pending,
+                cores: None,
             },
         )
     }
@@ -534,6 +546,10 @@ impl Vm {
         em.add_subscriber(Arc::new(Mutex::new(signals)) as Subscriber);
         for sub in self.devices.subscribers() {
             em.add_subscriber(sub);
+        }
+        let cores = self.cores.take().map(|w| Arc::new(Mutex::new(w)));
+        if let Some(w) = &cores {
+            em.add_subscriber(w.clone() as Subscriber);
         }
         if self.console_is_stdout {
             if let Some(input) = ConsoleInput::from_tty_stdin(self.serial.clone()) {
@@ -608,6 +624,10 @@ impl Vm {
         }
         // Dropping the event manager closes the control socket (and removes it).
         drop(em);
+        // A core sent just before the app's exit may still wait for the writer.
+        if let Some(w) = &cores {
+            w.lock().unwrap_or_else(|e| e.into_inner()).drain();
+        }
         let reason = self
             .lifecycle
             .reason()

@@ -115,3 +115,48 @@ pub async fn logs(
     let body = Body::from_stream(stream.map(|r| r.map(axum::body::Bytes::from)));
     Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], body).into_response())
 }
+
+/// `GET /instances/{id}/cores/{name}`: an app core dump (`core.<pid>`), as a download.
+pub async fn core(State(s): Sup, Path((id, name)): Path<(String, String)>) -> ApiResult<Response> {
+    let inst = s.inspect(&id)?;
+    let path = crate::cores::path(std::path::Path::new(&inst.run_dir), &name).ok_or_else(|| {
+        Error::NotFound(format!(
+            "instance {id} has no core dump {name:?}; `actl inspect {id}` lists its cores"
+        ))
+    })?;
+    let file = tokio::fs::File::open(&path)
+        .await
+        .map_err(|e| Error::Internal(format!("cannot open {}: {e}", path.display())))?;
+    let len = file.metadata().await.map(|m| m.len()).unwrap_or(0);
+    let body = Body::from_stream(tokio_util_stream(file));
+    Ok((
+        [
+            (header::CONTENT_TYPE, "application/octet-stream".to_string()),
+            (header::CONTENT_LENGTH, len.to_string()),
+            (
+                header::CONTENT_DISPOSITION,
+                format!("attachment; filename=\"{name}\""),
+            ),
+        ],
+        body,
+    )
+        .into_response())
+}
+
+/// A file as a stream of chunks (64 KiB reads).
+fn tokio_util_stream(
+    file: tokio::fs::File,
+) -> impl futures_util::Stream<Item = std::io::Result<axum::body::Bytes>> {
+    futures_util::stream::unfold(file, |mut f| async move {
+        use tokio::io::AsyncReadExt;
+        let mut buf = vec![0u8; 64 * 1024];
+        match f.read(&mut buf).await {
+            Ok(0) => None,
+            Ok(n) => {
+                buf.truncate(n);
+                Some((Ok(axum::body::Bytes::from(buf)), f))
+            }
+            Err(e) => Some((Err(e), f)),
+        }
+    })
+}

@@ -40,6 +40,7 @@ pub fn router(sup: Arc<Supervisor>) -> Router {
         .route("/instances/{id}/kill", post(instances::kill))
         .route("/instances/{id}/wait", post(instances::wait))
         .route("/instances/{id}/logs", get(instances::logs))
+        .route("/instances/{id}/cores/{name}", get(instances::core))
         .route("/templates", get(templates::list).post(templates::create))
         .route(
             "/templates/{name}",

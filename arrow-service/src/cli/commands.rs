@@ -67,6 +67,9 @@ fn create_body(c: &CreateArgs, start: bool) -> Result<Value> {
     if let Some(t) = &c.template {
         body["template"] = json!(t);
     }
+    if c.core_dumps {
+        body["core_dumps"] = json!(true);
+    }
     Ok(body)
 }
 
@@ -286,6 +289,29 @@ pub async fn run(cli: Cli) -> Result<i32> {
             .await
         }
         Command::Template { command } => super::template::run(ep, command).await,
+        Command::Cp { source, dest } => {
+            let Some((id, name)) = source.split_once(':') else {
+                anyhow::bail!("give the source as INSTANCE:NAME, e.g. web:core.1");
+            };
+            let path = path_of(id, &format!("/cores/{name}"));
+            let resp = ep.send(Method::GET, &path, None).await?;
+            let bytes = http_body_util::BodyExt::collect(resp.into_body())
+                .await?
+                .to_bytes();
+            if dest == "-" {
+                use std::io::Write;
+                std::io::stdout().write_all(&bytes)?;
+            } else {
+                let mut target = std::path::PathBuf::from(&dest);
+                if target.is_dir() {
+                    target.push(name);
+                }
+                std::fs::write(&target, &bytes)
+                    .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", target.display()))?;
+                eprintln!("{} bytes -> {}", bytes.len(), target.display());
+            }
+            Ok(0)
+        }
         Command::Pull {
             reference,
             creds,

@@ -65,6 +65,9 @@ pub struct CreateArgs {
     /// Start as a clone of this template (see `actl template`).
     #[arg(long)]
     pub template: Option<String>,
+    /// Keep app core dumps (core.<pid> in the run directory; `actl cp ID:core.<pid> .`).
+    #[arg(long)]
+    pub core_dumps: bool,
 }
 
 /// `actl template` subcommands.
@@ -223,6 +226,14 @@ pub enum Command {
         /// The template command.
         #[command(subcommand)]
         command: TemplateCommand,
+    },
+    /// Copy a file out of an instance: ID:core.<pid> (an app core dump) to DEST (a file, a
+    /// directory, or - for stdout).
+    Cp {
+        /// ID:NAME, e.g. web:core.1.
+        source: String,
+        /// Destination file or directory, or -.
+        dest: String,
     },
     /// Pull an image from an OCI registry into arrowd's store.
     Pull {

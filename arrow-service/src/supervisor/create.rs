@@ -188,8 +188,15 @@ impl Supervisor {
                 self.cfg.kernel_cmdline, r.app_cmdline
             ),
             template: template.as_ref().map(|t| t.name.clone()),
+            core_dumps: req.core_dumps,
         };
         if let Some(t) = &template {
+            if ispec.core_dumps {
+                return Err(Error::Invalid(format!(
+                    "core_dumps needs a cold boot; instances cloned from template {} cannot send cores (leave out template)",
+                    t.name
+                )));
+            }
             self.check_template_fits(t, &ispec)?;
         }
         // A start that will be a clone takes a warm VMM now: the instance gets its ID,

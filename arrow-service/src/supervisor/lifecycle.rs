@@ -141,6 +141,9 @@ impl Supervisor {
             "--vcpus".into(),
             rec.spec.vcpus.to_string().into(),
         ];
+        if rec.spec.core_dumps {
+            args.extend(["--core-dir".into(), run_dir.clone().into()]);
+        }
         if !rec.spec.ports.is_empty() {
             args.extend([
                 "--vsock-cid".into(),

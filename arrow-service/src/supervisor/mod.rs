@@ -131,6 +131,7 @@ impl Supervisor {
             cgroup: r.cgroup.clone(),
             spec: r.spec.clone(),
             clone: crate::templates::db::clone_of(&self.db, &r.id).unwrap_or(None),
+            cores: crate::cores::list(&self.run_dir(&r.id)),
         }
     }
 

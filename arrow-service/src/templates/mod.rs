@@ -163,6 +163,10 @@ impl Supervisor {
     }
 
     fn matching_template(&self, s: &InstanceSpec) -> Option<TemplateRecord> {
+        // A template's kernel was not told to send cores: such instances boot cold.
+        if s.core_dumps {
+            return None;
+        }
         let list = match db::list(&self.db) {
             Ok(l) => l,
             Err(e) => {

@@ -1,6 +1,7 @@
 //! Device models: legacy port-I/O devices and virtio devices.
 
 pub mod bus;
+pub mod coredump;
 pub mod legacy;
 pub mod notify;
 pub mod virtio;

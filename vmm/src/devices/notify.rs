@@ -5,6 +5,7 @@
 use std::sync::Arc;
 
 use super::bus::BusDevice;
+use super::coredump::CoreCollector;
 use crate::exit::StopReason;
 use crate::lifecycle::Lifecycle;
 
@@ -18,6 +19,8 @@ pub const EVENT_APP_STARTED: u8 = 0x01;
 pub const EVENT_APP_READY: u8 = 0x02;
 pub const EVENT_APP_EXITED: u8 = 0x03;
 pub const EVENT_GUEST_PANIC: u8 = 0x04;
+/// A chunk of an app core dump; payload = page frame of its descriptor (see `coredump`).
+pub const EVENT_CORE_CHUNK: u8 = 0x06;
 
 /// A decoded notify event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -26,6 +29,7 @@ pub enum NotifyEvent {
     AppReady { port: u32 },
     AppExited { status: u8, signal: bool },
     GuestPanic,
+    CoreChunk { pfn: u32 },
     Unknown { event: u8, payload: u32 },
 }
 
@@ -42,6 +46,7 @@ impl NotifyEvent {
                 signal: payload & 0x100 != 0,
             },
             EVENT_GUEST_PANIC => NotifyEvent::GuestPanic,
+            EVENT_CORE_CHUNK => NotifyEvent::CoreChunk { pfn: payload },
             event => NotifyEvent::Unknown { event, payload },
         }
     }
@@ -58,6 +63,8 @@ pub struct NotifyDevice {
     lifecycle: Arc<Lifecycle>,
     generation: u32,
     nonce: u32,
+    /// Set when core dumps are enabled for this VM (`--core-dir`).
+    cores: Option<CoreCollector>,
 }
 
 impl NotifyDevice {
@@ -66,7 +73,14 @@ impl NotifyDevice {
             lifecycle,
             generation: 0,
             nonce: 0,
+            cores: None,
         }
+    }
+
+    /// Accepts core dumps (CORE_CHUNK events) into `collector`.
+    pub fn with_core_dumps(mut self, collector: CoreCollector) -> Self {
+        self.cores = Some(collector);
+        self
     }
 
     /// A device for a restored VM.
@@ -75,6 +89,7 @@ impl NotifyDevice {
             lifecycle,
             generation,
             nonce,
+            cores: None,
         }
     }
 
@@ -82,7 +97,7 @@ impl NotifyDevice {
         self.generation
     }
 
-    fn handle(&self, event: NotifyEvent) {
+    fn handle(&mut self, event: NotifyEvent) {
         match event {
             NotifyEvent::AppStarted => {
                 let t = self.lifecycle.mark_app_started();
@@ -104,6 +119,12 @@ impl NotifyDevice {
                 tracing::warn!("GUEST_PANIC: the guest kernel panicked");
                 self.lifecycle.request_stop(StopReason::GuestPanic);
             }
+            NotifyEvent::CoreChunk { pfn } => match self.cores.as_mut() {
+                Some(c) => c.on_chunk(pfn),
+                // The guest was not told to send cores (no arrow.core=), or it is a
+                // clone of one that was: the status stays non-zero and it stops.
+                None => tracing::debug!(pfn, "core dump chunk ignored: core dumps are off"),
+            },
             NotifyEvent::Unknown { event, payload } => {
                 tracing::debug!(event, payload, "unknown notify event ignored");
             }

@@ -29,6 +29,9 @@
  *                    byte and read it back
  *   pmemclone        wait until cloned or restored with a nonce (as
  *                    clonetest), then do what `pmem` does
+ *   core             send a 32-byte "core dump" of PID 1 in two CORE_CHUNK
+ *                    events (notify 0x06, descriptor ABI of devices/coredump.rs),
+ *                    print each status, then exit as killed by SIGSEGV
  */
 typedef unsigned char u8;
 typedef unsigned short u16;
@@ -265,12 +268,43 @@ static void cloneidle(void) {
     for (;;) __asm__ volatile("sti; hlt");
 }
 
+/* The core dump protocol (docs/arrow-vmm.md "Core dumps"), as the guest kernel speaks it. */
+static u8 core_desc[4096] __attribute__((aligned(4096)));
+static u8 core_data[16];
+static void put32(u8 *p, u32 v) { for (int i = 0; i < 4; i++) p[i] = (u8)(v >> (8 * i)); }
+static void put64(u8 *p, u64 v) { put32(p, (u32)v); put32(p + 4, (u32)(v >> 32)); }
+static u32 get32(const u8 *p) { return (u32)p[0] | (u32)p[1] << 8 | (u32)p[2] << 16 | (u32)p[3] << 24; }
+
+static void __attribute__((noreturn)) core(void) {
+    const char *body = "ARROW-TEST-CORE-0123456789abcdef";
+    for (u32 c = 0; c < 2; c++) {
+        for (int i = 0; i < 16; i++) core_data[i] = (u8)body[c * 16 + i];
+        put32(core_desc + 0, 0x45524f43);
+        put32(core_desc + 4, 1);
+        put32(core_desc + 8, 1);             /* pid */
+        put32(core_desc + 12, 11);           /* SIGSEGV */
+        put64(core_desc + 16, c * 16);       /* offset */
+        put64(core_desc + 24, 32);           /* total */
+        put64(core_desc + 32, (u64)core_data);
+        put32(core_desc + 40, 16);
+        put32(core_desc + 44, c == 0 ? 1 : 2); /* FIRST, then LAST */
+        put32(core_desc + 48, 0xffffffff);
+        notify(0x06, (u32)((u64)core_desc >> 12));
+        puts("core chunk status ");
+        putu(get32(core_desc + 48));
+        putc('\n');
+    }
+    notify(EV_EXITED, 0x100 | 11);
+    halt_forever();
+}
+
 struct idt_ptr { u16 limit; u64 base; } __attribute__((packed));
 
 void guest_main(const u8 *zp) {
     const char *cl = (const char *)(u64)(*(const u32 *)(zp + 0x228));
     const char *v;
     notify(EV_STARTED, 0);
+    if (find_word(cl, "core")) core();
     if (find_word(cl, "hello")) {
         puts("hello from the arrow test guest\n");
         exit_with(0);
