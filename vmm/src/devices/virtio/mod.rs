@@ -9,6 +9,7 @@
 //!   then on the device works the queues on the event-loop thread and raises
 //!   interrupts through the shared [`IrqTrigger`].
 
+pub mod mem;
 pub mod mmio;
 pub mod pmem;
 pub mod vsock;
@@ -23,6 +24,7 @@ use crate::GuestMemoryMmap;
 
 /// Virtio device IDs (virtio 1.x, section 5).
 pub const TYPE_VSOCK: u32 = 19;
+pub const TYPE_MEM: u32 = 24;
 pub const TYPE_PMEM: u32 = 27;
 
 /// Feature bits common to all devices.
@@ -59,6 +61,8 @@ pub enum ActivateError {
     QueueCount { expected: usize, got: usize },
     #[error("device is already active")]
     AlreadyActive,
+    #[error("the driver did not accept the required feature {0}")]
+    MissingFeature(&'static str),
     #[error("cannot signal the event loop: {0}")]
     Signal(std::io::Error),
 }

@@ -1,0 +1,231 @@
+//! The host side of the hotplug region: which parts the guest may touch
+//! (KVM memory slots) and giving unplugged memory back to the host.
+//!
+//! The region is one host mapping (part of guest memory, so the VMM's own
+//! devices can reach plugged blocks) but it is shown to KVM in slots of
+//! [`SLOT_SIZE`] bytes, each registered only while at least one of its
+//! blocks is plugged: a guest access to a fully unplugged slot finds no
+//! memory (an MMIO exit the VMM ignores). KVM slot updates cost several ms
+//! on nested hosts, so per-block slots would make a 1 GiB plug take seconds;
+//! within a registered slot, unplugged blocks are discarded and read as
+//! zeroes (the driver acknowledged UNPLUGGED_INACCESSIBLE and does not touch
+//! them).
+//!
+//! Discarding: on an anonymous mapping `MADV_DONTNEED` frees the pages; on
+//! a clone's private mapping of a template's memory file it would bring
+//! the template's pages back, so fresh anonymous memory is mapped over the
+//! range instead.
+
+use std::io;
+use std::sync::Arc;
+
+use kvm_bindings::kvm_userspace_memory_region;
+use kvm_ioctls::VmFd;
+use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
+
+use crate::GuestMemoryMmap;
+
+/// KVM slot granularity inside the region (also Linux's x86-64 memory block).
+pub const SLOT_SIZE: u64 = 128 << 20;
+/// First KVM slot number used for the region (boot RAM and other devices'
+/// memory use lower numbers).
+pub const FIRST_SLOT: u32 = 1024;
+
+/// Registers and removes KVM memory slots (a fake in tests).
+pub trait SlotControl: Send {
+    /// Registers slot `slot` (or removes it when `size` is 0).
+    fn set_slot(&self, slot: u32, guest_addr: u64, size: u64, host_addr: u64) -> io::Result<()>;
+}
+
+impl SlotControl for Arc<VmFd> {
+    fn set_slot(&self, slot: u32, guest_addr: u64, size: u64, host_addr: u64) -> io::Result<()> {
+        let r = kvm_userspace_memory_region {
+            slot,
+            guest_phys_addr: guest_addr,
+            memory_size: size,
+            userspace_addr: host_addr,
+            flags: 0,
+        };
+        // SAFETY: `host_addr .. + size` lies inside the hotplug region's
+        // mapping, which lives in the VM's guest memory and outlives the VM
+        // fd (HotplugMemory::new checked the range against that mapping).
+        unsafe { self.set_user_memory_region(r) }
+            .map_err(|e| io::Error::from_raw_os_error(e.errno()))
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    #[error("guest memory has no mapping of {size:#x} bytes at {addr:#x} for the hotplug region")]
+    NoRegion { addr: u64, size: u64 },
+    #[error("the hotplug region at {0:#x} is not aligned to {SLOT_SIZE:#x} bytes")]
+    Unaligned(u64),
+    #[error("cannot register the hotplug memory with KVM: {0}")]
+    Slot(io::Error),
+    #[error("cannot give memory back to the host: {0}")]
+    Discard(io::Error),
+}
+
+/// The hotplug region's host mapping and its KVM slots.
+pub struct HotplugMemory<S: SlotControl> {
+    guest_addr: u64,
+    size: u64,
+    /// Host address of the region's first byte (a live mapping owned by the
+    /// VM's guest memory).
+    host_addr: usize,
+    /// A private file mapping (clone of a template) rather than anonymous.
+    file_backed: bool,
+    /// Plugged bytes per slot.
+    plugged: Vec<u64>,
+    slots: S,
+}
+
+impl<S: SlotControl> HotplugMemory<S> {
+    /// The region `[guest_addr, guest_addr + size)`, which must be exactly
+    /// one region of `mem`.
+    pub fn new(
+        mem: &GuestMemoryMmap,
+        guest_addr: u64,
+        size: u64,
+        slots: S,
+    ) -> Result<Self, BackendError> {
+        if !guest_addr.is_multiple_of(SLOT_SIZE) || !size.is_multiple_of(SLOT_SIZE) {
+            return Err(BackendError::Unaligned(guest_addr));
+        }
+        let region = mem
+            .find_region(GuestAddress(guest_addr))
+            .filter(|r| r.start_addr() == GuestAddress(guest_addr) && r.len() == size)
+            .ok_or(BackendError::NoRegion {
+                addr: guest_addr,
+                size,
+            })?;
+        Ok(Self {
+            guest_addr,
+            size,
+            host_addr: region.as_ptr() as usize,
+            file_backed: region.file_offset().is_some(),
+            plugged: vec![0; (size / SLOT_SIZE) as usize],
+            slots,
+        })
+    }
+
+    fn slot_range(&self, offset: u64, len: u64) -> std::ops::Range<usize> {
+        (offset / SLOT_SIZE) as usize..(offset + len).div_ceil(SLOT_SIZE) as usize
+    }
+
+    /// Bytes of `[offset, offset+len)` that fall into slot `i`.
+    fn overlap(offset: u64, len: u64, i: usize) -> u64 {
+        let s = i as u64 * SLOT_SIZE;
+        (offset + len).min(s + SLOT_SIZE) - offset.max(s)
+    }
+
+    fn register(&self, i: usize, on: bool) -> Result<(), BackendError> {
+        let off = i as u64 * SLOT_SIZE;
+        self.slots
+            .set_slot(
+                FIRST_SLOT + i as u32,
+                self.guest_addr + off,
+                if on { SLOT_SIZE } else { 0 },
+                self.host_addr as u64 + off,
+            )
+            .map_err(BackendError::Slot)
+    }
+
+    /// Makes `len` bytes at region offset `offset` reachable by the guest.
+    /// The caller passes only unplugged, in-bounds, block-aligned ranges.
+    pub fn plug(&mut self, offset: u64, len: u64) -> Result<(), BackendError> {
+        debug_assert!(offset + len <= self.size);
+        let mut registered = Vec::new();
+        for i in self.slot_range(offset, len) {
+            if self.plugged[i] == 0 {
+                if let Err(e) = self.register(i, true) {
+                    // Leave the slots as they were: the request is refused.
+                    for j in registered {
+                        let _ = self.register(j, false);
+                    }
+                    return Err(e);
+                }
+                registered.push(i);
+            }
+        }
+        for i in self.slot_range(offset, len) {
+            self.plugged[i] += Self::overlap(offset, len, i);
+        }
+        Ok(())
+    }
+
+    /// Gives `len` bytes at `offset` back to the host; slots left without
+    /// plugged memory are removed from the guest. The caller passes only
+    /// plugged, in-bounds, block-aligned ranges.
+    pub fn unplug(&mut self, offset: u64, len: u64) -> Result<(), BackendError> {
+        debug_assert!(offset + len <= self.size);
+        self.discard(offset, len)?;
+        for i in self.slot_range(offset, len) {
+            self.plugged[i] = self.plugged[i].saturating_sub(Self::overlap(offset, len, i));
+            if self.plugged[i] == 0 {
+                self.register(i, false)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn discard(&self, offset: u64, len: u64) -> Result<(), BackendError> {
+        let addr = (self.host_addr as u64 + offset) as *mut libc::c_void;
+        let len = len as usize;
+        if self.file_backed {
+            // SAFETY: the range lies inside the region's mapping (checked by
+            // the caller against the region size); MAP_FIXED replaces those
+            // pages only, with the same protection, so every pointer into
+            // guest memory stays valid (the pages now read as zeroes).
+            let p = unsafe {
+                libc::mmap(
+                    addr,
+                    len,
+                    libc::PROT_READ | libc::PROT_WRITE,
+                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED | libc::MAP_NORESERVE,
+                    -1,
+                    0,
+                )
+            };
+            if p == libc::MAP_FAILED {
+                return Err(BackendError::Discard(io::Error::last_os_error()));
+            }
+        } else {
+            // SAFETY: as above; MADV_DONTNEED on a private anonymous mapping
+            // only drops the pages' contents.
+            if unsafe { libc::madvise(addr, len, libc::MADV_DONTNEED) } != 0 {
+                return Err(BackendError::Discard(io::Error::last_os_error()));
+            }
+        }
+        Ok(())
+    }
+
+    /// After a restore: registers the slots the plugged ranges need.
+    pub fn restore(&mut self, plugged: &[(u64, u64)]) -> Result<(), BackendError> {
+        for &(offset, len) in plugged {
+            self.plug(offset, len)?;
+        }
+        Ok(())
+    }
+
+    /// Slots currently registered (for tests and status).
+    pub fn registered_slots(&self) -> usize {
+        self.plugged.iter().filter(|&&p| p > 0).count()
+    }
+}
+
+/// The operations the device model needs from the host; implemented by
+/// [`HotplugMemory`] (a fake one can stand in for tests of request logic).
+pub trait MemoryBackend: Send {
+    fn plug(&mut self, offset: u64, len: u64) -> Result<(), BackendError>;
+    fn unplug(&mut self, offset: u64, len: u64) -> Result<(), BackendError>;
+}
+
+impl<S: SlotControl> MemoryBackend for HotplugMemory<S> {
+    fn plug(&mut self, offset: u64, len: u64) -> Result<(), BackendError> {
+        HotplugMemory::plug(self, offset, len)
+    }
+    fn unplug(&mut self, offset: u64, len: u64) -> Result<(), BackendError> {
+        HotplugMemory::unplug(self, offset, len)
+    }
+}
