@@ -11,6 +11,12 @@ pub struct Config {
     /// Unix socket of the REST API.
     #[arg(long, env = "ARROWD_SOCKET", default_value = "/run/arrow/arrowd.sock")]
     pub socket: PathBuf,
+    /// Unix socket of the Kubernetes CRI (runtime.v1) gRPC API for kubelet and crictl.
+    #[arg(long, env = "ARROWD_CRI_SOCKET", default_value = "/run/arrow/cri.sock")]
+    pub cri_socket: PathBuf,
+    /// Do not serve the CRI API.
+    #[arg(long)]
+    pub no_cri: bool,
     /// Also listen on this TCP address (e.g. 127.0.0.1:7070); requires --token.
     #[arg(long, env = "ARROWD_TCP")]
     pub tcp: Option<String>,

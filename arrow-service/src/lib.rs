@@ -9,6 +9,7 @@ pub mod client;
 pub mod clock;
 pub mod config;
 pub mod cores;
+pub mod cri;
 pub mod db;
 pub mod error;
 pub mod metrics;

@@ -56,7 +56,7 @@ fn lock_state_dir(dir: &Path) -> Result<std::fs::File> {
     Ok(f)
 }
 
-async fn bind_unix(path: &Path) -> Result<UnixListener> {
+async fn bind_unix(path: &Path, flag: &str) -> Result<UnixListener> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)
             .with_context(|| format!("cannot create the socket directory {}", dir.display()))?;
@@ -64,7 +64,7 @@ async fn bind_unix(path: &Path) -> Result<UnixListener> {
     if path.exists() {
         if tokio::net::UnixStream::connect(path).await.is_ok() {
             bail!(
-                "{} is in use by a running daemon: stop it or pass a different --socket",
+                "{} is in use by a running daemon: stop it or pass a different {flag}",
                 path.display()
             );
         }
@@ -106,10 +106,23 @@ async fn run(cfg: Config) -> Result<()> {
     sup.recover().await?;
     sup.start_templates().await?;
 
-    let unix = bind_unix(&cfg.socket).await?;
+    // The CRI socket first: once the REST socket answers, both do.
+    let cri = if cfg.no_cri {
+        None
+    } else {
+        let cri = arrow_service::cri::Cri::new(sup.clone())?;
+        let listener = bind_unix(&cfg.cri_socket, "--cri-socket (or --no-cri)").await?;
+        tracing::info!(socket = %cfg.cri_socket.display(), "CRI (runtime.v1) listening");
+        Some((cri, listener))
+    };
+    let unix = bind_unix(&cfg.socket, "--socket").await?;
     tracing::info!(socket = %cfg.socket.display(), "arrowd listening");
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut servers = tokio::task::JoinSet::new();
+    let mut cri_server = tokio::task::JoinSet::new();
+    if let Some((cri, listener)) = cri {
+        cri_server.spawn(arrow_service::cri::serve(cri, listener, stop_rx.clone()));
+    }
     {
         let app = arrow_service::api::router(sup.clone());
         let mut rx = stop_rx.clone();
@@ -144,13 +157,20 @@ async fn run(cfg: Config) -> Result<()> {
         r = servers.join_next() => {
             if let Some(Ok(Err(e))) = r { bail!("API server failed: {e}"); }
         }
+        Some(r) = cri_server.join_next() => {
+            if let Ok(Err(e)) = r { bail!("CRI server failed: {e}"); }
+        }
     }
     let _ = stop_tx.send(true);
     // Long-lived requests (wait, logs -f) would hold graceful shutdown forever: bound it.
     let _ = tokio::time::timeout(std::time::Duration::from_secs(2), async {
         while servers.join_next().await.is_some() {}
+        while cri_server.join_next().await.is_some() {}
     })
     .await;
     let _ = std::fs::remove_file(&cfg.socket);
+    if !cfg.no_cri {
+        let _ = std::fs::remove_file(&cfg.cri_socket);
+    }
     Ok(())
 }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use asdk::store::StoreError;
 
-use super::Supervisor;
+use super::{guest_env, Supervisor};
 use crate::clock::now_ms;
 use crate::error::{Error, Result};
 use crate::model::{CreateRequest, Instance, InstanceSpec, MemoryArg, PortMapping};
@@ -40,18 +40,6 @@ pub(crate) fn check_name(name: &str, what: &str) -> Result<()> {
     } else {
         Err(Error::Invalid(format!(
             "bad {what} name {name:?}: use 1-64 letters, digits, '_', '.' or '-', starting with a letter or digit"
-        )))
-    }
-}
-
-fn check_env_key(k: &str) -> Result<()> {
-    let ok = k.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
-        && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
-    if ok {
-        Ok(())
-    } else {
-        Err(Error::Invalid(format!(
-            "bad environment variable name {k:?}: use letters, digits and '_' (not starting with a digit), as in -e KEY=VALUE"
         )))
     }
 }
@@ -132,13 +120,14 @@ impl Supervisor {
             None => image.spec.memory_mib,
         };
         let mut spec = image.spec.clone();
+        guest_env::check_keys(env.keys())?;
         for (k, v) in env {
-            check_env_key(k)?;
             spec.env.insert(k.clone(), v.clone());
         }
         if let Some(args) = args {
             spec.args = args.clone();
         }
+        guest_env::check_counts(&spec.env, &spec.args)?;
         let app_cmdline = spec
             .kernel_cmdline()
             .map_err(|e| Error::Invalid(format!("{e}; change the value")))?;
@@ -218,6 +207,12 @@ impl Supervisor {
                 "{} arrow.hostname={name} {}",
                 self.cfg.kernel_cmdline, r.app_cmdline
             );
+        }
+        if let Err(e) = guest_env::check_cmdline(&ispec.cmdline) {
+            if let Some(s) = slot {
+                self.templates.put_back(s);
+            }
+            return Err(e);
         }
         if let Err(e) = self.db.insert_with_cid(
             &id,

@@ -3,6 +3,7 @@
 //! arrowd restart.
 
 pub(crate) mod create;
+pub mod guest_env;
 mod lifecycle;
 mod logs;
 mod monitor;
@@ -23,6 +24,7 @@ use crate::metrics::Metrics;
 use crate::model::Instance;
 use crate::proxy::Proxies;
 
+pub use create::MAX_VCPUS;
 pub use logs::LogStream;
 
 /// Files in an instance's run directory.
@@ -149,6 +151,11 @@ impl Supervisor {
     /// One instance by ID, name or ID prefix.
     pub fn inspect(&self, reference: &str) -> Result<Instance> {
         Ok(self.view(&self.db.find(reference)?))
+    }
+
+    /// The stored record of an instance by exact ID (CRI reads its times and state).
+    pub fn record(&self, id: &str) -> Result<Option<Record>> {
+        self.db.get(id)
     }
 
     /// `/metrics` text.

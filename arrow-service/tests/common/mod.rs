@@ -2,6 +2,8 @@
 //! `arrow-vmm` with the freestanding test guest (vmm/tests/guests) as its kernel.
 #![allow(dead_code)]
 
+pub mod cri;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::OnceLock;
@@ -115,6 +117,10 @@ impl Daemon {
         self.dir.path().join("arrowd.sock")
     }
 
+    pub fn cri_socket(&self) -> PathBuf {
+        self.dir.path().join("cri.sock")
+    }
+
     pub fn store_dir(&self) -> PathBuf {
         self.dir.path().join("store")
     }
@@ -133,6 +139,8 @@ impl Daemon {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_arrowd"));
         cmd.arg("--socket")
             .arg(self.socket())
+            .arg("--cri-socket")
+            .arg(self.cri_socket())
             .arg("--state-dir")
             .arg(self.dir.path().join("state"))
             .arg("--store")
