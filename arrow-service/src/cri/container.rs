@@ -218,9 +218,9 @@ impl Cri {
             env,
             args: argv(&config.command, &config.args),
             ports: ports(&sb.config),
-            // None: the supervisor still starts it as a clone of a matching template.
-            template: None,
-            start: false,
+            // No template named: the supervisor still starts it as a clone of a matching
+            // one. Not started here: StartContainer does that.
+            ..Default::default()
         };
         let inst = self.sup.create(req).await.map_err(status)?;
         let rec = ContainerRecord {
