@@ -26,13 +26,14 @@
 //! Private_* of each process's /proc/PID/smaps_rollup is read; then each
 //! of them is checked with the echo too.
 
-use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::vsock_guest::{api_sock, api_within, Guest, Vmm, COMPAT_FLAGS, ECHO_PORT, ECHO_READY};
+use crate::vsock_guest::{
+    api_sock, api_within, echo_once, Guest, Vmm, COMPAT_FLAGS, ECHO_PORT, ECHO_READY,
+};
 
 /// vsock-peer (the initramfs's /app) execs vsock-echo at once: PID 1 is
 /// the echo server, nothing else runs.
@@ -499,41 +500,6 @@ fn wait_api_step(c: &mut Restored) -> Result<(), String> {
     Ok(())
 }
 
-/// One CONNECT to vsock-echo and a message echoed back.
-fn echo_once(vsock: &Path, msg: &[u8], timeout: Duration) -> Result<(), String> {
-    let mut s = UnixStream::connect(vsock).map_err(|e| format!("connect: {e}"))?;
-    s.set_read_timeout(Some(timeout))
-        .map_err(|e| e.to_string())?;
-    s.write_all(format!("CONNECT {ECHO_PORT}\n").as_bytes())
-        .map_err(|e| format!("CONNECT: {e}"))?;
-    let mut line = Vec::new();
-    let mut b = [0u8; 1];
-    while !line.ends_with(b"\n") {
-        match s.read(&mut b) {
-            Ok(1) => line.push(b[0]),
-            Ok(_) => return Err("CONNECT: closed (refused)".into()),
-            Err(e) => return Err(format!("CONNECT: {e}")),
-        }
-        if line.len() > 32 {
-            return Err(format!("CONNECT: bad reply {line:?}"));
-        }
-    }
-    if !line.starts_with(b"OK ") {
-        return Err(format!(
-            "CONNECT: reply {:?}",
-            String::from_utf8_lossy(&line)
-        ));
-    }
-    s.write_all(msg).map_err(|e| format!("echo write: {e}"))?;
-    let mut got = vec![0u8; msg.len()];
-    s.read_exact(&mut got)
-        .map_err(|e| format!("echo read: {e}"))?;
-    if got != msg {
-        return Err(format!("echo: got {got:?}, sent {msg:?}"));
-    }
-    Ok(())
-}
-
 /// Checks that the restored guest runs: retries CONNECT + echo until it
 /// works (a guest still handling the vsock reset refuses or resets) or the
 /// deadline passes. Returns spawn → echoed.
@@ -544,6 +510,7 @@ fn verify(c: &mut Restored) -> Result<Duration, String> {
         let left = VERIFY_TIMEOUT.saturating_sub(start.elapsed());
         match echo_once(
             &c.vsock,
+            ECHO_PORT,
             msg.as_bytes(),
             left.max(Duration::from_millis(10)),
         ) {

@@ -591,3 +591,39 @@ pub fn side_path(uds: &Path, port: u32) -> PathBuf {
     p.push(format!("_{port}"));
     PathBuf::from(p)
 }
+
+/// One host-initiated CONNECT to `port` on `vsock` (an echo server such as
+/// vsock-echo) and `msg` echoed back, bounded by `timeout`.
+pub fn echo_once(vsock: &Path, port: u32, msg: &[u8], timeout: Duration) -> Result<(), String> {
+    let mut s = UnixStream::connect(vsock).map_err(|e| format!("connect: {e}"))?;
+    s.set_read_timeout(Some(timeout))
+        .map_err(|e| e.to_string())?;
+    s.write_all(format!("CONNECT {port}\n").as_bytes())
+        .map_err(|e| format!("CONNECT: {e}"))?;
+    let mut line = Vec::new();
+    let mut b = [0u8; 1];
+    while !line.ends_with(b"\n") {
+        match s.read(&mut b) {
+            Ok(1) => line.push(b[0]),
+            Ok(_) => return Err("CONNECT: closed (refused)".into()),
+            Err(e) => return Err(format!("CONNECT: {e}")),
+        }
+        if line.len() > 32 {
+            return Err(format!("CONNECT: bad reply {line:?}"));
+        }
+    }
+    if !line.starts_with(b"OK ") {
+        return Err(format!(
+            "CONNECT: reply {:?}",
+            String::from_utf8_lossy(&line)
+        ));
+    }
+    s.write_all(msg).map_err(|e| format!("echo write: {e}"))?;
+    let mut got = vec![0u8; msg.len()];
+    s.read_exact(&mut got)
+        .map_err(|e| format!("echo read: {e}"))?;
+    if got != msg {
+        return Err(format!("echo: got {got:?}, sent {msg:?}"));
+    }
+    Ok(())
+}
