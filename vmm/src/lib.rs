@@ -5,6 +5,7 @@
 //! `exit::StopReason` says why and maps to the process exit code.
 
 pub mod api;
+pub mod app_spec;
 pub mod arch;
 pub mod config;
 pub mod device_manager;

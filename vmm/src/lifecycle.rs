@@ -17,6 +17,7 @@ pub struct Lifecycle {
     stop_evt: EventFd,
     app_started: OnceLock<Duration>,
     app_ready: OnceLock<(Duration, u32)>,
+    kernel_ready: OnceLock<(Duration, u32)>,
     first_run: OnceLock<(Duration, Duration)>,
     /// Bit n: vCPU n is halted with interrupts off.
     halted: AtomicU64,
@@ -32,6 +33,7 @@ impl Lifecycle {
             stop_evt: EventFd::new(libc::EFD_NONBLOCK)?,
             app_started: OnceLock::new(),
             app_ready: OnceLock::new(),
+            kernel_ready: OnceLock::new(),
             first_run: OnceLock::new(),
             halted: AtomicU64::new(0),
         })
@@ -74,6 +76,17 @@ impl Lifecycle {
         self.app_ready
             .get_or_init(|| (self.start.elapsed(), port))
             .0
+    }
+
+    /// Records KERNEL_READY (generic-template wait point) with the ABI version.
+    pub fn mark_kernel_ready(&self, abi: u32) -> Duration {
+        self.kernel_ready
+            .get_or_init(|| (self.start.elapsed(), abi))
+            .0
+    }
+
+    pub fn kernel_ready(&self) -> Option<(Duration, u32)> {
+        self.kernel_ready.get().copied()
     }
 
     pub fn app_started(&self) -> Option<Duration> {

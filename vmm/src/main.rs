@@ -96,6 +96,11 @@ struct RestoreArgs {
     /// /vm/start` on the control API then loads the snapshot and runs it.
     #[arg(long, requires = "api_sock", conflicts_with = "paused")]
     pool: bool,
+    /// A clone of a generic template: the app to run, as a JSON file
+    /// ({"app": "/path", "args": [...], "env": ["K=V"], "hostname": "h",
+    /// "image_base": false, "upper": "tmpfs"}).
+    #[arg(long, requires = "clone")]
+    app_spec: Option<PathBuf>,
     #[command(flatten)]
     serve: ServeArgs,
 }
@@ -206,10 +211,25 @@ fn restore(args: RestoreArgs, start: Instant) -> anyhow::Result<i32> {
         vsock_uds: args.vsock_uds,
         vsock_cid: args.vsock_cid,
         pool: args.pool,
+        app_spec: match &args.app_spec {
+            Some(p) => Some(read_app_spec(p)?),
+            None => None,
+        },
     };
     arrow_vmm::event_loop::block_stop_signals().context("cannot block stop signals")?;
     let vm = Vm::restore(&config, start)?;
     serve(vm, &args.serve)
+}
+
+fn read_app_spec(path: &std::path::Path) -> anyhow::Result<arrow_vmm::app_spec::AppSpec> {
+    let text = std::fs::read(path)
+        .with_context(|| format!("cannot read --app-spec {}", path.display()))?;
+    serde_json::from_slice(&text).with_context(|| {
+        format!(
+            "--app-spec {} is not an app description (JSON: {{\"app\": \"/path\", \"args\": [], \"env\": [\"K=V\"]}})",
+            path.display()
+        )
+    })
 }
 
 /// Runs a built or restored VM; returns the exit code.

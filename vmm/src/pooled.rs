@@ -24,6 +24,8 @@ pub struct PendingTemplate {
     /// The template's memory file, opened and its size checked ahead of time.
     pub memory_file: File,
     pub regions: Vec<RegionInfo>,
+    /// The template's app-injection ABI (generic templates only).
+    pub kernel_ready_abi: Option<u32>,
 }
 
 impl PendingTemplate {

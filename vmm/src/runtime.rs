@@ -9,7 +9,9 @@ use kvm_ioctls::VmFd;
 use serde_json::json;
 
 use crate::api::http::Response;
+use crate::app_spec::AppSpec;
 use crate::device_manager::DeviceManager;
+use crate::devices::app_channel::AppChannel;
 use crate::devices::legacy::SerialDevice;
 use crate::devices::notify::NotifyDevice;
 use crate::exit::StopReason;
@@ -27,6 +29,7 @@ pub struct Runtime {
     pub mem_size: u64,
     pub serial: Arc<Mutex<SerialDevice>>,
     pub notify: Arc<Mutex<NotifyDevice>>,
+    pub app_channel: Arc<Mutex<AppChannel>>,
     pub devices: DeviceManager,
     pub lifecycle: Arc<Lifecycle>,
     /// Set while the VM is pooled: the template state `start` loads.
@@ -67,17 +70,29 @@ impl Runtime {
 
     /// Starts a pooled VM: loads the template and runs the vCPUs. A failure
     /// stops the VM (arrow-vmm exits 125): a half-loaded VM is not usable.
-    pub fn start(&mut self) -> Result<serde_json::Value, Response> {
+    ///
+    /// `app`: what a clone of a generic template runs; checked before
+    /// anything is loaded (a bad one leaves the VM pooled: 400).
+    pub fn start(&mut self, app: Option<AppSpec>) -> Result<serde_json::Value, Response> {
         if self.lifecycle.stopping() {
             return Err(Response::error(409, "the VM is stopping"));
         }
-        let Some(pending) = self.pending.take() else {
+        let t = Instant::now();
+        let Some(abi) = self.pending.as_ref().map(|p| p.kernel_ready_abi) else {
             return Err(Response::error(
                 409,
                 "the VM is not pooled: it was started already (GET /vm shows its state)",
             ));
         };
-        let t = Instant::now();
+        if let Some(app) = app {
+            let encoded = app
+                .encode_for(abi)
+                .map_err(|e| Response::error(400, e.to_string()))?;
+            lock(&self.app_channel).offer(encoded);
+        }
+        let Some(pending) = self.pending.take() else {
+            return Err(Response::error(409, "the VM is not pooled"));
+        };
         if let Err(e) = pending.load(self) {
             let msg = format!("cannot start the pooled VM: {e}");
             self.lifecycle
@@ -96,6 +111,7 @@ impl Runtime {
     /// The state for `GET /vm`.
     pub fn describe(&self) -> serde_json::Value {
         let ms = |d: std::time::Duration| d.as_millis() as u64;
+        let notify = lock(&self.notify);
         json!({
             "state": self.state_name(),
             "vcpus": self.handles.len(),
@@ -104,7 +120,9 @@ impl Runtime {
             "app_started_ms": self.lifecycle.app_started().map(ms),
             "app_ready_ms": self.lifecycle.app_ready().map(|(d, _)| ms(d)),
             "app_ready_port": self.lifecycle.app_ready().map(|(_, p)| p),
-            "generation": lock(&self.notify).generation(),
+            "generation": notify.generation(),
+            "kernel_ready_ms": self.lifecycle.kernel_ready().map(|(d, _)| ms(d)),
+            "app_abi": notify.kernel_ready_abi(),
             "vsock_cid": self.devices.vsock().map(|v| lock(&v.device).guest_cid()),
             "pmem": self.devices.pmem().iter().map(|p| {
                 let d = lock(&p.device);
@@ -184,9 +202,14 @@ impl Runtime {
             }
         }
         let vm = VmState::save(&self.vm).map_err(|e| e.to_string())?;
+        let (generation, kernel_ready_abi) = {
+            let n = lock(&self.notify);
+            (n.generation(), n.kernel_ready_abi())
+        };
         let devices = DeviceStates {
             serial: lock(&self.serial).0.state(),
-            generation: lock(&self.notify).generation(),
+            generation,
+            kernel_ready_abi,
             virtio: self.devices.save(),
         };
         let (regions, pages) = snapshot::memory::dump(&self.mem, &dir.join(snapshot::MEMORY_FILE))

@@ -15,12 +15,14 @@ use vm_memory::{Address, GuestMemoryBackend, GuestMemoryRegion};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::api::ApiServer;
+use crate::app_spec::AppSpec;
 use crate::arch::boot::{self, BootError};
 use crate::arch::layout::{self, KVM_TSS_ADDR};
 use crate::arch::regs::{self, RegsError};
 use crate::arch::{cpuid, mptable};
 use crate::config::{ConsoleSink, VmConfig};
 use crate::device_manager::{DeviceError, DeviceManager, DeviceRestoreParams};
+use crate::devices::app_channel::{AppChannel, APP_CHANNEL_LEN, APP_CHANNEL_PORT};
 use crate::devices::bus::{Bus, BusError};
 use crate::devices::coredump::{self, CoreWriter};
 use crate::devices::legacy::{
@@ -189,6 +191,8 @@ pub struct RestoreConfig {
     /// Prepare everything but the guest state and wait for `PUT /vm/start`
     /// on the control API (a pooled VM, `crate::pooled`).
     pub pool: bool,
+    /// The app a clone of a generic template runs (`crate::app_spec`).
+    pub app_spec: Option<AppSpec>,
 }
 
 /// How the running VM is served.
@@ -214,6 +218,7 @@ pub struct Vm {
     ctx: VcpuContext,
     serial: Arc<Mutex<SerialDevice>>,
     notify: Arc<Mutex<NotifyDevice>>,
+    app_channel: Arc<Mutex<AppChannel>>,
     devices: DeviceManager,
     lifecycle: Arc<Lifecycle>,
     console_is_stdout: bool,
@@ -242,11 +247,13 @@ struct LegacyDevices {
     pio: Bus,
     serial: Arc<Mutex<SerialDevice>>,
     notify: Arc<Mutex<NotifyDevice>>,
+    app_channel: Arc<Mutex<AppChannel>>,
 }
 
-/// Serial, i8042 and notify on the port-I/O bus.
+/// Serial, i8042, notify and the app channel on the port-I/O bus.
 fn legacy_devices(
     vm: &VmFd,
+    mem: &GuestMemoryMmap,
     lifecycle: &Arc<Lifecycle>,
     serial: SerialDevice,
     serial_irq: &EventFd,
@@ -264,10 +271,17 @@ fn legacy_devices(
         I8042_LEN,
     )?;
     pio.insert(notify.clone(), u64::from(NOTIFY_PORT), NOTIFY_LEN)?;
+    let app_channel = Arc::new(Mutex::new(AppChannel::new(mem.clone(), lifecycle.clone())));
+    pio.insert(
+        app_channel.clone(),
+        u64::from(APP_CHANNEL_PORT),
+        APP_CHANNEL_LEN,
+    )?;
     Ok(LegacyDevices {
         pio,
         serial,
         notify,
+        app_channel,
     })
 }
 
@@ -340,7 +354,7 @@ impl Vm {
             notify = notify.with_core_dumps(collector);
             cores = Some(writer);
         }
-        let legacy = legacy_devices(&vm, &lifecycle, serial, &serial_irq, notify)?;
+        let legacy = legacy_devices(&vm, &mem, &lifecycle, serial, &serial_irq, notify)?;
 
         let base_cpuid = kvm
             .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
@@ -406,6 +420,7 @@ impl Vm {
             ctx,
             serial: p.legacy.serial,
             notify: p.legacy.notify,
+            app_channel: p.legacy.app_channel,
             devices: p.devices,
             lifecycle: p.lifecycle,
             console_is_stdout: p.console_is_stdout,
@@ -486,8 +501,24 @@ impl Vm {
         } else {
             (state.devices.generation, 0)
         };
-        let notify = NotifyDevice::restored(lifecycle.clone(), generation, nonce);
-        let legacy = legacy_devices(&vm, &lifecycle, serial, &serial_irq, notify)?;
+        let notify = NotifyDevice::restored(
+            lifecycle.clone(),
+            generation,
+            nonce,
+            state.devices.kernel_ready_abi,
+        );
+        let legacy = legacy_devices(&vm, &mem, &lifecycle, serial, &serial_irq, notify)?;
+        if let Some(spec) = &config.app_spec {
+            // A description the guest cannot take is refused before it runs.
+            let encoded = spec
+                .encode_for(state.devices.kernel_ready_abi)
+                .map_err(|e| VmError::Restore(format!("{}: {e}", config.dir.display())))?;
+            legacy
+                .app_channel
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .offer(encoded);
+        }
 
         let params = DeviceRestoreParams {
             clone: config.clone,
@@ -507,6 +538,7 @@ impl Vm {
                     virtio: state.devices.virtio,
                     memory_file,
                     regions: state.regions,
+                    kernel_ready_abi: state.devices.kernel_ready_abi,
                 })
             }
             None => {
@@ -590,6 +622,7 @@ impl Vm {
             mem_size: self.mem_size,
             serial: self.serial.clone(),
             notify: self.notify.clone(),
+            app_channel: self.app_channel.clone(),
             devices: std::mem::take(&mut self.devices),
             lifecycle: self.lifecycle.clone(),
             pending,

@@ -322,6 +322,16 @@ fn pooled_clones_wait_then_start_on_request() {
             shut_down(c, &sock);
             continue;
         }
+        // An app description needs a generic template; this one is not.
+        let (st, v) = api(&sock, "PUT", "/vm/start", Some(r#"{"app":{"app":"/app"}}"#));
+        assert_eq!(st, 400, "{v}");
+        assert!(
+            v["error"]
+                .as_str()
+                .unwrap()
+                .contains("not a generic template"),
+            "{v}"
+        );
         let (st, v) = api(&sock, "PUT", "/vm/start", None);
         assert_eq!((st, v["state"].as_str()), (200, Some("running")), "{v}");
         assert!(v["start_us"].as_u64().is_some(), "{v}");
@@ -338,6 +348,23 @@ fn pooled_clones_wait_then_start_on_request() {
         assert!(text.contains(&format!("after mark {nonce}\n")), "{text}");
         assert!(nonces.insert(nonce), "every clone gets its own nonce");
     }
+    let spec = dir.path().join("spec.json");
+    std::fs::write(&spec, r#"{"app": "/app"}"#).unwrap();
+    let o = run_vmm(&[
+        "restore",
+        "--from",
+        s(&tpl),
+        "--clone",
+        "--app-spec",
+        s(&spec),
+    ]);
+    assert_eq!(o.status.code(), Some(125), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("not a generic template"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(stdout(&o).is_empty());
     assert_eq!(
         std::fs::read(tpl.join("memory.bin")).unwrap(),
         template_bytes,

@@ -27,6 +27,7 @@ use std::time::{Duration, Instant};
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
 use vmm_sys_util::timerfd::TimerFd;
 
+use crate::app_spec::AppSpec;
 use crate::runtime::Runtime;
 use http::{Parse, Request, Response};
 pub use snapshot_dir::SnapshotPolicy;
@@ -257,7 +258,10 @@ impl ApiServer {
             ("/vm/pause", _) if action => rt.pause().map(Response::ok).unwrap_or_else(|e| e),
             ("/vm/resume", _) if action => rt.resume().map(Response::ok).unwrap_or_else(|e| e),
             ("/vm/shutdown", _) if action => Response::ok(rt.shutdown()),
-            ("/vm/start", _) if action => rt.start().map(Response::ok).unwrap_or_else(|e| e),
+            ("/vm/start", _) if action => match start_body(&req.body) {
+                Ok(app) => rt.start(app).map(Response::ok).unwrap_or_else(|e| e),
+                Err(e) => e,
+            },
             ("/vm/snapshot", _) if action => {
                 let dir = serde_json::from_slice::<serde_json::Value>(&req.body)
                     .ok()
@@ -286,6 +290,27 @@ impl ApiServer {
             ),
         }
     }
+}
+
+/// `PUT /vm/start` takes no body, or `{"app": AppSpec}` for a clone of a
+/// generic template.
+fn start_body(body: &[u8]) -> Result<Option<AppSpec>, Response> {
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Start {
+        app: Option<AppSpec>,
+    }
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(None);
+    }
+    serde_json::from_slice::<Start>(body)
+        .map(|s| s.app)
+        .map_err(|e| {
+            Response::error(
+                400,
+                format!(r#"body must be empty or {{"app": {{"app": "/path", "args": [], "env": ["K=V"], "hostname": ""}}}}: {e}"#),
+            )
+        })
 }
 
 impl Drop for ApiServer {

@@ -1,5 +1,6 @@
 //! Device models: legacy port-I/O devices and virtio devices.
 
+pub mod app_channel;
 pub mod bus;
 pub mod coredump;
 pub mod legacy;

@@ -21,6 +21,9 @@ pub const EVENT_APP_EXITED: u8 = 0x03;
 pub const EVENT_GUEST_PANIC: u8 = 0x04;
 /// A chunk of an app core dump; payload = page frame of its descriptor (see `coredump`).
 pub const EVENT_CORE_CHUNK: u8 = 0x06;
+/// Generic-template wait point: the kernel is ready and waits for an app on
+/// the app channel; the payload is the injection ABI version it speaks.
+pub const EVENT_KERNEL_READY: u8 = 0x05;
 
 /// A decoded notify event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,6 +33,7 @@ pub enum NotifyEvent {
     AppExited { status: u8, signal: bool },
     GuestPanic,
     CoreChunk { pfn: u32 },
+    KernelReady { abi: u32 },
     Unknown { event: u8, payload: u32 },
 }
 
@@ -47,6 +51,7 @@ impl NotifyEvent {
             },
             EVENT_GUEST_PANIC => NotifyEvent::GuestPanic,
             EVENT_CORE_CHUNK => NotifyEvent::CoreChunk { pfn: payload },
+            EVENT_KERNEL_READY => NotifyEvent::KernelReady { abi: payload },
             event => NotifyEvent::Unknown { event, payload },
         }
     }
@@ -65,6 +70,9 @@ pub struct NotifyDevice {
     nonce: u32,
     /// Set when core dumps are enabled for this VM (`--core-dir`).
     cores: Option<CoreCollector>,
+    /// The injection ABI the guest reported with KERNEL_READY (kept in
+    /// snapshots: it tells whether a template can take an app).
+    kernel_ready_abi: Option<u32>,
 }
 
 impl NotifyDevice {
@@ -74,6 +82,7 @@ impl NotifyDevice {
             generation: 0,
             nonce: 0,
             cores: None,
+            kernel_ready_abi: None,
         }
     }
 
@@ -84,17 +93,27 @@ impl NotifyDevice {
     }
 
     /// A device for a restored VM.
-    pub fn restored(lifecycle: Arc<Lifecycle>, generation: u32, nonce: u32) -> Self {
+    pub fn restored(
+        lifecycle: Arc<Lifecycle>,
+        generation: u32,
+        nonce: u32,
+        kernel_ready_abi: Option<u32>,
+    ) -> Self {
         Self {
             lifecycle,
             generation,
             nonce,
             cores: None,
+            kernel_ready_abi,
         }
     }
 
     pub fn generation(&self) -> u32 {
         self.generation
+    }
+
+    pub fn kernel_ready_abi(&self) -> Option<u32> {
+        self.kernel_ready_abi
     }
 
     fn handle(&mut self, event: NotifyEvent) {
@@ -125,6 +144,15 @@ impl NotifyDevice {
                 // clone of one that was: the status stays non-zero and it stops.
                 None => tracing::debug!(pfn, "core dump chunk ignored: core dumps are off"),
             },
+            NotifyEvent::KernelReady { abi } => {
+                let t = self.lifecycle.mark_kernel_ready(abi);
+                self.kernel_ready_abi = Some(abi);
+                tracing::info!(
+                    ms = t.as_millis() as u64,
+                    abi,
+                    "KERNEL_READY: the kernel waits for an app (generic template)"
+                );
+            }
             NotifyEvent::Unknown { event, payload } => {
                 tracing::debug!(event, payload, "unknown notify event ignored");
             }
@@ -185,6 +213,10 @@ mod tests {
         );
         assert_eq!(NotifyEvent::decode(0x0400_0000), NotifyEvent::GuestPanic);
         assert_eq!(
+            NotifyEvent::decode(0x0500_0001),
+            NotifyEvent::KernelReady { abi: 1 }
+        );
+        assert_eq!(
             NotifyEvent::decode(0x7f00_0001),
             NotifyEvent::Unknown {
                 event: 0x7f,
@@ -196,7 +228,7 @@ mod tests {
     #[test]
     fn reads_report_clone_generation_and_nonce() {
         let l = Arc::new(Lifecycle::new(Instant::now()).unwrap());
-        let mut d = NotifyDevice::restored(l, 2, 0xabcd);
+        let mut d = NotifyDevice::restored(l, 2, 0xabcd, None);
         let mut b = [0u8; 4];
         d.read(0, &mut b);
         assert_eq!(u32::from_le_bytes(b), 2);

@@ -41,6 +41,10 @@ pub struct DeviceStates {
     pub serial: SerialState,
     /// Clone generation the notify device reports (0 = booted fresh).
     pub generation: u32,
+    /// The app-injection ABI the guest reported at the generic-template
+    /// wait point (KERNEL_READY); None = not a generic template.
+    #[serde(default)]
+    pub kernel_ready_abi: Option<u32>,
     /// The device manager's devices (kept at this level of the JSON, where
     /// `vsock` has always been).
     #[serde(flatten)]

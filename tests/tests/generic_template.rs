@@ -1,0 +1,255 @@
+//! End-to-end: one generic template (the real guest kernel booted once with
+//! `arrow.wait_app=1`, snapshotted at its wait point) runs different apps
+//! with their own argv, environment and hostname, injected at clone time.
+//!
+//! The apps come from the template's initramfs here (two programs at two
+//! paths); the image-base (pmem) path is exercised where arrowd uses it.
+//! One boot (~25 s on the slow hosts), then clones, one at a time.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use arrow_e2e::{arrow_vmm, cmdline, kernel, kvm_available, one_guest_at_a_time, static_c_app};
+
+const TIMEOUT: Duration = Duration::from_secs(240);
+
+fn api(sock: &Path, method: &str, path: &str, body: &str) -> (u16, serde_json::Value) {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::os::unix::net::UnixStream::connect(sock) else {
+        return (0, serde_json::Value::Null);
+    };
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).expect("write request");
+    let mut resp = String::new();
+    let _ = s.read_to_string(&mut resp);
+    let status = resp
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = resp.split("\r\n\r\n").nth(1).unwrap_or("");
+    (status, serde_json::from_str(body).unwrap_or_default())
+}
+
+/// Waits for `child` under the timeout; returns its output.
+fn finish(mut child: std::process::Child) -> Output {
+    let t = Instant::now();
+    while child.try_wait().expect("wait").is_none() {
+        if t.elapsed() > TIMEOUT {
+            let _ = child.kill();
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.wait_with_output().expect("output")
+}
+
+fn clone_with(tpl: &Path, spec: &serde_json::Value, dir: &Path, tag: &str) -> Output {
+    let spec_path = dir.join(format!("{tag}.json"));
+    std::fs::write(&spec_path, spec.to_string()).expect("write spec");
+    let child = Command::new(arrow_vmm())
+        .args(["restore", "--clone", "--from"])
+        .arg(tpl)
+        .arg("--app-spec")
+        .arg(&spec_path)
+        .args(["--log-level", "info"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn clone");
+    finish(child)
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "exit {:?}\n--- console ---\n{}\n--- stderr ---\n{}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn initrd(dir: &Path) -> PathBuf {
+    let e2e = std::fs::read(static_c_app("e2e-app", dir)).expect("e2e-app");
+    let sum = std::fs::read(static_c_app("sum-app", dir)).expect("sum-app");
+    let mut w = asdk::cpio::Writer::new();
+    w.file("app", 0o755, &e2e);
+    w.dir("bin", 0o755);
+    w.file("bin/sum", 0o755, &sum);
+    let out = dir.join("initrd.cpio");
+    std::fs::write(&out, w.finish()).expect("write initrd");
+    out
+}
+
+/// Boots the generic template and snapshots it at the wait point.
+fn generic_template(dir: &Path) -> PathBuf {
+    let sock = dir.join("tpl.sock");
+    let tpl = dir.join("template");
+    let mut child = Command::new(arrow_vmm())
+        .args(["run", "--kernel"])
+        .arg(kernel())
+        .arg("--initrd")
+        .arg(initrd(dir))
+        .arg("--cmdline")
+        .arg(cmdline(
+            "arrow.wait_app=1 arrow.hostname=template SECRET=template -- templatearg 5",
+        ))
+        .args(["--memory", "128M", "--console"])
+        .arg(dir.join("tpl.log"))
+        .arg("--api-sock")
+        .arg(&sock)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn template");
+    let t = Instant::now();
+    loop {
+        let (st, v) = api(&sock, "GET", "/vm", "");
+        if st == 200 && v["kernel_ready_ms"].is_u64() {
+            assert_eq!(v["app_abi"], 1, "{v}");
+            break;
+        }
+        if let Ok(Some(s)) = child.try_wait() {
+            panic!(
+                "the template exited ({s}) before KERNEL_READY\n{}",
+                std::fs::read_to_string(dir.join("tpl.log")).unwrap_or_default()
+            );
+        }
+        if t.elapsed() > TIMEOUT {
+            let _ = child.kill();
+            panic!(
+                "no KERNEL_READY within {TIMEOUT:?}\n{}",
+                std::fs::read_to_string(dir.join("tpl.log")).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    eprintln!("generic template: KERNEL_READY after {:.1?}", t.elapsed());
+    let (st, v) = api(&sock, "PUT", "/vm/pause", "");
+    assert_eq!(st, 200, "{v}");
+    let body = serde_json::json!({ "dir": tpl }).to_string();
+    let (st, v) = api(&sock, "PUT", "/vm/snapshot", &body);
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(api(&sock, "PUT", "/vm/shutdown", "").0, 200);
+    let o = finish(child);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let console = std::fs::read_to_string(dir.join("tpl.log")).unwrap_or_default();
+    assert!(
+        !console.contains("ARROW-E2E: hello"),
+        "the template must not run an app:\n{console}"
+    );
+    tpl
+}
+
+#[test]
+fn one_generic_template_runs_different_apps_injected_at_clone_time() {
+    assert!(
+        kvm_available(),
+        "e2e: /dev/kvm is not usable here (missing or no permission); this test boots the real guest kernel"
+    );
+    let _one = one_guest_at_a_time();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let tpl = generic_template(dir.path());
+    let memory_before = std::fs::read(tpl.join("memory.bin")).expect("memory.bin");
+
+    // Clone 1: e2e-app with its own argv, env and hostname.
+    let o = clone_with(
+        &tpl,
+        &serde_json::json!({"app": "/app", "args": ["first", "7"], "env": ["FOO=bar"], "hostname": "clone-one"}),
+        dir.path(),
+        "c1",
+    );
+    let out = text(&o);
+    assert_eq!(o.status.code(), Some(7), "{out}");
+    assert!(
+        out.contains("ARROW-E2E: hello pid=1 host=clone-one argc=3"),
+        "{out}"
+    );
+    assert!(out.contains("ARROW-E2E: argv[1]=first"), "{out}");
+    assert!(out.contains("ARROW-E2E: env FOO=bar"), "{out}");
+    assert!(out.contains("ARROW-E2E: env HOME=/"), "{out}");
+    assert!(
+        !out.contains("SECRET") && !out.contains("templatearg"),
+        "nothing of the template's app leaks: {out}"
+    );
+
+    // Bad descriptions are refused before anything runs (exit 125) ...
+    for (spec, needle) in [
+        (serde_json::json!({"app": "relative"}), "not absolute"),
+        (
+            serde_json::json!({"app": "/app", "args": vec!["y".repeat(1000); 70]}),
+            "fit the channel",
+        ),
+        (
+            serde_json::json!({"app": "/app", "env": ["NOEQUALS"]}),
+            "KEY=VALUE",
+        ),
+    ] {
+        let o = clone_with(&tpl, &spec, dir.path(), "bad");
+        assert_eq!(o.status.code(), Some(125), "{}", text(&o));
+        assert!(text(&o).contains(needle), "{needle}: {}", text(&o));
+        assert!(o.stdout.is_empty(), "nothing ran: {}", text(&o));
+    }
+
+    // ... and the next clone still works: a different program.
+    let o = clone_with(
+        &tpl,
+        &serde_json::json!({"app": "/bin/sum", "args": ["20", "22"], "env": ["N=100"], "hostname": "clone-two"}),
+        dir.path(),
+        "c2",
+    );
+    let out = text(&o);
+    assert_eq!(o.status.code(), Some(142), "{out}");
+    assert!(
+        out.contains("SUM-APP: host=clone-two argc=3 sum=142"),
+        "{out}"
+    );
+
+    // A pooled clone gets its app with PUT /vm/start.
+    let sock = dir.path().join("pool.sock");
+    let child = Command::new(arrow_vmm())
+        .args(["restore", "--clone", "--pool", "--from"])
+        .arg(&tpl)
+        .arg("--api-sock")
+        .arg(&sock)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn pooled clone");
+    let t = Instant::now();
+    while api(&sock, "GET", "/vm", "").1["state"] != "pooled" {
+        assert!(t.elapsed() < TIMEOUT, "pooled clone never got ready");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let (st, v) = api(
+        &sock,
+        "PUT",
+        "/vm/start",
+        r#"{"app": {"app": "/relative"}}"#,
+    );
+    assert_eq!(st, 400, "a bad app leaves the VM pooled: {v}");
+    assert_eq!(api(&sock, "GET", "/vm", "").1["state"], "pooled");
+    let (st, v) = api(
+        &sock,
+        "PUT",
+        "/vm/start",
+        r#"{"app": {"app": "/app", "args": ["9"], "hostname": "pooled"}}"#,
+    );
+    assert_eq!(st, 200, "{v}");
+    let o = finish(child);
+    let out = text(&o);
+    assert_eq!(o.status.code(), Some(9), "{out}");
+    assert!(out.contains("host=pooled"), "{out}");
+
+    assert!(
+        std::fs::read(tpl.join("memory.bin")).expect("memory.bin") == memory_before,
+        "clones never write the template"
+    );
+}

@@ -1,0 +1,239 @@
+//! The app a generic template's clone runs, and its wire format.
+//!
+//! A generic template is a guest kernel paused at ainit's wait point
+//! (`arrow.wait_app=1`): it reported KERNEL_READY with the injection ABI
+//! version and polls the app channel (`devices::app_channel`). A clone is
+//! given an [`AppSpec`]; arrow-vmm checks it against the limits below before
+//! anything runs and encodes it; the guest copies it in and execs the app.
+//!
+//! Wire format, ABI version 1 (little endian; docs/guest-kernel.md):
+//! ```text
+//! 0   magic "ARWAPP1\0"
+//! 8   u32 total length (header + strings)
+//! 12  u32 flags   bit 0: mount the image base (pmem0) as the root
+//!                 bit 1: the writable upper layer is persistent (pmem1)
+//! 16  u32 argc (argv[0] included)
+//! 20  u32 envc
+//! 24  strings, each NUL-terminated: app path, hostname, argv[0..argc],
+//!     env[0..envc] ("KEY=VALUE")
+//! ```
+
+use serde::{Deserialize, Serialize};
+
+/// The injection ABI this arrow-vmm speaks (KERNEL_READY's payload).
+pub const APP_ABI_VERSION: u32 = 1;
+/// Largest encoded spec (the guest copies it into one allocation).
+pub const MAX_SPEC_BYTES: usize = 64 << 10;
+/// Most argv and env entries each (well under the guest's exec limits).
+pub const MAX_ENTRIES: usize = 1024;
+/// Longest hostname (the kernel's __NEW_UTS_LEN).
+pub const MAX_HOSTNAME: usize = 64;
+const MAGIC: &[u8; 8] = b"ARWAPP1\0";
+const HEADER: usize = 24;
+pub const FLAG_IMAGE_BASE: u32 = 1;
+pub const FLAG_PERSISTENT_UPPER: u32 = 2;
+
+/// Where the clone's writes go.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Upper {
+    /// A tmpfs in guest memory (private to the clone).
+    #[default]
+    Tmpfs,
+    /// A writable file on a second pmem device.
+    Persistent,
+}
+
+/// What a clone of a generic template runs (JSON: `--app-spec`, or the body
+/// of `PUT /vm/start` as `{"app": …}`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AppSpec {
+    /// Absolute path of the program, as the guest sees it.
+    pub app: String,
+    /// argv[1..] (argv[0] is the app path).
+    #[serde(default)]
+    pub args: Vec<String>,
+    /// Environment entries, "KEY=VALUE".
+    #[serde(default)]
+    pub env: Vec<String>,
+    #[serde(default)]
+    pub hostname: String,
+    /// Root is the image base on pmem0 (an overlay with the upper layer).
+    #[serde(default)]
+    pub image_base: bool,
+    #[serde(default)]
+    pub upper: Upper,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum AppSpecError {
+    #[error("app path {0:?} is not absolute: give the path inside the image, e.g. /app")]
+    RelativeApp(String),
+    #[error("{what} contains a NUL byte: {value:?}")]
+    Nul { what: &'static str, value: String },
+    #[error("environment entry {0:?} is not KEY=VALUE with a non-empty KEY")]
+    BadEnv(String),
+    #[error("{what} has {count} entries; at most {MAX_ENTRIES} are allowed")]
+    TooMany { what: &'static str, count: usize },
+    #[error("hostname {0:?} is longer than {MAX_HOSTNAME} bytes")]
+    Hostname(String),
+    #[error("the app description is {0} bytes encoded; at most {MAX_SPEC_BYTES} fit the channel: shorten argv or env")]
+    TooLarge(usize),
+    #[error("the snapshot is not a generic template (its kernel never reached the app wait point, arrow.wait_app=1): it cannot be given an app")]
+    NotGeneric,
+    #[error("the template's kernel speaks app-injection ABI version {0}, this arrow-vmm version {APP_ABI_VERSION}: rebuild the template with the matching guest kernel")]
+    Abi(u32),
+}
+
+fn check_nul(what: &'static str, v: &str) -> Result<(), AppSpecError> {
+    if v.contains('\0') {
+        return Err(AppSpecError::Nul {
+            what,
+            value: v.to_string(),
+        });
+    }
+    Ok(())
+}
+
+impl AppSpec {
+    /// [`Self::encode`], for a template whose kernel reported `template_abi`
+    /// at its wait point (None: it never reached one).
+    pub fn encode_for(&self, template_abi: Option<u32>) -> Result<Vec<u8>, AppSpecError> {
+        match template_abi {
+            None => Err(AppSpecError::NotGeneric),
+            Some(APP_ABI_VERSION) => self.encode(),
+            Some(other) => Err(AppSpecError::Abi(other)),
+        }
+    }
+
+    /// Checks the limits and encodes the spec for the guest.
+    pub fn encode(&self) -> Result<Vec<u8>, AppSpecError> {
+        if !self.app.starts_with('/') {
+            return Err(AppSpecError::RelativeApp(self.app.clone()));
+        }
+        check_nul("app path", &self.app)?;
+        check_nul("hostname", &self.hostname)?;
+        if self.hostname.len() > MAX_HOSTNAME {
+            return Err(AppSpecError::Hostname(self.hostname.clone()));
+        }
+        let argc = self.args.len() + 1;
+        if argc > MAX_ENTRIES {
+            return Err(AppSpecError::TooMany {
+                what: "argv",
+                count: argc,
+            });
+        }
+        if self.env.len() > MAX_ENTRIES {
+            return Err(AppSpecError::TooMany {
+                what: "env",
+                count: self.env.len(),
+            });
+        }
+        for a in &self.args {
+            check_nul("an argument", a)?;
+        }
+        for e in &self.env {
+            check_nul("an environment entry", e)?;
+            match e.split_once('=') {
+                Some((k, _)) if !k.is_empty() => {}
+                _ => return Err(AppSpecError::BadEnv(e.clone())),
+            }
+        }
+        let strings = std::iter::once(&self.app)
+            .chain(std::iter::once(&self.hostname))
+            .chain(std::iter::once(&self.app))
+            .chain(&self.args)
+            .chain(&self.env);
+        let mut out = Vec::with_capacity(HEADER + 256);
+        out.extend_from_slice(MAGIC);
+        out.extend_from_slice(&[0; 16]);
+        for s in strings {
+            out.extend_from_slice(s.as_bytes());
+            out.push(0);
+        }
+        if out.len() > MAX_SPEC_BYTES {
+            return Err(AppSpecError::TooLarge(out.len()));
+        }
+        let mut flags = 0;
+        if self.image_base {
+            flags |= FLAG_IMAGE_BASE;
+        }
+        if self.upper == Upper::Persistent {
+            flags |= FLAG_PERSISTENT_UPPER;
+        }
+        let len = out.len() as u32;
+        out[8..12].copy_from_slice(&len.to_le_bytes());
+        out[12..16].copy_from_slice(&flags.to_le_bytes());
+        out[16..20].copy_from_slice(&(argc as u32).to_le_bytes());
+        out[20..24].copy_from_slice(&(self.env.len() as u32).to_le_bytes());
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec() -> AppSpec {
+        AppSpec {
+            app: "/app".into(),
+            args: vec!["-v".into(), "7".into()],
+            env: vec!["A=1".into(), "B=x=y".into()],
+            hostname: "h1".into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn encodes_header_and_strings() {
+        let b = spec().encode().unwrap();
+        assert_eq!(&b[..8], b"ARWAPP1\0");
+        assert_eq!(
+            u32::from_le_bytes(b[8..12].try_into().unwrap()) as usize,
+            b.len()
+        );
+        assert_eq!(u32::from_le_bytes(b[12..16].try_into().unwrap()), 0);
+        assert_eq!(u32::from_le_bytes(b[16..20].try_into().unwrap()), 3);
+        assert_eq!(u32::from_le_bytes(b[20..24].try_into().unwrap()), 2);
+        assert_eq!(
+            &b[24..],
+            b"/app\x00h1\x00/app\x00-v\x007\x00A=1\x00B=x=y\x00"
+        );
+        let mut s = spec();
+        s.image_base = true;
+        s.upper = Upper::Persistent;
+        let b = s.encode().unwrap();
+        assert_eq!(u32::from_le_bytes(b[12..16].try_into().unwrap()), 3);
+    }
+
+    #[test]
+    fn refuses_what_the_guest_could_not_take() {
+        let mut s = spec();
+        s.app = "app".into();
+        assert!(matches!(s.encode(), Err(AppSpecError::RelativeApp(_))));
+        let mut s = spec();
+        s.args.push("a\0b".into());
+        assert!(matches!(s.encode(), Err(AppSpecError::Nul { .. })));
+        let mut s = spec();
+        s.env.push("NOEQUALS".into());
+        assert!(matches!(s.encode(), Err(AppSpecError::BadEnv(_))));
+        let mut s = spec();
+        s.env.push("=v".into());
+        assert!(matches!(s.encode(), Err(AppSpecError::BadEnv(_))));
+        let mut s = spec();
+        s.args = vec!["x".into(); MAX_ENTRIES];
+        assert!(matches!(s.encode(), Err(AppSpecError::TooMany { .. })));
+        let mut s = spec();
+        s.args = vec!["y".repeat(1000); 70];
+        assert!(matches!(s.encode(), Err(AppSpecError::TooLarge(_))));
+        let mut s = spec();
+        s.hostname = "h".repeat(65);
+        assert!(matches!(s.encode(), Err(AppSpecError::Hostname(_))));
+        assert_eq!(spec().encode_for(None), Err(AppSpecError::NotGeneric));
+        assert_eq!(spec().encode_for(Some(9)), Err(AppSpecError::Abi(9)));
+        assert_eq!(spec().encode_for(Some(APP_ABI_VERSION)), spec().encode());
+        let e = serde_json::from_str::<AppSpec>(r#"{"app":"/a","bogus":1}"#).unwrap_err();
+        assert!(e.to_string().contains("bogus"), "{e}");
+    }
+}
