@@ -101,6 +101,10 @@ struct RestoreArgs {
     /// "image_base": false, "upper": "tmpfs"}).
     #[arg(long, requires = "clone")]
     app_spec: Option<PathBuf>,
+    /// A clone of a generic template: the image's base (EROFS) to map into
+    /// the template's image slot (its first, read-only pmem device).
+    #[arg(long, requires = "app_spec")]
+    image_base: Option<PathBuf>,
     #[command(flatten)]
     serve: ServeArgs,
 }
@@ -212,9 +216,14 @@ fn restore(args: RestoreArgs, start: Instant) -> anyhow::Result<i32> {
         vsock_cid: args.vsock_cid,
         pool: args.pool,
         app_spec: match &args.app_spec {
-            Some(p) => Some(read_app_spec(p)?),
+            Some(p) => {
+                let mut spec = read_app_spec(p)?;
+                spec.image_base |= args.image_base.is_some();
+                Some(spec)
+            }
             None => None,
         },
+        image_base: args.image_base,
     };
     arrow_vmm::event_loop::block_stop_signals().context("cannot block stop signals")?;
     let vm = Vm::restore(&config, start)?;

@@ -73,7 +73,11 @@ impl Runtime {
     ///
     /// `app`: what a clone of a generic template runs; checked before
     /// anything is loaded (a bad one leaves the VM pooled: 400).
-    pub fn start(&mut self, app: Option<AppSpec>) -> Result<serde_json::Value, Response> {
+    pub fn start(
+        &mut self,
+        app: Option<AppSpec>,
+        image_base: Option<&Path>,
+    ) -> Result<serde_json::Value, Response> {
         if self.lifecycle.stopping() {
             return Err(Response::error(409, "the VM is stopping"));
         }
@@ -84,11 +88,22 @@ impl Runtime {
                 "the VM is not pooled: it was started already (GET /vm shows its state)",
             ));
         };
-        if let Some(app) = app {
+        if let Some(mut app) = app {
+            app.image_base |= image_base.is_some();
             let encoded = app
                 .encode_for(abi)
                 .map_err(|e| Response::error(400, e.to_string()))?;
+            if let Some(base) = image_base {
+                self.devices
+                    .inject_image_base(base)
+                    .map_err(|e| Response::error(400, e.to_string()))?;
+            }
             lock(&self.app_channel).offer(encoded);
+        } else if image_base.is_some() {
+            return Err(Response::error(
+                400,
+                "an image_base needs an app to run from it: give \"app\" too",
+            ));
         }
         let Some(pending) = self.pending.take() else {
             return Err(Response::error(409, "the VM is not pooled"));

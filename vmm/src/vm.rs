@@ -193,6 +193,8 @@ pub struct RestoreConfig {
     pub pool: bool,
     /// The app a clone of a generic template runs (`crate::app_spec`).
     pub app_spec: Option<AppSpec>,
+    /// The image base to map into the template's image slot (pmem0).
+    pub image_base: Option<PathBuf>,
 }
 
 /// How the running VM is served.
@@ -527,6 +529,11 @@ impl Vm {
         };
         // A pooled VM's memory has no content yet: its devices are built and
         // wired now, their transports put in the saved state at start.
+        if let Some(base) = &config.image_base {
+            devices
+                .inject_image_base(base)
+                .map_err(|e| VmError::Restore(e.to_string()))?;
+        }
         let pending = match memory_file {
             Some(memory_file) => {
                 devices

@@ -259,7 +259,10 @@ impl ApiServer {
             ("/vm/resume", _) if action => rt.resume().map(Response::ok).unwrap_or_else(|e| e),
             ("/vm/shutdown", _) if action => Response::ok(rt.shutdown()),
             ("/vm/start", _) if action => match start_body(&req.body) {
-                Ok(app) => rt.start(app).map(Response::ok).unwrap_or_else(|e| e),
+                Ok((app, base)) => rt
+                    .start(app, base.as_deref())
+                    .map(Response::ok)
+                    .unwrap_or_else(|e| e),
                 Err(e) => e,
             },
             ("/vm/snapshot", _) if action => {
@@ -292,19 +295,20 @@ impl ApiServer {
     }
 }
 
-/// `PUT /vm/start` takes no body, or `{"app": AppSpec}` for a clone of a
-/// generic template.
-fn start_body(body: &[u8]) -> Result<Option<AppSpec>, Response> {
+/// `PUT /vm/start` takes no body, or `{"app": AppSpec, "image_base":
+/// "/path"?}` for a clone of a generic template.
+fn start_body(body: &[u8]) -> Result<(Option<AppSpec>, Option<PathBuf>), Response> {
     #[derive(serde::Deserialize)]
     #[serde(deny_unknown_fields)]
     struct Start {
         app: Option<AppSpec>,
+        image_base: Option<PathBuf>,
     }
     if body.iter().all(u8::is_ascii_whitespace) {
-        return Ok(None);
+        return Ok((None, None));
     }
     serde_json::from_slice::<Start>(body)
-        .map(|s| s.app)
+        .map(|s| (s.app, s.image_base))
         .map_err(|e| {
             Response::error(
                 400,

@@ -18,7 +18,7 @@
 
 pub mod resources;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use kvm_bindings::{kvm_userspace_memory_region, KVM_MEM_READONLY};
@@ -58,6 +58,10 @@ pub enum DeviceError {
     VsockUdsMissing,
     #[error("a clone needs its own vsock CID: pass --vsock-cid")]
     VsockCidMissing,
+    #[error(
+        "the template has no image slot (a read-only pmem device): it cannot take an image base"
+    )]
+    NoImageSlot,
     #[error("pmem device: {0}")]
     Pmem(#[from] PmemError),
     #[error(transparent)]
@@ -374,6 +378,20 @@ impl DeviceManager {
                 transport,
             });
         }
+        Ok(())
+    }
+
+    /// Maps `path` (an image's base) into the first pmem device's window,
+    /// the image slot of a generic template, before the guest reads it.
+    pub fn inject_image_base(&mut self, path: &Path) -> Result<(), DeviceError> {
+        let device = self
+            .pmem
+            .first()
+            .map(|p| p.device.clone())
+            .or_else(|| self.pending_pmem.first().cloned())
+            .ok_or(DeviceError::NoImageSlot)?;
+        lock(&device).replace_file(path)?;
+        tracing::debug!(path = %path.display(), "image base mapped into the image slot");
         Ok(())
     }
 

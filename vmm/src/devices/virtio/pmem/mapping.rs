@@ -80,6 +80,50 @@ impl PmemMapping {
         Ok(mapping)
     }
 
+    /// Puts `file` (`file_len` bytes, at most the window) read-only at the
+    /// start of the window in place of what was mapped there, and zero pages
+    /// after it: the host address (and KVM's slot) stay, KVM drops its old
+    /// translations through its MMU notifier.
+    pub fn replace_read_only(&self, file: &File, file_len: u64) -> std::io::Result<()> {
+        let file_part = align_up(file_len, 4096)
+            .and_then(|l| usize::try_from(l).ok())
+            .filter(|&l| l > 0 && l <= self.size)
+            .ok_or(std::io::ErrorKind::InvalidInput)?;
+        // SAFETY: [addr, addr + file_part) lies inside the window this value
+        // owns (checked above); MAP_FIXED replaces those pages only.
+        let got = unsafe {
+            libc::mmap(
+                self.addr,
+                file_part,
+                libc::PROT_READ,
+                libc::MAP_SHARED | libc::MAP_FIXED,
+                file.as_raw_fd(),
+                0,
+            )
+        };
+        if got == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error());
+        }
+        let rest = self.size - file_part;
+        if rest > 0 {
+            // SAFETY: the rest of the owned window, after the file part.
+            let got = unsafe {
+                libc::mmap(
+                    (self.addr as *mut u8).add(file_part).cast(),
+                    rest,
+                    libc::PROT_READ,
+                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE | libc::MAP_FIXED,
+                    -1,
+                    0,
+                )
+            };
+            if got == libc::MAP_FAILED {
+                return Err(std::io::Error::last_os_error());
+            }
+        }
+        Ok(())
+    }
+
     /// Host address of the window (for KVM's memory slot).
     pub fn host_addr(&self) -> u64 {
         self.addr as u64

@@ -65,6 +65,14 @@ pub enum PmemError {
     SizeChanged { path: PathBuf, now: u64, then: u64 },
     #[error("cannot create eventfd: {0}")]
     EventFd(std::io::Error),
+    #[error("image base {path} is {len} bytes; the template's image slot holds at most {window}: build a template with a larger slot")]
+    TooLargeForWindow {
+        path: PathBuf,
+        len: u64,
+        window: u64,
+    },
+    #[error("pmem device {0} is writable: only a read-only image slot takes another image")]
+    NotReadOnly(PathBuf),
 }
 
 /// What a snapshot records of a pmem device.
@@ -105,7 +113,13 @@ pub struct Pmem {
 impl Pmem {
     /// Opens and maps `path`; the window is the file rounded up to 2 MiB.
     pub fn new(path: impl AsRef<Path>, read_only: bool) -> Result<Self, PmemError> {
-        let path = path.as_ref().to_path_buf();
+        Self::open(path.as_ref(), read_only, None)
+    }
+
+    /// Opens `path` and checks it is a non-empty regular file; returns it
+    /// with its length.
+    fn open_file(path: &Path, read_only: bool) -> Result<(File, u64), PmemError> {
+        let path = path.to_path_buf();
         let file = std::fs::OpenOptions::new()
             .read(true)
             .write(!read_only)
@@ -125,7 +139,16 @@ impl Pmem {
         if file_len == 0 {
             return Err(PmemError::Empty(path));
         }
+        Ok((file, file_len))
+    }
+
+    /// [`Self::new`] with a window of `window` bytes (an image slot larger
+    /// than its file), or the file rounded up to 2 MiB.
+    fn open(path: &Path, read_only: bool, window: Option<u64>) -> Result<Self, PmemError> {
+        let (file, file_len) = Self::open_file(path, read_only)?;
+        let path = path.to_path_buf();
         let region_size = mapping::align_up(file_len, REGION_ALIGN)
+            .map(|r| window.map_or(r, |w| w.max(r)))
             .filter(|&s| s <= 1 << 46)
             .ok_or_else(|| PmemError::TooLarge {
                 path: path.clone(),
@@ -153,7 +176,9 @@ impl Pmem {
 
     /// Reopens the file of a snapshot, which must still have its size.
     pub fn restore(state: &PmemState) -> Result<Self, PmemError> {
-        let mut dev = Self::new(&state.path, state.read_only)?;
+        // The window may be larger than the file (an image slot).
+        let window = Some(state.region_size).filter(|&w| w >= state.file_len);
+        let mut dev = Self::open(&state.path, state.read_only, window)?;
         if dev.file_len != state.file_len || dev.region_size() != state.region_size {
             return Err(PmemError::SizeChanged {
                 path: state.path.clone(),
@@ -167,6 +192,35 @@ impl Pmem {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Maps another file (an image base) into this read-only device's
+    /// window in place of the current one, before the guest reads it: the
+    /// generic template's image slot. The window does not change; the rest
+    /// of it after the file reads as zeros.
+    pub fn replace_file(&mut self, path: &Path) -> Result<(), PmemError> {
+        if !self.read_only {
+            return Err(PmemError::NotReadOnly(self.path.clone()));
+        }
+        let (file, file_len) = Self::open_file(path, true)?;
+        let window = self.region_size();
+        if file_len > window {
+            return Err(PmemError::TooLargeForWindow {
+                path: path.to_path_buf(),
+                len: file_len,
+                window,
+            });
+        }
+        self.mapping
+            .replace_read_only(&file, file_len)
+            .map_err(|source| PmemError::Map {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        self.path = path.to_path_buf();
+        self.file = file;
+        self.file_len = file_len;
+        Ok(())
     }
 
     pub fn read_only(&self) -> bool {

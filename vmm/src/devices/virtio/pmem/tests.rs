@@ -298,3 +298,55 @@ fn restore_needs_the_same_file_size() {
     std::fs::remove_file(&p).unwrap();
     assert!(Pmem::restore(&state).is_err());
 }
+
+#[test]
+fn image_slot_takes_another_file_in_place_and_refuses_what_does_not_fit() {
+    let dir = tempfile::tempdir().unwrap();
+    // The slot: 4 MiB of zeros (a generic template's placeholder).
+    let slot = dir.path().join("slot");
+    std::fs::File::create(&slot)
+        .unwrap()
+        .set_len(4 << 20)
+        .unwrap();
+    let mut dev = Pmem::new(&slot, true).unwrap();
+    let host = dev.mapping().host_addr();
+    let window = dev.region_size();
+    let image = file_with(dir.path(), "base", &[0xab; 5000]);
+    dev.replace_file(&image).unwrap();
+    assert_eq!(
+        (dev.mapping().host_addr(), dev.region_size()),
+        (host, window)
+    );
+    assert_eq!(dev.path(), image.as_path());
+    let mut b = [0u8; 4];
+    assert!(dev.mapping().read(4996, &mut b));
+    assert_eq!(b, [0xab; 4], "the image is at the start of the window");
+    assert!(dev.mapping().read(5000, &mut b));
+    assert_eq!(b, [0; 4], "after the file: zeros, never beyond it");
+    assert!(dev.mapping().read(window - 4, &mut b));
+    assert_eq!(b, [0; 4]);
+    // A snapshot of it restores with the same window.
+    let st = dev.state();
+    assert_eq!((st.file_len, st.region_size), (5000, window));
+    let again = Pmem::restore(&st).unwrap();
+    assert_eq!(again.region_size(), window);
+
+    let big = dir.path().join("big");
+    std::fs::File::create(&big)
+        .unwrap()
+        .set_len(window + 1)
+        .unwrap();
+    assert!(matches!(
+        dev.replace_file(&big),
+        Err(PmemError::TooLargeForWindow { .. })
+    ));
+    assert!(matches!(
+        dev.replace_file(&dir.path().join("missing")),
+        Err(PmemError::Open { .. })
+    ));
+    let mut rw = Pmem::new(&image, false).unwrap();
+    assert!(matches!(
+        rw.replace_file(&image),
+        Err(PmemError::NotReadOnly(_))
+    ));
+}
