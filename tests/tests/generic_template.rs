@@ -232,7 +232,7 @@ fn one_generic_template_runs_different_apps_injected_at_clone_time() {
         &sock,
         "PUT",
         "/vm/start",
-        r#"{"app": {"app": "/relative"}}"#,
+        r#"{"app": {"app": "relative"}}"#,
     );
     assert_eq!(st, 400, "a bad app leaves the VM pooled: {v}");
     assert_eq!(api(&sock, "GET", "/vm", "").1["state"], "pooled");
