@@ -167,6 +167,17 @@ pub fn boot(initrd: &Path, cmdline: &str, marker: &str) -> Run {
 
 /// `boot` with `vcpus` vCPUs.
 pub fn boot_with_vcpus(initrd: &Path, cmdline: &str, marker: &str, vcpus: u8) -> Run {
+    boot_with_args(initrd, cmdline, marker, vcpus, &[])
+}
+
+/// `boot_with_vcpus` with extra `arrow-vmm run` arguments (e.g. `--core-dir DIR`).
+pub fn boot_with_args(
+    initrd: &Path,
+    cmdline: &str,
+    marker: &str,
+    vcpus: u8,
+    extra: &[&std::ffi::OsStr],
+) -> Run {
     let vcpus = vcpus.to_string();
     let timeout = std::env::var("ARROW_E2E_TIMEOUT")
         .ok()
@@ -184,6 +195,7 @@ pub fn boot_with_vcpus(initrd: &Path, cmdline: &str, marker: &str, vcpus: u8) ->
         .args(["--cmdline", cmdline, "--memory", "128M", "--vcpus", &vcpus])
         .args(["--console", "stdout", "--log-level", "info", "--report"])
         .arg(&report)
+        .args(extra)
         .env("NO_COLOR", "1")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
