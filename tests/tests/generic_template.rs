@@ -228,12 +228,7 @@ fn one_generic_template_runs_different_apps_injected_at_clone_time() {
         assert!(t.elapsed() < TIMEOUT, "pooled clone never got ready");
         std::thread::sleep(Duration::from_millis(20));
     }
-    let (st, v) = api(
-        &sock,
-        "PUT",
-        "/vm/start",
-        r#"{"app": {"app": "relative"}}"#,
-    );
+    let (st, v) = api(&sock, "PUT", "/vm/start", r#"{"app": {"app": "relative"}}"#);
     assert_eq!(st, 400, "a bad app leaves the VM pooled: {v}");
     assert_eq!(api(&sock, "GET", "/vm", "").1["state"], "pooled");
     let (st, v) = api(
