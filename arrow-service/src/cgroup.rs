@@ -97,6 +97,25 @@ impl Cgroups {
         }
     }
 
+    /// Raises the instance's `memory.max` to `memory_mib` of guest memory
+    /// (plus VMM overhead) when the guest grows by hotplug. Never lowers it:
+    /// a guest gives memory back only when its driver has unplugged it.
+    pub fn raise_memory(&self, id: &str, memory_mib: u64) {
+        let Some(root) = &self.root else {
+            return;
+        };
+        let path = root.join(id).join("memory.max");
+        let want = (memory_mib + VMM_OVERHEAD_MIB) * 1024 * 1024;
+        let now = std::fs::read_to_string(&path)
+            .ok()
+            .and_then(|s| s.trim().parse::<u64>().ok());
+        if now.is_some_and(|n| n < want) {
+            if let Err(e) = std::fs::write(&path, want.to_string()) {
+                tracing::warn!(instance = id, "cannot raise {}: {e}", path.display());
+            }
+        }
+    }
+
     /// Removes an instance's (empty) cgroup.
     pub fn remove(&self, dir: &str) {
         if self.root.is_some() {

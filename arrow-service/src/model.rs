@@ -104,6 +104,11 @@ pub struct CreateRequest {
     /// Memory; default: the image's.
     #[serde(default)]
     pub memory: Option<MemoryArg>,
+    /// Most memory `POST /instances/{id}/update` may give the running
+    /// instance (virtio-mem hotplug); default: 4 x `memory`; equal to
+    /// `memory` turns hotplug off.
+    #[serde(default)]
+    pub memory_max: Option<MemoryArg>,
     /// Environment added to (and overriding) the image's.
     #[serde(default)]
     pub env: BTreeMap<String, String>,
@@ -135,8 +140,12 @@ pub struct InstanceSpec {
     pub image_digest: String,
     /// vCPUs.
     pub vcpus: u8,
-    /// Guest memory (MiB).
+    /// Guest memory at boot (MiB).
     pub memory_mib: u32,
+    /// Most memory hotplug may grow the instance to (MiB); 0 or
+    /// `memory_mib`: no hotplug (records from before hotplug have 0).
+    #[serde(default)]
+    pub memory_max_mib: u32,
     /// Full environment (image's merged with the request's).
     pub env: BTreeMap<String, String>,
     /// Arguments after argv[0].
@@ -238,4 +247,31 @@ pub struct ImageInfo {
 pub struct ErrorBody {
     /// What went wrong and what to do.
     pub error: String,
+}
+
+/// `POST /instances/{id}/update`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateRequest {
+    /// New memory size of the running instance (boot memory plus
+    /// hotplugged memory): a number of MiB or a string such as "512M".
+    #[serde(default)]
+    pub memory: Option<MemoryArg>,
+}
+
+/// The memory of a running instance, as `POST /instances/{id}/update`
+/// answers it (MiB).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemoryStatus {
+    /// Instance ID.
+    pub id: String,
+    /// Memory at boot.
+    pub boot_mib: u64,
+    /// Most memory the instance may have.
+    pub max_mib: u64,
+    /// The size asked for (boot + requested hotplug).
+    pub requested_mib: u64,
+    /// The size the guest has now (boot + plugged); it reaches
+    /// `requested_mib` once the guest driver has plugged or unplugged.
+    pub current_mib: u64,
 }

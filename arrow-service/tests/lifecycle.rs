@@ -68,6 +68,39 @@ fn run_ps_logs_stop_wait_rm_with_actl() {
     let pid = inst["pid"].as_i64().unwrap() as i32;
     let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
     assert!(String::from_utf8_lossy(&cmdline).contains("48M"));
+    // Memory hotplug: a region of memory_max (default 4 x memory) minus
+    // memory, and `actl update --memory` reaches arrow-vmm's virtio-mem
+    // device (this test guest has no driver: the request is kept, nothing
+    // gets plugged; tests/memhp_kvm.rs in arrow-vmm runs a real guest).
+    assert_eq!(inst["spec"]["memory_max_mib"], 192);
+    assert!(String::from_utf8_lossy(&cmdline).contains("--memory-hotplug\x00144M"));
+    let out = d.actl(&["update", "--memory", "112M", "l1"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out).trim(), "l1");
+    let st = d
+        .post(
+            &format!("/instances/{id}/update"),
+            Some(json!({"memory": 64})),
+        )
+        .unwrap();
+    assert_eq!(
+        st,
+        json!({"id": id, "boot_mib": 48, "max_mib": 192, "requested_mib": 64, "current_mib": 48})
+    );
+    for bad in ["49M", "1G", "16M"] {
+        let out = d.actl(&["update", "--memory", bad, "l1"]);
+        assert_eq!(out.status.code(), Some(1), "{bad}");
+        assert!(
+            stderr(&out).contains("give 48 to 192 MiB"),
+            "{bad}: {}",
+            stderr(&out)
+        );
+    }
+    let e = d
+        .post(&format!("/instances/{id}/update"), Some(json!({})))
+        .unwrap_err();
+    assert_eq!(e.0, 400, "{e:?}");
+
     // The exported port listens while the instance runs.
     assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_ok());
 
@@ -104,6 +137,10 @@ fn run_ps_logs_stop_wait_rm_with_actl() {
         std::net::TcpStream::connect(("127.0.0.1", port)).is_err(),
         "port released"
     );
+    let e = d
+        .post("/instances/l1/update", Some(json!({"memory": 64})))
+        .unwrap_err();
+    assert_eq!(e.0, 409, "only a running instance is resized: {e:?}");
     let inspect: Value = serde_json::from_slice(&d.actl(&["inspect", "l1"]).stdout).unwrap();
     assert_eq!(inspect[0]["state"], "exited");
     assert_eq!(inspect[0]["exit_code"], 0);

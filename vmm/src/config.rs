@@ -48,6 +48,8 @@ pub struct VmConfig {
     pub pmem: Vec<PmemConfig>,
     /// App core dumps to the host (off when `None`).
     pub core_dumps: Option<crate::devices::coredump::CoreDumpConfig>,
+    /// A virtio-mem device that can plug up to this many bytes at run time.
+    pub mem_hotplug: Option<u64>,
 }
 
 /// A virtio-pmem device: a host file the guest sees as persistent memory.

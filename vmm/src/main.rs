@@ -157,6 +157,11 @@ struct RunArgs {
     /// Largest core file accepted (the guest kernel is given the same limit).
     #[arg(long, value_name = "SIZE", default_value = "64M", value_parser = parse_size, requires = "core_dir")]
     core_max: u64,
+    /// Reserve a virtio-mem region of this size (128M, 1G, ...; rounded up
+    /// to 128 MiB) above guest RAM: memory can then be plugged and unplugged
+    /// at run time (PUT /vm/memory on the control API). Starts unplugged.
+    #[arg(long, value_parser = parse_size)]
+    memory_hotplug: Option<u64>,
     #[command(flatten)]
     serve: ServeArgs,
 }
@@ -199,6 +204,7 @@ fn run(args: RunArgs, start: Instant) -> anyhow::Result<i32> {
                 dir,
                 max_bytes: args.core_max,
             }),
+        mem_hotplug: args.memory_hotplug.filter(|&m| m > 0),
     };
     // Stop signals are read from a signalfd by the event loop; block them
     // before any thread exists so every thread inherits the mask.

@@ -149,7 +149,44 @@ impl Runtime {
                     "flushes": d.flushes(),
                 })
             }).collect::<Vec<_>>(),
+            "memory": self.memory(),
         })
+    }
+
+    /// Boot, plugged and requested memory (MiB); hotplug fields are absent
+    /// without a virtio-mem device.
+    pub fn memory(&self) -> serde_json::Value {
+        let mut v = json!({ "boot_mib": self.mem_size >> 20 });
+        if let Some(m) = self.devices.mem() {
+            let s = lock(&m.device).status();
+            v["hotplug_max_mib"] = json!(s.region_size >> 20);
+            v["block_mib"] = json!(s.block_size >> 20);
+            v["plugged_mib"] = json!(s.plugged_size >> 20);
+            v["requested_mib"] = json!(s.requested_size >> 20);
+            v["region_addr"] = json!(s.region_addr);
+            v["driver_active"] = json!(s.driver_active);
+            v["host_resident_kib"] = json!(s.host_resident.map(|b| b >> 10));
+            v["total_mib"] = json!((self.mem_size + s.plugged_size) >> 20);
+        }
+        v
+    }
+
+    /// Asks the guest to reach `requested_mib` of hotplugged memory.
+    pub fn set_memory(&mut self, requested_mib: u64) -> Result<serde_json::Value, Response> {
+        if self.lifecycle.stopping() {
+            return Err(Response::error(409, "the VM is stopping"));
+        }
+        let Some(m) = self.devices.mem() else {
+            return Err(Response::error(
+                400,
+                "this VM has no hotplug memory: start it with --memory-hotplug MAX",
+            ));
+        };
+        let bytes = requested_mib.saturating_mul(1 << 20);
+        m.request(bytes)
+            .map_err(|e| Response::error(400, e.to_string()))?;
+        tracing::info!(requested_mib, "hotplug memory requested");
+        Ok(self.memory())
     }
 
     /// Parks every vCPU outside KVM_RUN.

@@ -11,7 +11,7 @@ use kvm_bindings::{
     kvm_pit_config, kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY,
 };
 use kvm_ioctls::{Kvm, VcpuFd, VmFd};
-use vm_memory::{Address, GuestMemoryBackend, GuestMemoryRegion};
+use vm_memory::{Address, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::api::ApiServer;
@@ -140,16 +140,34 @@ fn check_limits(config: &VmConfig, kvm: &Kvm) -> Result<(), VmError> {
     Ok(())
 }
 
-fn create_memory(vm: &VmFd, mem_size: u64) -> Result<GuestMemoryMmap, VmError> {
-    let mem = GuestMemoryMmap::from_ranges(&layout::ram_regions(mem_size))
+/// Guest RAM plus, with `hotplug`, the virtio-mem region (reserved address
+/// space: nothing is allocated or shown to KVM until blocks are plugged).
+fn create_memory(
+    vm: &VmFd,
+    mem_size: u64,
+    hotplug: Option<(u64, u64)>,
+) -> Result<GuestMemoryMmap, VmError> {
+    let mut ranges = layout::ram_regions(mem_size);
+    if let Some((addr, size)) = hotplug {
+        ranges.push((GuestAddress(addr), size as usize));
+    }
+    let mem = GuestMemoryMmap::from_ranges(&ranges)
         .map_err(|e| VmError::MemoryAlloc(mem_size >> 20, e.to_string()))?;
-    register_memory(vm, &mem)?;
+    register_memory(vm, &mem, hotplug)?;
     Ok(mem)
 }
 
-/// Tells KVM about every region of `mem`.
-fn register_memory(vm: &VmFd, mem: &GuestMemoryMmap) -> Result<(), VmError> {
-    for (slot, region) in mem.iter().enumerate() {
+/// Tells KVM about every region of `mem` except the hotplug region (the
+/// virtio-mem device registers its plugged parts itself).
+fn register_memory(
+    vm: &VmFd,
+    mem: &GuestMemoryMmap,
+    hotplug: Option<(u64, u64)>,
+) -> Result<(), VmError> {
+    let ram = mem
+        .iter()
+        .filter(|r| hotplug.is_none_or(|(addr, _)| r.start_addr().raw_value() != addr));
+    for (slot, region) in ram.enumerate() {
         let r = kvm_userspace_memory_region {
             slot: slot as u32,
             guest_phys_addr: region.start_addr().raw_value(),
@@ -289,7 +307,7 @@ fn legacy_devices(
 
 /// What `build` and `restore` hand to `assemble`.
 struct Parts {
-    vm: VmFd,
+    vm: Arc<VmFd>,
     vcpus: Vec<VcpuFd>,
     mem: GuestMemoryMmap,
     mem_size: u64,
@@ -315,19 +333,28 @@ impl Vm {
     pub fn build(config: &VmConfig, start: Instant) -> Result<Self, VmError> {
         let kvm = open_kvm()?;
         check_limits(config, &kvm)?;
-        let vm = create_vm(&kvm)?;
-        let mem = create_memory(&vm, config.mem_size)?;
+        let vm = Arc::new(create_vm(&kvm)?);
+        let mut devices = DeviceManager::new();
+        // The hotplug region is part of guest memory (so devices reach
+        // plugged blocks) but takes its place in device memory first.
+        let hotplug = match config.mem_hotplug {
+            Some(max) => Some(devices.reserve_hotplug(config.mem_size, max)?),
+            None => None,
+        };
+        let mem = create_memory(&vm, config.mem_size, hotplug)?;
         let host = match config.host_compat {
             Some(true) => HostKind::NestedPvm,
             Some(false) => HostKind::Hardware,
             None => HostKind::detect(),
         };
-        let mut devices = DeviceManager::new();
         if let Some(vs) = &config.vsock {
             devices.add_vsock(&vm, &mem, vs)?;
         }
         for p in &config.pmem {
             devices.add_pmem(&vm, &mem, p)?;
+        }
+        if let Some((addr, size)) = hotplug {
+            devices.add_mem(&vm, &mem, addr, size)?;
         }
         let mut cmdline = devices.add_to_cmdline(&host.adapt_cmdline(&config.cmdline));
         if let Some(c) = &config.core_dumps {
@@ -416,7 +443,7 @@ impl Vm {
         };
         Ok(Self {
             vcpus: p.vcpus,
-            vm: Arc::new(p.vm),
+            vm: p.vm,
             mem: p.mem,
             mem_size: p.mem_size,
             ctx,
@@ -445,7 +472,7 @@ impl Vm {
         if vcpu_count == 0 {
             return Err(VmError::NoVcpus);
         }
-        let vm = create_vm(&kvm)?;
+        let vm = Arc::new(create_vm(&kvm)?);
         let mut devices = DeviceManager::new();
         devices
             .prepare_restore(&vm, state.mem_size, &state.devices.virtio)
@@ -462,7 +489,11 @@ impl Vm {
                 .map_err(snapshot::SnapshotError::from)?;
             (mem, None)
         };
-        register_memory(&vm, &mem)?;
+        register_memory(
+            &vm,
+            &mem,
+            DeviceManager::hotplug_region(&state.devices.virtio),
+        )?;
         // vCPUs (and their LAPICs) before the interrupt controllers: setting
         // the IOAPIC re-delivers its pending interrupts, which must find the
         // restored LAPICs (an IOAPIC restored first keeps an undeliverable
@@ -534,6 +565,9 @@ impl Vm {
                 .inject_image_base(base)
                 .map_err(|e| VmError::Restore(e.to_string()))?;
         }
+        devices
+            .restore_mem(&vm, &mem, &state.devices.virtio, memory_file.is_some())
+            .map_err(|e| VmError::Restore(e.to_string()))?;
         let pending = match memory_file {
             Some(memory_file) => {
                 devices

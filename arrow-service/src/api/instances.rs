@@ -13,7 +13,7 @@ use serde::Deserialize;
 
 use super::error::{ApiError, ApiResult};
 use crate::error::Error;
-use crate::model::{CreateRequest, Instance, WaitResponse};
+use crate::model::{CreateRequest, Instance, MemoryStatus, UpdateRequest, WaitResponse};
 use crate::supervisor::Supervisor;
 
 type Sup = State<Arc<Supervisor>>;
@@ -159,4 +159,25 @@ fn tokio_util_stream(
             Err(e) => Some((Err(e), f)),
         }
     })
+}
+
+/// `POST /instances/{id}/update`: resize a running instance's memory.
+pub async fn update(
+    State(s): Sup,
+    Path(id): Path<String>,
+    body: Result<Json<UpdateRequest>, JsonRejection>,
+) -> ApiResult<Json<MemoryStatus>> {
+    const USAGE: &str = "send JSON such as {\"memory\": \"512M\"} (schema: GET /openapi.json)";
+    let Json(req) = body.map_err(|e| {
+        ApiError(Error::Invalid(format!(
+            "bad request body: {}; {USAGE}",
+            e.body_text()
+        )))
+    })?;
+    let Some(memory) = &req.memory else {
+        return Err(ApiError(Error::Invalid(format!(
+            "nothing to update: {USAGE}"
+        ))));
+    };
+    Ok(Json(s.update_memory(&id, memory).await?))
 }

@@ -39,6 +39,7 @@ pub fn router(sup: Arc<Supervisor>) -> Router {
         .route("/instances/{id}/stop", post(instances::stop))
         .route("/instances/{id}/kill", post(instances::kill))
         .route("/instances/{id}/wait", post(instances::wait))
+        .route("/instances/{id}/update", post(instances::update))
         .route("/instances/{id}/logs", get(instances::logs))
         .route("/instances/{id}/cores/{name}", get(instances::core))
         .route("/templates", get(templates::list).post(templates::create))

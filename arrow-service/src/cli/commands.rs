@@ -55,6 +55,9 @@ fn create_body(c: &CreateArgs, start: bool) -> Result<Value> {
     if !c.args.is_empty() {
         body["args"] = json!(c.args);
     }
+    if let Some(m) = &c.memory_max {
+        body["memory_max"] = json!(m);
+    }
     if let Some(m) = &c.memory {
         body["memory"] = json!(m);
     }
@@ -276,6 +279,20 @@ pub async fn run(cli: Cli) -> Result<i32> {
             }
             print_json(&out)?;
             Ok(code)
+        }
+        Command::Update { memory, instances } => {
+            let body = json!({ "memory": memory });
+            each(&instances, |id| {
+                let body = body.clone();
+                async move {
+                    let _: serde_json::Value = ep
+                        .json(Method::POST, &path_of(&id, "/update"), Some(&body))
+                        .await?;
+                    println!("{id}");
+                    Ok(())
+                }
+            })
+            .await
         }
         Command::Wait { instances } => {
             each(&instances, |id| async move {

@@ -56,6 +56,10 @@ pub struct CreateArgs {
     /// Guest memory, e.g. 256M or 1G.
     #[arg(short = 'm', long)]
     pub memory: Option<String>,
+    /// Most memory `actl update --memory` may grow the instance to
+    /// (default 4 x --memory; equal to --memory: no hotplug).
+    #[arg(long)]
+    pub memory_max: Option<String>,
     /// Number of vCPUs.
     #[arg(long)]
     pub cpus: Option<u8>,
@@ -211,6 +215,15 @@ pub enum Command {
     },
     /// Show instances as JSON.
     Inspect {
+        /// Instance IDs or names.
+        #[arg(required = true)]
+        instances: Vec<String>,
+    },
+    /// Resize running instances' memory (memory hotplug); prints their IDs.
+    Update {
+        /// New memory size (boot memory plus hotplugged), e.g. 512M or 1G.
+        #[arg(short = 'm', long, required = true)]
+        memory: String,
         /// Instance IDs or names.
         #[arg(required = true)]
         instances: Vec<String>,

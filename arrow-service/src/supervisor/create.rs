@@ -154,6 +154,29 @@ impl Supervisor {
             &req.env,
             req.args.as_ref(),
         )?;
+        // Hotplug headroom. A clone of a template has what its template has:
+        // arrowd's templates are booted without a hotplug region for now.
+        let memory_max_mib = match (&req.memory_max, &template) {
+            (Some(_), Some(t)) => {
+                return Err(Error::Invalid(format!(
+                    "memory_max cannot be set for a clone of template {}: a clone has its template's memory; leave memory_max out",
+                    t.name
+                )))
+            }
+            (None, Some(_)) => r.memory_mib,
+            (Some(m), None) => memory(m)?,
+            (None, None) => r
+                .memory_mib
+                .saturating_mul(4)
+                .min(MAX_MEMORY_MIB as u32)
+                .max(r.memory_mib),
+        };
+        if memory_max_mib < r.memory_mib {
+            return Err(Error::Invalid(format!(
+                "memory_max {memory_max_mib} MiB is less than memory {} MiB: give at least the boot memory",
+                r.memory_mib
+            )));
+        }
         let mut id = new_id()?;
         let name = match &req.name {
             Some(n) => {
@@ -168,6 +191,7 @@ impl Supervisor {
             image_digest: r.image.digest.to_string(),
             vcpus: r.vcpus,
             memory_mib: r.memory_mib,
+            memory_max_mib,
             env: r.env,
             args: r.args,
             ports: req.ports.clone(),

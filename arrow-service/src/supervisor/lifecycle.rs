@@ -141,6 +141,12 @@ impl Supervisor {
             "--vcpus".into(),
             rec.spec.vcpus.to_string().into(),
         ];
+        if rec.spec.memory_max_mib > rec.spec.memory_mib {
+            args.extend([
+                "--memory-hotplug".into(),
+                format!("{}M", rec.spec.memory_max_mib - rec.spec.memory_mib).into(),
+            ]);
+        }
         if rec.spec.core_dumps {
             args.extend(["--core-dir".into(), run_dir.clone().into()]);
         }

@@ -6,6 +6,7 @@ pub(crate) mod create;
 pub mod guest_env;
 mod lifecycle;
 mod logs;
+mod memory;
 mod monitor;
 mod recover;
 

@@ -6,6 +6,7 @@
 //! curl --unix-socket api.sock -X PUT http://localhost/vm/pause
 //! curl --unix-socket api.sock -X PUT http://localhost/vm/resume
 //! curl --unix-socket api.sock -X PUT -d '{"dir":"/tmp/snap"}' http://localhost/vm/snapshot
+//! curl --unix-socket api.sock -X PUT -d '{"requested_mib":256}' http://localhost/vm/memory
 //! curl --unix-socket api.sock -X PUT http://localhost/vm/shutdown
 //! curl --unix-socket api.sock -X PUT http://localhost/vm/start    # a pooled VM
 //! ```
@@ -278,9 +279,14 @@ impl ApiServer {
                     ),
                 }
             }
+            ("/vm/memory", "GET") => Response::ok(rt.memory()),
+            ("/vm/memory", "PUT" | "PATCH") => match requested_mib(&req.body) {
+                Ok(mib) => rt.set_memory(mib).map(Response::ok).unwrap_or_else(|e| e),
+                Err(msg) => Response::error(400, msg),
+            },
             (
                 "/vm" | "/" | "/vm/pause" | "/vm/resume" | "/vm/shutdown" | "/vm/snapshot"
-                | "/vm/start",
+                | "/vm/start" | "/vm/memory",
                 _,
             ) => {
                 Response::error(405, format!("{} is not allowed on {path}", req.method))
@@ -288,7 +294,7 @@ impl ApiServer {
             _ => Response::error(
                 404,
                 format!(
-                    "no such endpoint {path}: use GET /vm, PUT /vm/pause|resume|snapshot|shutdown|start"
+                    "no such endpoint {path}: use GET /vm, PUT /vm/pause|resume|snapshot|memory|shutdown|start"
                 ),
             ),
         }
@@ -315,6 +321,19 @@ fn start_body(body: &[u8]) -> Result<(Option<AppSpec>, Option<PathBuf>), Respons
                 format!(r#"body must be empty or {{"app": {{"app": "/path", "args": [], "env": ["K=V"], "hostname": ""}}}}: {e}"#),
             )
         })
+}
+
+/// The `requested_mib` of a `PUT /vm/memory` body.
+fn requested_mib(body: &[u8]) -> Result<u64, String> {
+    const USAGE: &str =
+        r#"body must be JSON like {"requested_mib": 256} (a whole, non-negative number of MiB)"#;
+    let v: serde_json::Value = serde_json::from_slice(body).map_err(|_| USAGE.to_string())?;
+    match v.get("requested_mib") {
+        Some(n) => n
+            .as_u64()
+            .ok_or_else(|| format!("requested_mib {n} is not allowed: {USAGE}")),
+        None => Err(USAGE.into()),
+    }
 }
 
 impl Drop for ApiServer {

@@ -27,12 +27,15 @@ use kvm_ioctls::{IoEventAddress, VmFd};
 use crate::arch::layout;
 use crate::config::{insert_kernel_param, PmemConfig, VsockConfig};
 use crate::devices::bus::{Bus, BusError};
+use crate::devices::virtio::mem::{
+    HotplugMemory, MemError, RequestedSizeError, VirtioMem, REGION_ALIGN,
+};
 use crate::devices::virtio::mmio::{MmioError, MmioTransport, NOTIFY_OFFSET};
 use crate::devices::virtio::pmem::{Pmem, PmemError};
 use crate::devices::virtio::vsock::{Limits, Vsock, VsockError};
 use crate::devices::virtio::{cmdline_fragment, MMIO_WINDOW_SIZE};
 use crate::event_loop::Subscriber;
-use crate::snapshot::devices::{PmemSnapshot, VirtioStates, VsockSnapshot};
+use crate::snapshot::devices::{MemSnapshot, PmemSnapshot, VirtioStates, VsockSnapshot};
 use crate::GuestMemoryMmap;
 use resources::{DeviceMemory, KvmSlotAllocator, SlotAllocator};
 pub use resources::{DeviceMemoryError, MmioSlot, SlotError};
@@ -54,6 +57,8 @@ pub enum DeviceError {
     Vsock(#[from] VsockError),
     #[error("virtio-mmio transport: {0}")]
     Mmio(#[from] MmioError),
+    #[error("virtio-mem device: {0}")]
+    Mem(#[from] MemError),
     #[error("the snapshot has a vsock device: give it a new host socket with --vsock-uds")]
     VsockUdsMissing,
     #[error("a clone needs its own vsock CID: pass --vsock-cid")]
@@ -80,6 +85,32 @@ pub struct VsockParts {
     pub slot: MmioSlot,
     pub device: Arc<Mutex<Vsock>>,
     pub transport: Arc<Mutex<MmioTransport>>,
+}
+
+/// The virtio-mem device and its transport, kept for snapshots and the API.
+#[derive(Clone)]
+pub struct MemParts {
+    pub slot: MmioSlot,
+    pub device: Arc<Mutex<VirtioMem>>,
+    pub transport: Arc<Mutex<MmioTransport>>,
+}
+
+impl MemParts {
+    /// Asks the guest for `bytes` of hotplugged memory: sets the requested
+    /// size and, when it changed and a driver runs, signals a configuration
+    /// change (a driver that starts later reads the size itself; a guest
+    /// without a driver gets no interrupt it does not expect).
+    pub fn request(&self, bytes: u64) -> Result<(), RequestedSizeError> {
+        let (changed, active) = {
+            let mut d = lock(&self.device);
+            (d.set_requested(bytes)?, d.driver_active())
+        };
+        // Not under the device's lock: the transport locks the device.
+        if changed && active {
+            lock(&self.transport).config_changed();
+        }
+        Ok(())
+    }
 }
 
 /// A pmem device and its transport.
@@ -116,6 +147,7 @@ pub struct DeviceManager {
     kvm_slots: KvmSlotAllocator,
     /// Restore phase 1 output: mapped pmem devices awaiting transports.
     pending_pmem: Vec<Arc<Mutex<Pmem>>>,
+    mem: Option<MemParts>,
 }
 
 fn lock<T: ?Sized>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -149,6 +181,9 @@ impl DeviceManager {
         for p in &self.pmem {
             subs.push(p.device.clone() as Subscriber);
         }
+        if let Some(m) = &self.mem {
+            subs.push(m.device.clone() as Subscriber);
+        }
         subs
     }
 
@@ -158,6 +193,90 @@ impl DeviceManager {
 
     pub fn pmem(&self) -> &[PmemParts] {
         &self.pmem
+    }
+
+    pub fn mem(&self) -> Option<&MemParts> {
+        self.mem.as_ref()
+    }
+
+    /// Reserves guest-physical space for a hotplug region of `max` bytes
+    /// (rounded up to 128 MiB) in device memory above the RAM of a
+    /// `mem_size` guest; returns (address, size). Call before any device
+    /// memory is allocated and map the region into guest memory (not into
+    /// KVM), then attach the device with [`Self::add_mem`].
+    pub fn reserve_hotplug(&mut self, mem_size: u64, max: u64) -> Result<(u64, u64), DeviceError> {
+        let size = max.next_multiple_of(REGION_ALIGN);
+        let addr = self
+            .device_memory(layout::ram_end(mem_size))
+            .allocate(size)?;
+        Ok((addr, size))
+    }
+
+    /// Adds a virtio-mem device for the hotplug region `[addr, addr+size)`
+    /// from [`Self::reserve_hotplug`], which must be a region of `mem` that
+    /// is not registered with KVM (the device registers the parts that get
+    /// plugged).
+    pub fn add_mem(
+        &mut self,
+        vm: &Arc<VmFd>,
+        mem: &GuestMemoryMmap,
+        addr: u64,
+        size: u64,
+    ) -> Result<(), DeviceError> {
+        let slot = self.slots.allocate()?;
+        let backend = HotplugMemory::new(mem, addr, size, vm.clone()).map_err(MemError::from)?;
+        let device = Arc::new(Mutex::new(VirtioMem::new(addr, size, Box::new(backend))?));
+        let transport = MmioTransport::new(mem.clone(), device.clone())?;
+        let transport = self.attach(vm, slot, transport, "virtio-mem")?;
+        self.mem = Some(MemParts {
+            slot,
+            device,
+            transport,
+        });
+        Ok(())
+    }
+
+    /// Restore phase 2 for the virtio-mem device (it needs the VM fd to
+    /// register the plugged blocks' memory slots again). `pooled`: guest
+    /// memory is a reservation the template's file is mapped over at start
+    /// (the transport loads its state then, in `load_transport_states`).
+    pub fn restore_mem(
+        &mut self,
+        vm: &Arc<VmFd>,
+        mem: &GuestMemoryMmap,
+        states: &VirtioStates,
+        pooled: bool,
+    ) -> Result<(), DeviceError> {
+        let Some(ms) = &states.mem else {
+            return Ok(());
+        };
+        let d = &ms.device;
+        let mut backend =
+            HotplugMemory::new(mem, d.addr, d.region_size, vm.clone()).map_err(MemError::from)?;
+        if pooled {
+            backend.set_file_backed();
+        }
+        let device = Arc::new(Mutex::new(VirtioMem::restore(d, Box::new(backend))?));
+        let mut transport = MmioTransport::new(mem.clone(), device.clone())?;
+        if !pooled {
+            transport.restore_state(&ms.transport)?;
+        }
+        let transport = self.attach(vm, ms.slot, transport, "virtio-mem")?;
+        self.mem = Some(MemParts {
+            slot: ms.slot,
+            device,
+            transport,
+        });
+        Ok(())
+    }
+
+    /// The guest-physical range of the hotplug region in `states`, if any
+    /// (restore registers boot RAM with KVM, but not this region).
+    pub fn hotplug_region(states: &VirtioStates) -> Option<(u64, u64)> {
+        states
+            .mem
+            .as_ref()
+            .map(|m| (m.device.addr, m.device.region_size))
     }
 
     fn device_memory(&mut self, ram_end: u64) -> &mut DeviceMemory {
@@ -259,6 +378,11 @@ impl DeviceManager {
                     device: lock(&p.device).state(),
                 })
                 .collect(),
+            mem: self.mem.as_ref().map(|m| MemSnapshot {
+                slot: m.slot,
+                transport: lock(&m.transport).state(),
+                device: lock(&m.device).state(),
+            }),
         }
     }
 
@@ -282,6 +406,11 @@ impl DeviceManager {
                 .claim(dev.guest_addr(), dev.region_size())?;
             self.map_pmem(vm, &dev)?;
             self.pending_pmem.push(Arc::new(Mutex::new(dev)));
+        }
+        if let Some(m) = &states.mem {
+            self.slots.claim(m.slot)?;
+            self.device_memory(layout::ram_end(mem_size))
+                .claim(m.device.addr, m.device.region_size)?;
         }
         Ok(())
     }
@@ -320,6 +449,9 @@ impl DeviceManager {
         }
         for (ps, p) in states.pmem.iter().zip(&self.pmem) {
             lock(&p.transport).restore_state(&ps.transport)?;
+        }
+        if let (Some(ms), Some(m)) = (&states.mem, &self.mem) {
+            lock(&m.transport).restore_state(&ms.transport)?;
         }
         Ok(())
     }

@@ -4,6 +4,7 @@ use serde::{Deserialize, Serialize};
 use vm_superio::serial::SerialState;
 
 use crate::device_manager::MmioSlot;
+use crate::devices::virtio::mem::MemState;
 use crate::devices::virtio::mmio::MmioTransportState;
 use crate::devices::virtio::pmem::PmemState;
 use crate::devices::virtio::vsock::VsockState;
@@ -59,6 +60,9 @@ pub struct VirtioStates {
     /// In attach order (the guest's /dev/pmem numbering).
     #[serde(default)]
     pub pmem: Vec<PmemSnapshot>,
+    /// The virtio-mem device: plugged blocks and requested size.
+    #[serde(default)]
+    pub mem: Option<MemSnapshot>,
 }
 
 /// A pmem device with its transport; restore maps the same file at the
@@ -68,4 +72,12 @@ pub struct PmemSnapshot {
     pub slot: MmioSlot,
     pub transport: MmioTransportState,
     pub device: PmemState,
+}
+
+/// The virtio-mem device with its transport.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct MemSnapshot {
+    pub slot: MmioSlot,
+    pub transport: MmioTransportState,
+    pub device: MemState,
 }

@@ -92,7 +92,7 @@ pub fn kernel() -> Result<PathBuf, String> {
     }
 }
 
-fn musl_build(src: &Path, out: &Path) -> Result<(), String> {
+pub fn musl_build(src: &Path, out: &Path) -> Result<(), String> {
     let o = Command::new("musl-gcc")
         .args(["-static", "-O2", "-s", "-o"])
         .arg(out)
@@ -268,7 +268,12 @@ impl Guest {
         Self::spawn(cmd, &Vmm::Arrow(bin.to_path_buf()), uds, timeout)
     }
 
-    fn spawn(mut cmd: Command, vmm: &Vmm, uds: &Path, timeout: Duration) -> Result<Self, String> {
+    pub fn spawn(
+        mut cmd: Command,
+        vmm: &Vmm,
+        uds: &Path,
+        timeout: Duration,
+    ) -> Result<Self, String> {
         let started = Instant::now();
         let mut child = cmd
             .stdin(Stdio::null())
@@ -490,6 +495,25 @@ impl Guest {
     pub fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+
+    /// The VMM's process ID.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Waits (until the deadline) for the VMM to exit; its exit code.
+    pub fn wait_exit(&mut self) -> Result<i32, String> {
+        loop {
+            match self.child.try_wait() {
+                Ok(Some(st)) => return st.code().ok_or_else(|| format!("VMM killed: {st}")),
+                Ok(None) if Instant::now() >= self.deadline => {
+                    return Err("guest deadline passed before the VMM exited".into())
+                }
+                Ok(None) => std::thread::sleep(Duration::from_millis(50)),
+                Err(e) => return Err(e.to_string()),
+            }
+        }
     }
 }
 

@@ -94,6 +94,8 @@ pub struct MemStatus {
     pub requested_size: u64,
     /// The driver has started the device.
     pub driver_active: bool,
+    /// Bytes of the region resident in host memory.
+    pub host_resident: Option<u64>,
 }
 
 /// Device state for snapshots: the plugged blocks and the requested size.
@@ -204,7 +206,13 @@ impl VirtioMem {
             plugged_size: self.plugged_size(),
             requested_size: self.requested,
             driver_active: self.active.is_some(),
+            host_resident: self.backend.resident_bytes(),
         }
+    }
+
+    /// The driver has started the device (DRIVER_OK).
+    pub fn driver_active(&self) -> bool {
+        self.active.is_some()
     }
 
     pub fn plugged_size(&self) -> u64 {

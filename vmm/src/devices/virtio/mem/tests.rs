@@ -292,6 +292,15 @@ fn plug_state_unplug_and_memory_goes_back() {
     assert!(rss_of(&f.mem, REGION, 8 * MIB) >= 8 * MIB - 4096);
     assert_eq!(f.resp_type(REQ_UNPLUG, REGION, 2), RESP_ACK);
     assert_eq!(rss_of(&f.mem, REGION, 8 * MIB), 4 * MIB);
+    assert_eq!(f.dev.status().host_resident, Some(4 * MIB));
+    // Reads of untouched memory map the shared zero page: not resident.
+    f.mem
+        .read_slice(
+            &mut vec![0u8; (16 * MIB) as usize],
+            GuestAddress(REGION + 64 * MIB),
+        )
+        .unwrap();
+    assert_eq!(f.dev.status().host_resident, Some(4 * MIB));
     assert_eq!(f.mem.read_obj::<u64>(GuestAddress(REGION)).unwrap(), 0);
     assert!(f.slot_calls().is_empty(), "slot still has plugged blocks");
     // Unplugging unplugged blocks is a driver error.
