@@ -84,6 +84,8 @@ pub enum AppSpecError {
     NotGeneric,
     #[error("the template's kernel speaks app-injection ABI version {0}, this arrow-vmm version {APP_ABI_VERSION}: rebuild the template with the matching guest kernel")]
     Abi(u32),
+    #[error("a persistent upper layer is not available to generic-template clones yet (the template has no writable slot): use \"upper\": \"tmpfs\", or start the instance from a per-image template or a cold boot")]
+    PersistentUpper,
 }
 
 fn check_nul(what: &'static str, v: &str) -> Result<(), AppSpecError> {
@@ -102,6 +104,9 @@ impl AppSpec {
     pub fn encode_for(&self, template_abi: Option<u32>) -> Result<Vec<u8>, AppSpecError> {
         match template_abi {
             None => Err(AppSpecError::NotGeneric),
+            Some(APP_ABI_VERSION) if self.upper == Upper::Persistent => {
+                Err(AppSpecError::PersistentUpper)
+            }
             Some(APP_ABI_VERSION) => self.encode(),
             Some(other) => Err(AppSpecError::Abi(other)),
         }
@@ -233,6 +238,12 @@ mod tests {
         assert_eq!(spec().encode_for(None), Err(AppSpecError::NotGeneric));
         assert_eq!(spec().encode_for(Some(9)), Err(AppSpecError::Abi(9)));
         assert_eq!(spec().encode_for(Some(APP_ABI_VERSION)), spec().encode());
+        let mut s = spec();
+        s.upper = Upper::Persistent;
+        assert_eq!(
+            s.encode_for(Some(APP_ABI_VERSION)),
+            Err(AppSpecError::PersistentUpper)
+        );
         let e = serde_json::from_str::<AppSpec>(r#"{"app":"/a","bogus":1}"#).unwrap_err();
         assert!(e.to_string().contains("bogus"), "{e}");
     }
