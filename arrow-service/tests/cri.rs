@@ -185,7 +185,7 @@ fn crictl_flow_runp_create_start_logs_stop_rm() {
     assert_eq!(pods.len(), 1);
     assert_eq!(pods[0].state, PodSandboxState::SandboxReady as i32);
 
-    // A long-running app in a second pod: running, stats, one app per pod, stop.
+    // A long-running app in a second pod: running, a sibling, stats, stop.
     let pod2 = c.run_pod("idle", &logs);
     let idle = c.create(&pod2, "idler", "guest", &[]).unwrap();
     c.call(c.runtime().start_container(StartContainerRequest {
@@ -194,9 +194,17 @@ fn crictl_flow_runp_create_start_logs_stop_rm() {
     .unwrap();
     c.wait_state(&idle, ContainerState::ContainerRunning);
     wait_for_text(&logs.join("idler.log"), "stdout F idle");
+    // A second container in the same pod is a second microVM; a name is taken once.
+    let second = c.create(&pod2, "second", "guest", &["count=2"]).unwrap();
+    c.call(c.runtime().start_container(StartContainerRequest {
+        container_id: second.clone(),
+    }))
+    .unwrap();
+    let st = c.wait_state(&second, ContainerState::ContainerExited);
+    assert_eq!(st.reason, "Completed", "{st:?}");
+    wait_for_text(&logs.join("second.log"), "stdout F count 2");
     let e = c.create(&pod2, "second", "guest", &[]).unwrap_err();
-    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
-    assert!(e.message().contains("one app"), "{e:?}");
+    assert_eq!(e.code(), Code::AlreadyExists, "{e:?}");
     let stats = c
         .call(c.runtime().container_stats(ContainerStatsRequest {
             container_id: idle.clone(),
@@ -213,7 +221,7 @@ fn crictl_flow_runp_create_start_logs_stop_rm() {
         )
         .unwrap()
         .stats;
-    assert_eq!(all.len(), 2);
+    assert_eq!(all.len(), 3);
     // Log rotation: move the file away, reopen, new output goes to a new file.
     std::fs::rename(logs.join("idler.log"), logs.join("idler.log.1")).unwrap();
     c.call(c.runtime().reopen_container_log(ReopenContainerLogRequest {
@@ -340,7 +348,16 @@ fn unknown_ids_bad_requests_and_env_checks() {
         }))
         .unwrap_err();
     assert_eq!(e.code(), Code::NotFound);
-    // Removing what does not exist is fine (kubelet retries removals).
+    // Stopping and removing what does not exist is fine (kubelet retries them).
+    c.call(c.runtime().stop_container(StopContainerRequest {
+        container_id: unknown.clone(),
+        timeout: 0,
+    }))
+    .unwrap();
+    c.call(c.runtime().stop_pod_sandbox(StopPodSandboxRequest {
+        pod_sandbox_id: unknown.clone(),
+    }))
+    .unwrap();
     c.call(c.runtime().remove_container(RemoveContainerRequest {
         container_id: unknown.clone(),
     }))

@@ -134,7 +134,9 @@ impl Cri {
             }
         }
         Err(match last {
-            Some(asdk::store::StoreError::NotFound(_)) | None => Error::NotFound(format!(
+            // A name the local store cannot even parse (e.g. `REPO@sha256:…`) is not in it.
+            Some(asdk::store::StoreError::NotFound(_) | asdk::store::StoreError::Reference(_))
+            | None => Error::NotFound(format!(
                 "image {reference:?} is not in Arrow's image store: build it with `asdk build` or import it with `asdk import`; `crictl images` lists what is there"
             )),
             Some(asdk::store::StoreError::Ambiguous(_)) => Error::Invalid(format!(
@@ -172,6 +174,9 @@ impl Cri {
                 sb.id
             )));
         }
+        // Several containers may share a sandbox (one microVM each); the sandbox's host
+        // ports go to the one that has no active sibling, as two VMs cannot both listen.
+        let mut siblings_active = false;
         for other in self.store.containers().map_err(status)? {
             if other.sandbox_id != sb.id {
                 continue;
@@ -184,15 +189,10 @@ impl Cri {
                 )));
             }
             let rec = self.sup.record(&other.instance_id).map_err(status)?;
-            if matches!(
+            siblings_active |= matches!(
                 cri_state(rec.as_ref()),
                 ContainerState::ContainerCreated | ContainerState::ContainerRunning
-            ) {
-                return Err(Status::failed_precondition(format!(
-                    "pod sandbox {} already has container {} ({:?}): Arrow runs one app (one microVM) per pod; stop or remove it first",
-                    sb.id, other.id, omd.name
-                )));
-            }
+            );
         }
         let image = self.resolve_image(&image_ref).map_err(status)?;
         let mut env = BTreeMap::new();
@@ -217,7 +217,11 @@ impl Cri {
             memory: memory_mib(res.memory_limit_in_bytes)?.map(MemoryArg::Mib),
             env,
             args: argv(&config.command, &config.args),
-            ports: ports(&sb.config),
+            ports: if siblings_active {
+                Vec::new()
+            } else {
+                ports(&sb.config)
+            },
             // No template named: the supervisor still starts it as a clone of a matching
             // one. Not started here: StartContainer does that.
             ..Default::default()
@@ -273,9 +277,13 @@ impl Cri {
         Ok(())
     }
 
+    /// Stops a container; an unknown one is already stopped (kubelet retries stops).
     pub(super) async fn stop_container(&self, reference: &str, timeout: i64) -> Result<(), Status> {
-        let c = self.store.container(reference).map_err(status)?;
-        self.stop_container_record(&c, timeout).await
+        match self.store.container(reference) {
+            Ok(c) => self.stop_container_record(&c, timeout).await,
+            Err(Error::NotFound(_)) => Ok(()),
+            Err(e) => Err(status(e)),
+        }
     }
 
     /// Graceful stop (the guest is asked to shut down), killed after `timeout` seconds.

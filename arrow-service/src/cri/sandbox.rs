@@ -79,9 +79,14 @@ impl Cri {
     }
 
     /// Stops every container of the sandbox (at once: kubelet has already given them their
-    /// grace period) and marks it not ready.
+    /// grace period) and marks it not ready. An unknown sandbox is already stopped.
     pub(super) async fn stop_sandbox(&self, reference: &str) -> Result<(), Status> {
-        let sb = self.store.sandbox(reference).map_err(status)?;
+        let sb = match self.store.sandbox(reference) {
+            Ok(s) => s,
+            // Idempotent: kubelet stops sandboxes it may already have removed.
+            Err(Error::NotFound(_)) => return Ok(()),
+            Err(e) => return Err(status(e)),
+        };
         for c in self.store.containers().map_err(status)? {
             if c.sandbox_id == sb.id {
                 self.stop_container_record(&c, 0).await?;
