@@ -229,24 +229,30 @@ fn crictl_flow_runp_create_start_logs_stop_rm() {
     }))
     .unwrap();
     assert!(logs.join("idler.log").exists());
-    // Memory cannot change without hotplug; the same value is fine.
-    let upd = |mib: i64| {
+    // Memory grows through hotplug (the guest plugs in the background); beyond the
+    // instance's hotplug maximum (4 x 32 MiB) is refused; vCPUs are fixed.
+    let upd = |mib: i64, quota: i64| {
         c.call(
             c.runtime()
                 .update_container_resources(UpdateContainerResourcesRequest {
                     container_id: idle.clone(),
                     linux: Some(LinuxContainerResources {
                         memory_limit_in_bytes: mib << 20,
+                        cpu_quota: quota,
+                        cpu_period: 100_000,
                         ..Default::default()
                     }),
                     ..Default::default()
                 }),
         )
     };
-    upd(32).unwrap();
-    let e = upd(64).unwrap_err();
-    assert_eq!(e.code(), Code::FailedPrecondition);
-    assert!(e.message().contains("hotplug"), "{e:?}");
+    upd(63, 0).unwrap();
+    let e = upd(1024, 0).unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    assert!(e.message().contains("MiB"), "{e:?}");
+    let e = upd(0, 200_000).unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+    assert!(e.message().contains("fixed at boot"), "{e:?}");
     // Exec is not possible in a single-task VM.
     let e = c
         .call(c.runtime().exec_sync(ExecSyncRequest {

@@ -438,9 +438,10 @@ impl Cri {
         Ok(out)
     }
 
-    /// Changes that match what the instance already has are accepted; anything else needs
-    /// memory hotplug (not in this arrowd yet) or a new boot (vCPUs are fixed).
-    pub(super) fn update_resources(
+    /// Memory is resized through the supervisor's memory hotplug (the same path as
+    /// `POST /instances/{id}/update`); vCPUs are fixed at boot, so only an unchanged CPU
+    /// limit is accepted.
+    pub(super) async fn update_resources(
         &self,
         reference: &str,
         res: Option<LinuxContainerResources>,
@@ -453,14 +454,6 @@ impl Cri {
                 c.id
             )));
         };
-        if let Some(mib) = memory_mib(res.memory_limit_in_bytes)? {
-            if mib != u64::from(rec.spec.memory_mib) {
-                return Err(Status::failed_precondition(format!(
-                    "cannot change container {}'s memory from {} MiB to {mib} MiB: resizing a running microVM needs memory hotplug, which this arrowd does not have yet; recreate the container with the new limit",
-                    c.id, rec.spec.memory_mib
-                )));
-            }
-        }
         if let Some(n) = vcpus(res.cpu_quota, res.cpu_period)? {
             if n != rec.spec.vcpus {
                 return Err(Status::failed_precondition(format!(
@@ -468,6 +461,18 @@ impl Cri {
                     c.id, rec.spec.vcpus
                 )));
             }
+        }
+        if let Some(mut mib) = memory_mib(res.memory_limit_in_bytes)? {
+            let boot = u64::from(rec.spec.memory_mib);
+            // Hotplug works in 2 MiB blocks above the boot memory: round up to one.
+            if mib > boot && (mib - boot) % 2 == 1 {
+                mib += 1;
+            }
+            self.sup
+                .update_memory(&c.instance_id, &MemoryArg::Mib(mib))
+                .await
+                .map_err(status)?;
+            tracing::info!(container = %c.id, memory_mib = mib, "memory update requested");
         }
         Ok(())
     }

@@ -181,7 +181,7 @@ impl RuntimeService for Cri {
         r: Request<UpdateContainerResourcesRequest>,
     ) -> R<UpdateContainerResourcesResponse> {
         let r = r.into_inner();
-        self.update_resources(&r.container_id, r.linux)?;
+        self.update_resources(&r.container_id, r.linux).await?;
         ok(UpdateContainerResourcesResponse {})
     }
 
