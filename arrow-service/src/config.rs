@@ -17,6 +17,14 @@ pub struct Config {
     /// Do not serve the CRI API.
     #[arg(long)]
     pub no_cri: bool,
+    /// Group (name or number) that may use the REST socket too: it is then
+    /// created 0660 and owned by that group (default: 0600, owner only).
+    #[arg(long, env = "ARROWD_SOCKET_GROUP")]
+    pub socket_group: Option<String>,
+    /// Also let this uid use the REST socket (repeatable); arrowd's own uid
+    /// and root always may.
+    #[arg(long = "allow-uid", env = "ARROWD_ALLOW_UIDS", value_delimiter = ',')]
+    pub allow_uids: Vec<u32>,
     /// Also listen on this TCP address (e.g. 127.0.0.1:7070); requires --token.
     #[arg(long, env = "ARROWD_TCP")]
     pub tcp: Option<String>,
@@ -52,6 +60,10 @@ pub struct Config {
     /// Do not put instances into cgroups.
     #[arg(long)]
     pub no_cgroups: bool,
+    /// Each instance's console.log is rotated to console.log.1 when it would
+    /// grow past this many MiB (so at most twice it is on disk); 0 = no cap.
+    #[arg(long, env = "ARROWD_CONSOLE_LOG_MAX_MIB", default_value_t = 16)]
+    pub console_log_max_mib: u64,
     /// Seconds a graceful stop waits before killing arrow-vmm.
     #[arg(long, default_value_t = 10)]
     pub stop_timeout: u64,

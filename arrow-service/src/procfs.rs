@@ -43,6 +43,15 @@ pub fn signal(pid: i32, start: u64, sig: i32) -> bool {
     unsafe { libc::kill(pid, sig) == 0 }
 }
 
+/// The environment variable through which arrowd hands each arrow-vmm it
+/// spawns a random token; the same token is kept in the run directory
+/// ([`SPAWN_TOKEN_FILE`], mode 0600). Another local user can neither read a
+/// process's environment nor the file, so a process carrying the token was
+/// spawned by this arrowd for that run directory.
+pub const SPAWN_TOKEN_ENV: &str = "ARROW_SPAWN_TOKEN";
+/// The token's file in the run directory.
+pub const SPAWN_TOKEN_FILE: &str = "spawn.token";
+
 /// An arrow-vmm process found in /proc that belongs to an instance under `run_root`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FoundVmm {
@@ -52,6 +61,47 @@ pub struct FoundVmm {
     pub pid: i32,
     /// Start time.
     pub start: u64,
+    /// Real and effective uid.
+    pub uids: (u32, u32),
+    /// Its ARROW_SPAWN_TOKEN (readable only for our own processes).
+    pub token: Option<String>,
+}
+
+impl FoundVmm {
+    /// Whether this process was spawned by this arrowd for the run directory
+    /// `run_dir`: it runs as arrowd's user and carries the token that arrowd
+    /// wrote into `run_dir` when it spawned it.
+    pub fn is_ours(&self, run_dir: &Path) -> bool {
+        // SAFETY: geteuid has no preconditions.
+        let me = unsafe { libc::geteuid() };
+        let expected = std::fs::read_to_string(run_dir.join(SPAWN_TOKEN_FILE)).ok();
+        self.uids == (me, me)
+            && matches!((&self.token, expected), (Some(t), Some(e)) if !t.is_empty() && *t == e.trim())
+    }
+
+    /// Whether it runs as arrowd's user (only those may be signalled).
+    pub fn same_user(&self) -> bool {
+        // SAFETY: geteuid has no preconditions.
+        let me = unsafe { libc::geteuid() };
+        self.uids.1 == me
+    }
+}
+
+/// Real and effective uid of `pid`.
+fn uids(pid: i32) -> Option<(u32, u32)> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = text.lines().find_map(|l| l.strip_prefix("Uid:"))?;
+    let mut f = line.split_whitespace().map(|x| x.parse::<u32>().ok());
+    Some((f.next()??, f.next()??))
+}
+
+/// The value of `key` in `pid`'s initial environment.
+fn environ_var(pid: i32, key: &str) -> Option<String> {
+    let env = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
+    env.split(|b| *b == 0).find_map(|kv| {
+        let rest = kv.strip_prefix(key.as_bytes())?.strip_prefix(b"=")?;
+        String::from_utf8(rest.to_vec()).ok()
+    })
 }
 
 /// Every live arrow-vmm whose `--report` file lies in a run directory under `run_root`.
@@ -98,10 +148,15 @@ pub fn scan_vmms(run_root: &Path) -> Vec<FoundVmm> {
         ) else {
             continue;
         };
+        let Some(uids) = uids(pid) else {
+            continue;
+        };
         out.push(FoundVmm {
             id: id.to_owned(),
             pid,
             start,
+            uids,
+            token: environ_var(pid, SPAWN_TOKEN_ENV),
         });
     }
     out
@@ -129,6 +184,63 @@ pub fn signal_number(name: &str) -> Option<i32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_processes_with_the_spawn_token_are_ours() {
+        use std::os::unix::process::CommandExt;
+        let dir = tempfile::tempdir().unwrap();
+        let run_root = dir.path().join("instances");
+        let run_dir = run_root.join("abc");
+        std::fs::create_dir_all(&run_dir).unwrap();
+        std::fs::write(run_dir.join(SPAWN_TOKEN_FILE), "secret\n").unwrap();
+        let report = run_dir.join("report.json");
+        // Looks like arrow-vmm (argv[0] and --report); `sleep; true` keeps
+        // the shell itself alive.
+        let spawn = |token: Option<&str>| {
+            let mut c = std::process::Command::new("/bin/sh");
+            c.arg0("arrow-vmm")
+                .args(["-c", "sleep 30; true", "--report"])
+                .arg(&report)
+                .env_remove(SPAWN_TOKEN_ENV);
+            if let Some(t) = token {
+                c.env(SPAWN_TOKEN_ENV, t);
+            }
+            c.spawn().unwrap()
+        };
+        for (token, ours) in [
+            (Some("secret"), true),
+            (Some("guess"), false),
+            (None, false),
+        ] {
+            let mut child = spawn(token);
+            let pid = child.id() as i32;
+            let mut found = None;
+            for _ in 0..200 {
+                found = scan_vmms(&run_root).into_iter().find(|f| f.pid == pid);
+                if found.is_some() {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            let f = found.expect("the fake arrow-vmm is found");
+            assert_eq!(f.id, "abc");
+            assert!(f.same_user());
+            assert_eq!(f.is_ours(&run_dir), ours, "token {token:?}");
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        // No token file in the run directory: nothing is ours.
+        std::fs::remove_file(run_dir.join(SPAWN_TOKEN_FILE)).unwrap();
+        let f = FoundVmm {
+            id: "abc".into(),
+            pid: 1,
+            start: 1,
+            // SAFETY: geteuid has no preconditions.
+            uids: unsafe { (libc::geteuid(), libc::geteuid()) },
+            token: Some("secret".into()),
+        };
+        assert!(!f.is_ours(&run_dir));
+    }
 
     #[test]
     fn own_process_identity() {

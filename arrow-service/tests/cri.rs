@@ -592,7 +592,8 @@ fn pull_image_from_a_registry_with_credentials() {
     };
     let (spec, files) =
         asdk::Spec::resolve(&file, "exit4", "1.0.0", std::path::Path::new(".")).unwrap();
-    let built = asdk::image::assemble(b"\x7fELF not run by the test guest", &spec, &files);
+    let built = asdk::image::assemble(b"\x7fELF not run by the test guest", &spec, &files)
+        .expect("assemble");
     src.add(&built, &["exit4:latest".parse().unwrap()]).unwrap();
     let remote = format!("{}/apps/exit4:1", reg.addr);
     let opts = asdk::registry::RegistryOptions {

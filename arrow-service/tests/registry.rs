@@ -25,7 +25,8 @@ fn arrowd_pulls_from_a_registry_and_runs_the_image() {
     };
     let (spec, files) =
         asdk::Spec::resolve(&file, "exit3", "1.0.0", std::path::Path::new(".")).unwrap();
-    let built = asdk::image::assemble(b"\x7fELF not run by the test guest", &spec, &files);
+    let built = asdk::image::assemble(b"\x7fELF not run by the test guest", &spec, &files)
+        .expect("assemble");
     src.add(&built, &["exit3:latest".parse().unwrap()]).unwrap();
     let remote = format!("{}/apps/exit3:1", reg.addr);
     let opts = asdk::registry::RegistryOptions {

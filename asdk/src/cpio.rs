@@ -51,6 +51,16 @@ pub struct CpioError {
     pub reason: String,
 }
 
+/// A file the newc format cannot hold (sizes are 32-bit).
+#[derive(Debug, thiserror::Error)]
+#[error("{path} has {size} bytes; a cpio (newc) entry holds less than 4 GiB: ship a smaller file")]
+pub struct EntryTooLarge {
+    /// The file.
+    pub path: String,
+    /// Its size.
+    pub size: u64,
+}
+
 impl Writer {
     /// An empty archive.
     pub fn new() -> Self {
@@ -65,9 +75,17 @@ impl Writer {
         self.entry(path, S_IFDIR | (perm & 0o7777), 2, &[]);
     }
 
-    /// Adds a regular file.
-    pub fn file(&mut self, path: &str, perm: u32, data: &[u8]) {
+    /// Adds a regular file. newc headers hold 32-bit sizes: a file of 4 GiB
+    /// or more (or a path that long) is refused, never truncated.
+    pub fn file(&mut self, path: &str, perm: u32, data: &[u8]) -> Result<(), EntryTooLarge> {
+        if u32::try_from(data.len()).is_err() {
+            return Err(EntryTooLarge {
+                path: path.to_owned(),
+                size: data.len() as u64,
+            });
+        }
         self.entry(path, S_IFREG | (perm & 0o7777), 1, data);
+        Ok(())
     }
 
     /// Appends the `TRAILER!!!` entry and returns the archive.
@@ -79,7 +97,8 @@ impl Writer {
     fn entry(&mut self, path: &str, mode: u32, nlink: u32, data: &[u8]) {
         let ino = self.next_ino;
         self.next_ino += 1;
-        let size = u32::try_from(data.len()).unwrap_or(u32::MAX);
+        // Checked by `file` (directories have no data).
+        let size = u32::try_from(data.len()).unwrap_or(0);
         self.header(path.trim_start_matches('/'), ino, mode, nlink, size);
         self.buf.extend_from_slice(data);
         self.pad();
@@ -162,8 +181,8 @@ mod tests {
     fn round_trip_and_layout() {
         let mut w = Writer::new();
         w.dir("arrow", 0o755);
-        w.file("/app", 0o755, b"hello");
-        w.file("arrow/spec.json", 0o644, b"{}");
+        w.file("/app", 0o755, b"hello").unwrap();
+        w.file("arrow/spec.json", 0o644, b"{}").unwrap();
         let bytes = w.finish();
         assert_eq!(bytes.len() % 4, 0);
         assert!(bytes.starts_with(b"070701"));
@@ -183,7 +202,7 @@ mod tests {
     #[test]
     fn header_fields_are_deterministic() {
         let mut w = Writer::new();
-        w.file("app", 0o755, b"x");
+        w.file("app", 0o755, b"x").unwrap();
         let bytes = w.finish();
         // ino=1, mode=0100755, uid=gid=0, nlink=1, mtime=0, size=1
         let fields = [1, 0o100755, 0, 0, 1, 0, 1, 0, 0, 0, 0, 4, 0];
@@ -194,10 +213,20 @@ mod tests {
     }
 
     #[test]
+    fn refuses_files_of_4_gib_instead_of_truncating() {
+        // calloc'd through mmap: the pages are never touched.
+        let big = vec![0u8; 1 << 32];
+        let mut w = Writer::new();
+        let e = w.file("big", 0o644, &big).unwrap_err();
+        assert_eq!(e.size, 1 << 32);
+        assert!(e.to_string().contains("less than 4 GiB"), "{e}");
+    }
+
+    #[test]
     fn rejects_garbage() {
         assert!(read(b"not a cpio archive at all, really not one, no no no no no no no no no no no no no no no no no no no no").is_err());
         let mut w = Writer::new();
-        w.file("app", 0o755, b"hello world");
+        w.file("app", 0o755, b"hello world").unwrap();
         let bytes = w.finish();
         assert!(read(&bytes[..120]).is_err());
     }

@@ -167,32 +167,32 @@ impl Manifest {
 }
 
 /// Builds the initrd: the cpio the guest kernel unpacks as its initramfs.
-pub fn initrd(binary: &[u8], spec_json: &[u8]) -> Vec<u8> {
+pub fn initrd(binary: &[u8], spec_json: &[u8]) -> Result<Vec<u8>, cpio::EntryTooLarge> {
     let mut w = cpio::Writer::new();
     // Mount points ainit uses; cheap (one header each) and spares the kernel a mkdir.
     for dir in ["arrow", "dev", "proc", "sys"] {
         w.dir(dir, 0o755);
     }
     w.dir("tmp", 0o1777);
-    w.file(APP_PATH, 0o755, binary);
-    w.file(SPEC_PATH, 0o644, spec_json);
-    w.finish()
+    w.file(APP_PATH, 0o755, binary)?;
+    w.file(SPEC_PATH, 0o644, spec_json)?;
+    Ok(w.finish())
 }
 
 /// Builds the files layer (paths relative to `data_dir`), or `None` when nothing is shipped.
-pub fn files_layer(files: &[FileData]) -> Option<Vec<u8>> {
+pub fn files_layer(files: &[FileData]) -> Result<Option<Vec<u8>>, cpio::EntryTooLarge> {
     if files.is_empty() {
-        return None;
+        return Ok(None);
     }
     let mut w = cpio::Writer::new();
     for f in files {
         if f.entry.dir {
             w.dir(&f.entry.path, f.entry.mode);
         } else {
-            w.file(&f.entry.path, f.entry.mode, &f.data);
+            w.file(&f.entry.path, f.entry.mode, &f.data)?;
         }
     }
-    Some(w.finish())
+    Ok(Some(w.finish()))
 }
 
 fn descriptor(media_type: &str, bytes: &[u8], title: Option<&str>) -> Descriptor {
@@ -208,10 +208,15 @@ fn descriptor(media_type: &str, bytes: &[u8], title: Option<&str>) -> Descriptor
 
 /// Assembles an image from a checked static binary, its resolved spec and shipped files.
 /// Equal inputs give byte-identical blobs and therefore the same digest.
-pub fn assemble(binary: &[u8], spec: &Spec, files: &[FileData]) -> BuiltImage {
+/// Fails only for a file of 4 GiB or more (cpio holds 32-bit sizes).
+pub fn assemble(
+    binary: &[u8],
+    spec: &Spec,
+    files: &[FileData],
+) -> Result<BuiltImage, cpio::EntryTooLarge> {
     let spec_json = spec.to_json();
-    let initrd = initrd(binary, &spec_json);
-    let files = files_layer(files);
+    let initrd = initrd(binary, &spec_json)?;
+    let files = files_layer(files)?;
     let mut layers = vec![descriptor(MEDIA_TYPE_INITRD, &initrd, Some("initrd.cpio"))];
     if let Some(f) = &files {
         layers.push(descriptor(MEDIA_TYPE_FILES, f, Some("files.cpio")));
@@ -230,13 +235,13 @@ pub fn assemble(binary: &[u8], spec: &Spec, files: &[FileData]) -> BuiltImage {
     let manifest_bytes = serde_json::to_vec(&manifest).unwrap_or_default();
     let mut blobs = vec![spec_json, initrd];
     blobs.extend(files);
-    BuiltImage {
+    Ok(BuiltImage {
         digest: Digest::of(&manifest_bytes),
         manifest_bytes,
         manifest,
         spec: spec.clone(),
         blobs,
-    }
+    })
 }
 
 #[cfg(test)]
@@ -253,7 +258,7 @@ mod tests {
 
     #[test]
     fn initrd_holds_app_and_spec() {
-        let img = assemble(b"\x7fELF fake", &spec(), &[]);
+        let img = assemble(b"\x7fELF fake", &spec(), &[]).unwrap();
         let entries = cpio::read(&img.blobs[1]).unwrap();
         let app = entries.iter().find(|e| e.path == "app").unwrap();
         assert_eq!(app.mode, cpio::S_IFREG | 0o755);
@@ -274,11 +279,11 @@ mod tests {
 
     #[test]
     fn deterministic_and_parseable() {
-        let a = assemble(b"bin", &spec(), &[]);
-        let b = assemble(b"bin", &spec(), &[]);
+        let a = assemble(b"bin", &spec(), &[]).unwrap();
+        let b = assemble(b"bin", &spec(), &[]).unwrap();
         assert_eq!(a.digest, b.digest);
         assert_eq!(a.manifest_bytes, b.manifest_bytes);
-        let c = assemble(b"bin2", &spec(), &[]);
+        let c = assemble(b"bin2", &spec(), &[]).unwrap();
         assert_ne!(a.digest, c.digest);
         let m = Manifest::parse(&a.manifest_bytes, "test").unwrap();
         assert_eq!(m, a.manifest);
@@ -288,7 +293,7 @@ mod tests {
 
     #[test]
     fn rejects_foreign_manifests() {
-        let mut m = assemble(b"bin", &spec(), &[]).manifest;
+        let mut m = assemble(b"bin", &spec(), &[]).unwrap().manifest;
         m.artifact_type = "application/vnd.example".into();
         let err = Manifest::parse(&serde_json::to_vec(&m).unwrap(), "x").unwrap_err();
         assert!(err.to_string().contains("artifactType"), "{err}");

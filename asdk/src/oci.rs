@@ -19,6 +19,9 @@ pub const MEDIA_TYPE_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 /// Annotation naming an image in `index.json`.
 pub const ANNOTATION_REF_NAME: &str = "org.opencontainers.image.ref.name";
 const LAYOUT_VERSION: &str = "1.0.0";
+/// Most bytes an imported layout's files may hold together (a tar is read
+/// into memory): far more than a static binary and its files need.
+pub const MAX_IMPORT_BYTES: u64 = 1 << 30;
 
 /// An export or import problem.
 #[derive(Debug, thiserror::Error)]
@@ -194,6 +197,15 @@ impl Layout {
             return Ok(Layout::Dir(path.to_owned()));
         }
         let file = fs::File::open(path).map_err(io)?;
+        let too_large = |what: String| {
+            OciError::Layout {
+            path: path.to_owned(),
+            reason: format!(
+                "{what} is larger than {MAX_IMPORT_BYTES} bytes, the most an import reads: is this an Arrow image?"
+            ),
+        }
+        };
+        let mut total = 0u64;
         let mut files = BTreeMap::new();
         let mut archive = tar::Archive::new(file);
         let entries = archive.entries().map_err(|e| OciError::Layout {
@@ -209,8 +221,14 @@ impl Layout {
                 continue;
             }
             let name = entry.path().map_err(io)?.to_string_lossy().into_owned();
+            let size = entry.size();
+            total = total.saturating_add(size);
+            if total > MAX_IMPORT_BYTES {
+                return Err(too_large("the archive's content".into()));
+            }
             let mut data = Vec::new();
-            entry.read_to_end(&mut data).map_err(io)?;
+            // The header's size was counted; never read more than it says.
+            (&mut entry).take(size).read_to_end(&mut data).map_err(io)?;
             files.insert(name.trim_start_matches("./").to_owned(), data);
         }
         Ok(Layout::Tar(files))
@@ -222,7 +240,7 @@ impl Layout {
             reason: format!("{rel} is missing"),
         };
         match self {
-            Layout::Dir(dir) => fs::read(dir.join(rel)).map_err(|e| match e.kind() {
+            Layout::Dir(dir) => read_capped(&dir.join(rel)).map_err(|e| match e.kind() {
                 std::io::ErrorKind::NotFound => missing(),
                 _ => OciError::Io {
                     path: dir.join(rel),
@@ -248,6 +266,19 @@ impl Layout {
         }
         Ok(bytes)
     }
+}
+
+/// A layout directory's file, refused when larger than [`MAX_IMPORT_BYTES`].
+fn read_capped(path: &Path) -> std::io::Result<Vec<u8>> {
+    let f = fs::File::open(path)?;
+    let mut data = Vec::new();
+    f.take(MAX_IMPORT_BYTES + 1).read_to_end(&mut data)?;
+    if data.len() as u64 > MAX_IMPORT_BYTES {
+        return Err(std::io::Error::other(format!(
+            "larger than {MAX_IMPORT_BYTES} bytes, the most an import reads"
+        )));
+    }
+    Ok(data)
 }
 
 /// Imports every Arrow image of the OCI layout at `path` (a tar archive or a directory).
@@ -367,7 +398,7 @@ mod tests {
         let a = Store::open(dir.path().join("a")).unwrap();
         let (spec, files) =
             Spec::resolve(&SpecFile::default(), "hello", "1.0", Path::new(".")).unwrap();
-        let img = assemble(b"binary", &spec, &files);
+        let img = assemble(b"binary", &spec, &files).unwrap();
         a.add(&img, &["hello:v1".parse().unwrap()]).unwrap();
         let archive = dir.path().join("hello.tar");
         assert_eq!(export(&a, "hello:v1", &archive).unwrap(), img.digest);
@@ -390,12 +421,29 @@ mod tests {
     }
 
     #[test]
+    fn refuses_archives_past_the_import_cap_before_reading_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path().join("s")).unwrap();
+        // A header claiming 2 GiB of content, and no content: the cap is
+        // checked on the header, before anything is read or allocated.
+        let mut h = tar::Header::new_ustar();
+        h.set_path("blobs/sha256/big").unwrap();
+        h.set_size(2 << 30);
+        h.set_entry_type(tar::EntryType::Regular);
+        h.set_cksum();
+        let archive = dir.path().join("big.tar");
+        fs::write(&archive, h.as_bytes()).unwrap();
+        let e = import(&store, &archive, &[]).unwrap_err().to_string();
+        assert!(e.contains("larger than"), "{e}");
+    }
+
+    #[test]
     fn rejects_tampered_archive() {
         let dir = tempfile::tempdir().unwrap();
         let a = Store::open(dir.path().join("a")).unwrap();
         let (spec, files) =
             Spec::resolve(&SpecFile::default(), "hello", "1.0", Path::new(".")).unwrap();
-        let img = assemble(b"binary", &spec, &files);
+        let img = assemble(b"binary", &spec, &files).unwrap();
         a.add(&img, &["hello".parse().unwrap()]).unwrap();
         let layout = dir.path().join("layout");
         fs::create_dir_all(layout.join("blobs/sha256")).unwrap();

@@ -16,6 +16,8 @@ pub const SPEC_SCHEMA_VERSION: u32 = 1;
 pub const DEFAULT_VCPUS: u8 = 1;
 /// Default guest memory in MiB.
 pub const DEFAULT_MEMORY_MIB: u32 = 128;
+/// Most vCPUs an image may ask for; arrowd accepts the same range.
+pub const MAX_VCPUS: u8 = 32;
 /// Default guest directory where shadowfs serves the app's files.
 pub const DEFAULT_DATA_DIR: &str = "/data";
 /// Largest vsock port: the notify device's APP_READY payload has 24 bits.
@@ -284,10 +286,10 @@ impl Spec {
                 return Err(invalid("ports", format!("port {port} is listed twice")));
             }
         }
-        if !(1..=64).contains(&self.vcpus) {
+        if !(1..=MAX_VCPUS).contains(&self.vcpus) {
             return Err(invalid(
                 "vcpus",
-                format!("{} is out of range: use 1..=64", self.vcpus),
+                format!("{} is out of range: use 1..={MAX_VCPUS}", self.vcpus),
             ));
         }
         if !(8..=1 << 20).contains(&self.memory_mib) {

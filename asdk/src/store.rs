@@ -656,7 +656,7 @@ mod tests {
     fn built(bin: &[u8], name: &str) -> BuiltImage {
         let (spec, files) =
             Spec::resolve(&SpecFile::default(), name, "1.0", Path::new(".")).unwrap();
-        assemble(bin, &spec, &files)
+        assemble(bin, &spec, &files).unwrap()
     }
 
     #[test]
@@ -737,7 +737,7 @@ mod tests {
         )
         .unwrap();
         let (spec, files) = Spec::resolve(&f, "app", "1", src.path()).unwrap();
-        let img = assemble(b"bin", &spec, &files);
+        let img = assemble(b"bin", &spec, &files).unwrap();
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path().join("store")).unwrap();
         store.add(&img, &["app".parse().unwrap()]).unwrap();

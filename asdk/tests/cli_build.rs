@@ -94,7 +94,7 @@ fn bad_spec_is_reported_before_building() {
     );
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("`vcpus`") && err.contains("1..=64"), "{err}");
+    assert!(err.contains("`vcpus`") && err.contains("1..=32"), "{err}");
     std::fs::write(&spec, "memroy_mib = 64\n").unwrap();
     let out = asdk(
         &dir.path().join("s"),

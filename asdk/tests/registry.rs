@@ -55,7 +55,7 @@ fn store_with_image(dir: &Path) -> (Store, asdk::BuiltImage) {
     let (spec, files) =
         Spec::resolve(&SpecFile::default(), "hello", "1.0", Path::new(".")).unwrap();
     let binary: Vec<u8> = (0..65536u32).map(|i| (i * 7 + i / 251) as u8).collect();
-    let img = asdk::image::assemble(&binary, &spec, &files);
+    let img = asdk::image::assemble(&binary, &spec, &files).expect("assemble");
     store.add(&img, &["hello:v1".parse().unwrap()]).unwrap();
     (store, img)
 }

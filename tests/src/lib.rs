@@ -129,9 +129,10 @@ pub fn static_c_app(name: &str, out_dir: &Path) -> PathBuf {
 /// `mode`) and a minimal `/arrow/spec.json`, as asdk lays images out.
 pub fn initrd(app: &[u8], mode: u32, out: &Path) -> PathBuf {
     let mut w = asdk::cpio::Writer::new();
-    w.file("app", mode, app);
+    w.file("app", mode, app).expect("app under 4 GiB");
     w.dir("arrow", 0o755);
-    w.file("arrow/spec.json", 0o644, br#"{"argv":["/app"]}"#);
+    w.file("arrow/spec.json", 0o644, br#"{"argv":["/app"]}"#)
+        .expect("small spec");
     std::fs::write(out, w.finish()).expect("write initrd");
     out.to_path_buf()
 }

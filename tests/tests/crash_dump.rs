@@ -40,7 +40,7 @@ fn pulled_image_crashes_and_leaves_a_core_on_the_host() {
         ..Default::default()
     };
     let (spec, files) = asdk::Spec::resolve(&spec_file, "crasher", "1.0.0", dir.path()).unwrap();
-    let built = asdk::image::assemble(&app_bytes, &spec, &files);
+    let built = asdk::image::assemble(&app_bytes, &spec, &files).expect("assemble");
     let a = asdk::Store::open(dir.path().join("a")).unwrap();
     a.add(&built, &["crasher:latest".parse().unwrap()]).unwrap();
     let reg = registry::Registry::start(None);

@@ -78,9 +78,9 @@ fn initrd(dir: &Path) -> PathBuf {
     let e2e = std::fs::read(static_c_app("e2e-app", dir)).expect("e2e-app");
     let sum = std::fs::read(static_c_app("sum-app", dir)).expect("sum-app");
     let mut w = asdk::cpio::Writer::new();
-    w.file("app", 0o755, &e2e);
+    w.file("app", 0o755, &e2e).expect("app under 4 GiB");
     w.dir("bin", 0o755);
-    w.file("bin/sum", 0o755, &sum);
+    w.file("bin/sum", 0o755, &sum).expect("sum under 4 GiB");
     let out = dir.join("initrd.cpio");
     std::fs::write(&out, w.finish()).expect("write initrd");
     out

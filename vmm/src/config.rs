@@ -34,6 +34,8 @@ pub struct VmConfig {
     pub mem_size: u64,
     pub vcpus: u8,
     pub console: ConsoleSink,
+    /// Cap of a console file (bytes, 0 = none): see devices/console_log.rs.
+    pub console_max: u64,
     pub boot_protocol: BootProtocol,
     /// Skip the CPUID filter table (debugging only).
     pub cpuid_passthrough: bool,

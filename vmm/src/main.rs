@@ -68,6 +68,10 @@ struct ServeArgs {
     /// Guest console output: stdout, none, or a file path.
     #[arg(long, default_value = "stdout")]
     console: ConsoleSink,
+    /// A console file is rotated to PATH.1 when it would grow past this
+    /// (so at most twice it is on disk); 0 = no cap.
+    #[arg(long, default_value = "64M", value_parser = parse_console_max)]
+    console_max_size: u64,
     /// Write a JSON report (timings, memory, exit) here when the VM stops.
     #[arg(long)]
     report: Option<PathBuf>,
@@ -185,6 +189,7 @@ fn run(args: RunArgs, start: Instant) -> anyhow::Result<i32> {
         mem_size: args.memory,
         vcpus: args.vcpus,
         console: args.serve.console.clone(),
+        console_max: args.serve.console_max_size,
         boot_protocol: args.boot_protocol,
         cpuid_passthrough: args.cpuid_passthrough,
         cpuid_clear: args.cpuid_clear,
@@ -218,6 +223,7 @@ fn restore(args: RestoreArgs, start: Instant) -> anyhow::Result<i32> {
         dir: args.from,
         clone: args.clone,
         console: args.serve.console.clone(),
+        console_max: args.serve.console_max_size,
         vsock_uds: args.vsock_uds,
         vsock_cid: args.vsock_cid,
         pool: args.pool,
@@ -245,6 +251,14 @@ fn read_app_spec(path: &std::path::Path) -> anyhow::Result<arrow_vmm::app_spec::
             path.display()
         )
     })
+}
+
+fn parse_console_max(s: &str) -> Result<u64, String> {
+    if s.trim() == "0" {
+        Ok(0)
+    } else {
+        parse_size(s)
+    }
 }
 
 /// Runs a built or restored VM; returns the exit code.

@@ -65,7 +65,12 @@ const COMMON: &[libc::c_long] = &[
 
 /// vCPU threads: KVM_RUN and state ioctls, device register accesses that
 /// write eventfds and the console, the kick signal.
-const VCPU: &[libc::c_long] = &[libc::SYS_tgkill];
+const VCPU: &[libc::c_long] = &[
+    libc::SYS_tgkill,
+    // Console file rotation (devices/console_log.rs): descriptors only.
+    libc::SYS_ftruncate,
+    libc::SYS_copy_file_range,
+];
 
 /// The event loop: epoll, sockets (vsock backend, control API), snapshot
 /// files, signalfd, timers, stopping vCPU threads, the final report.
@@ -112,6 +117,7 @@ const EVENT_LOOP: &[libc::c_long] = &[
     // --snapshot-dir: resolving a requested directory (realpath).
     libc::SYS_readlink,
     libc::SYS_readlinkat,
+    libc::SYS_copy_file_range,
 ];
 
 #[derive(Debug, thiserror::Error)]

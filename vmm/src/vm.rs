@@ -1,6 +1,5 @@
 //! Building a VM from a `VmConfig` and running it to its stop.
 
-use std::fs::File;
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -24,6 +23,7 @@ use crate::config::{ConsoleSink, VmConfig};
 use crate::device_manager::{DeviceError, DeviceManager, DeviceRestoreParams};
 use crate::devices::app_channel::{AppChannel, APP_CHANNEL_LEN, APP_CHANNEL_PORT};
 use crate::devices::bus::{Bus, BusError};
+use crate::devices::console_log::ConsoleLog;
 use crate::devices::coredump::{self, CoreWriter};
 use crate::devices::legacy::{
     SerialDevice, COM1_IRQ, COM1_PORT, I8042, I8042_LEN, I8042_PORT, SERIAL_LEN,
@@ -182,15 +182,17 @@ fn register_memory(
     Ok(())
 }
 
-fn console_writer(sink: &ConsoleSink) -> Result<Box<dyn Write + Send>, VmError> {
+fn console_writer(sink: &ConsoleSink, max: u64) -> Result<Box<dyn Write + Send>, VmError> {
     Ok(match sink {
         ConsoleSink::Stdout => Box::new(std::io::stdout()),
         ConsoleSink::None => Box::new(std::io::sink()),
         ConsoleSink::File(path) => {
-            Box::new(File::create(path).map_err(|source| VmError::Console {
-                path: path.clone(),
-                source,
-            })?)
+            Box::new(
+                ConsoleLog::create(path, max).map_err(|source| VmError::Console {
+                    path: path.clone(),
+                    source,
+                })?,
+            )
         }
     })
 }
@@ -201,6 +203,8 @@ pub struct RestoreConfig {
     pub dir: PathBuf,
     /// Restore as a clone: new generation and nonce, new vsock identity.
     pub clone: bool,
+    /// Cap of a console file (bytes, 0 = none): see devices/console_log.rs.
+    pub console_max: u64,
     pub console: ConsoleSink,
     /// New vsock host socket (required when the snapshot has vsock).
     pub vsock_uds: Option<PathBuf>,
@@ -373,7 +377,7 @@ impl Vm {
         let serial_irq = EventFd::new(libc::EFD_NONBLOCK).map_err(host_err("eventfd"))?;
         let serial = SerialDevice::new(
             serial_irq.try_clone().map_err(host_err("eventfd"))?,
-            console_writer(&config.console)?,
+            console_writer(&config.console, config.console_max)?,
         );
         let mut notify = NotifyDevice::new(lifecycle.clone());
         let mut cores = None;
@@ -526,7 +530,7 @@ impl Vm {
         let serial = SerialDevice::from_state(
             &state.devices.serial,
             serial_irq.try_clone().map_err(host_err("eventfd"))?,
-            console_writer(&config.console)?,
+            console_writer(&config.console, config.console_max)?,
         )
         .map_err(|e| VmError::Restore(format!("serial state: {e}")))?;
         let (generation, nonce) = if config.clone {

@@ -61,8 +61,7 @@ pub fn router_with_token(sup: Arc<Supervisor>, token: String) -> Router {
             let ok = req
                 .headers()
                 .get(header::AUTHORIZATION)
-                .and_then(|v| v.to_str().ok())
-                .is_some_and(|v| v == expected);
+                .is_some_and(|v| constant_time_eq(v.as_bytes(), expected.as_bytes()));
             if ok {
                 next.run(req).await
             } else {
@@ -76,6 +75,17 @@ pub fn router_with_token(sup: Arc<Supervisor>, token: String) -> Router {
             }
         }
     }))
+}
+
+/// Compares without an early exit, so the time taken does not tell how many
+/// leading bytes of a guessed token were right (only the expected length).
+fn constant_time_eq(given: &[u8], expected: &[u8]) -> bool {
+    let mut diff = (given.len() ^ expected.len()) as u8 | u8::from(given.len() != expected.len());
+    for (i, e) in expected.iter().enumerate() {
+        let g = given.get(i).copied().unwrap_or(!*e);
+        diff |= std::hint::black_box(g ^ e);
+    }
+    diff == 0
 }
 
 async fn count_requests(State(s): State<Arc<Supervisor>>, req: Request, next: Next) -> Response {
@@ -130,6 +140,18 @@ async fn metrics(State(s): State<Arc<Supervisor>>) -> Result<Response, ApiError>
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn token_comparison() {
+        use super::constant_time_eq as eq;
+        assert!(eq(b"Bearer abc", b"Bearer abc"));
+        assert!(!eq(b"Bearer abd", b"Bearer abc"));
+        assert!(!eq(b"Bearer ab", b"Bearer abc"));
+        assert!(!eq(b"Bearer abcd", b"Bearer abc"));
+        assert!(!eq(b"", b"Bearer abc"));
+        // Lengths that differ by a multiple of 256 are still different.
+        assert!(!eq(&[b'a'; 256], b""));
+    }
+
     /// The checked-in OpenAPI document names every route the router serves.
     #[test]
     fn openapi_lists_every_route() {

@@ -8,8 +8,9 @@ use arrow_service::cgroup::Cgroups;
 use arrow_service::config::Config;
 use arrow_service::db::Db;
 use arrow_service::supervisor::Supervisor;
+use arrow_service::unix_socket::{self, CheckedUnixListener, PeerPolicy};
 use clap::Parser;
-use tokio::net::{TcpListener, UnixListener};
+use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, SignalKind};
 
 fn main() -> std::process::ExitCode {
@@ -56,7 +57,12 @@ fn lock_state_dir(dir: &Path) -> Result<std::fs::File> {
     Ok(f)
 }
 
-async fn bind_unix(path: &Path, flag: &str) -> Result<UnixListener> {
+async fn bind_unix(
+    path: &Path,
+    flag: &str,
+    cfg: &Config,
+    what: &'static str,
+) -> Result<CheckedUnixListener> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)
             .with_context(|| format!("cannot create the socket directory {}", dir.display()))?;
@@ -71,7 +77,19 @@ async fn bind_unix(path: &Path, flag: &str) -> Result<UnixListener> {
         std::fs::remove_file(path)
             .with_context(|| format!("cannot remove the stale socket {}", path.display()))?;
     }
-    UnixListener::bind(path).with_context(|| format!("cannot listen on {}", path.display()))
+    let group = cfg
+        .socket_group
+        .as_deref()
+        .map(unix_socket::resolve_group)
+        .transpose()
+        .map_err(anyhow::Error::msg)?;
+    let listener = unix_socket::bind_private(path, group)
+        .with_context(|| format!("cannot listen on {}", path.display()))?;
+    Ok(CheckedUnixListener::new(
+        listener,
+        PeerPolicy::new(&cfg.allow_uids, group),
+        what,
+    ))
 }
 
 async fn run(cfg: Config) -> Result<()> {
@@ -111,11 +129,12 @@ async fn run(cfg: Config) -> Result<()> {
         None
     } else {
         let cri = arrow_service::cri::Cri::new(sup.clone())?;
-        let listener = bind_unix(&cfg.cri_socket, "--cri-socket (or --no-cri)").await?;
+        let listener =
+            bind_unix(&cfg.cri_socket, "--cri-socket (or --no-cri)", &cfg, "CRI").await?;
         tracing::info!(socket = %cfg.cri_socket.display(), "CRI (runtime.v1) listening");
         Some((cri, listener))
     };
-    let unix = bind_unix(&cfg.socket, "--socket").await?;
+    let unix = bind_unix(&cfg.socket, "--socket", &cfg, "REST API").await?;
     tracing::info!(socket = %cfg.socket.display(), "arrowd listening");
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut servers = tokio::task::JoinSet::new();

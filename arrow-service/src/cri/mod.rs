@@ -16,7 +16,6 @@ use std::io::Read;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-use tokio::net::UnixListener;
 use tonic::Status;
 
 use crate::error::Error;
@@ -171,7 +170,7 @@ impl Cri {
 /// Serves CRI on `path` until `stop` turns true.
 pub async fn serve(
     cri: Arc<Cri>,
-    listener: UnixListener,
+    listener: crate::unix_socket::CheckedUnixListener,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) -> Result<(), tonic::transport::Error> {
     use k8s_cri::v1::image_service_server::ImageServiceServer;
@@ -180,7 +179,11 @@ pub async fn serve(
         .add_service(RuntimeServiceServer::from_arc(Arc::clone(&cri)))
         .add_service(ImageServiceServer::from_arc(cri))
         .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::UnixListenerStream::new(listener),
+            // Only peers the socket's policy allows (SO_PEERCRED) get through.
+            futures_util::stream::unfold(listener, |l| async move {
+                let next = l.accept_allowed().await.map(|(stream, _)| stream);
+                Some((next, l))
+            }),
             async move {
                 let _ = stop.wait_for(|s| *s).await;
             },

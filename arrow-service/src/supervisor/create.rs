@@ -13,8 +13,8 @@ use crate::model::{CreateRequest, Instance, InstanceSpec, MemoryArg, PortMapping
 use crate::proxy;
 use crate::size::{parse_mib, MAX_MEMORY_MIB, MIN_MEMORY_MIB};
 
-/// Most vCPUs one instance may ask for.
-pub const MAX_VCPUS: u8 = 32;
+/// Most vCPUs one instance may ask for: the same bound as an image's spec.
+pub const MAX_VCPUS: u8 = asdk::spec::MAX_VCPUS;
 
 /// Maps an image-store error to an API error with what to do.
 pub(crate) fn image_error(reference: &str, e: StoreError) -> Error {
@@ -51,6 +51,17 @@ fn memory(arg: &MemoryArg) -> Result<u32> {
             "bad memory size {n} MiB: give between {MIN_MEMORY_MIB} and {MAX_MEMORY_MIB} MiB, or a string such as \"256M\""
         ))),
         MemoryArg::Text(t) => parse_mib(t).map_err(Error::Invalid),
+    }
+}
+
+/// An image's own memory size, held to arrowd's bounds like a requested one.
+fn image_memory(image: &str, mib: u32) -> Result<u32> {
+    if (MIN_MEMORY_MIB..=MAX_MEMORY_MIB).contains(&u64::from(mib)) {
+        Ok(mib)
+    } else {
+        Err(Error::Invalid(format!(
+            "image {image:?} asks for {mib} MiB of memory; arrowd runs instances with {MIN_MEMORY_MIB} to {MAX_MEMORY_MIB} MiB: give --memory"
+        )))
     }
 }
 
@@ -117,7 +128,7 @@ impl Supervisor {
         }
         let memory_mib = match memory_arg {
             Some(m) => memory(m)?,
-            None => image.spec.memory_mib,
+            None => image_memory(image_ref, image.spec.memory_mib)?,
         };
         let mut spec = image.spec.clone();
         guest_env::check_keys(env.keys())?;
@@ -276,4 +287,18 @@ pub(crate) struct Resolved {
     pub args: Vec<String>,
     /// The app's part of the kernel command line.
     pub app_cmdline: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn image_memory_is_held_to_arrowds_bounds() {
+        assert_eq!(image_memory("a", 128).unwrap(), 128);
+        let e = image_memory("big:1", 1 << 20).unwrap_err().to_string();
+        assert!(e.contains("1048576 MiB") && e.contains("--memory"), "{e}");
+        assert!(image_memory("tiny:1", 8).is_err());
+        assert_eq!(MAX_VCPUS, asdk::spec::MAX_VCPUS);
+    }
 }

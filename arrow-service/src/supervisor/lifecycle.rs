@@ -173,10 +173,27 @@ impl Supervisor {
             .create(true)
             .append(true)
             .open(run_dir.join(VMM_LOG))?;
+        let token = spawn_token()?;
+        {
+            use std::io::Write;
+            use std::os::unix::fs::OpenOptionsExt;
+            let mut f = std::fs::OpenOptions::new()
+                .create(true)
+                .write(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(run_dir.join(procfs::SPAWN_TOKEN_FILE))?;
+            f.write_all(token.as_bytes())?;
+        }
         let mut cmd = tokio::process::Command::new(self.cfg.vmm_path());
         cmd.args(args)
             .arg("--console")
             .arg(run_dir.join(CONSOLE_LOG))
+            .arg("--console-max-size")
+            .arg(match self.cfg.console_log_max_mib {
+                0 => "0".to_string(),
+                n => format!("{n}M"),
+            })
             .arg("--log-level")
             .arg("info")
             .arg("--report")
@@ -188,6 +205,7 @@ impl Supervisor {
             .arg(API_SOCK);
         cmd.current_dir(run_dir)
             .env("NO_COLOR", "1")
+            .env(procfs::SPAWN_TOKEN_ENV, &token)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(stderr)
@@ -382,4 +400,13 @@ impl Supervisor {
             }
         }
     }
+}
+
+/// 32 hex digits from the kernel's random source: ties a spawned arrow-vmm to
+/// its run directory for re-adoption (see [`procfs::SPAWN_TOKEN_ENV`]).
+fn spawn_token() -> std::io::Result<String> {
+    use std::io::Read;
+    let mut b = [0u8; 16];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut b)?;
+    Ok(b.iter().map(|x| format!("{x:02x}")).collect())
 }

@@ -1,6 +1,8 @@
 //! Restart safety: on startup, re-adopt every arrow-vmm of this arrowd that still runs
-//! (PID and start time must match the record), close the records of the vanished ones,
-//! and kill VMMs that no record claims (so nothing is orphaned).
+//! (PID and start time must match the record, and the process must carry the spawn
+//! token arrowd wrote into its run directory: see `procfs::SPAWN_TOKEN_ENV`), close the
+//! records of the vanished ones, and kill VMMs of ours that no record claims (so nothing
+//! is orphaned). A process that only looks like arrow-vmm is left alone.
 
 use std::sync::Arc;
 
@@ -25,7 +27,16 @@ pub struct Recovery {
 impl Supervisor {
     /// Reconciles the database with the running arrow-vmm processes. Call once at startup.
     pub async fn recover(self: &Arc<Self>) -> Result<Recovery> {
-        let mut found: Vec<FoundVmm> = procfs::scan_vmms(&self.cfg.run_root());
+        let mut found: Vec<FoundVmm> = Vec::new();
+        for f in procfs::scan_vmms(&self.cfg.run_root()) {
+            if f.is_ours(&self.run_dir(&f.id)) {
+                found.push(f);
+            } else {
+                // Looks like one of ours (name, report path) but lacks the token
+                // this arrowd gave its VMM: never adopt, never signal it.
+                tracing::warn!(pid = f.pid, run_dir = %f.id, uid = f.uids.1, "ignoring a process that looks like arrow-vmm but was not spawned by this arrowd");
+            }
+        }
         let mut out = Recovery::default();
         for rec in self.db.list()? {
             if !rec.state.is_active() {

@@ -202,7 +202,7 @@ impl Daemon {
             ..Default::default()
         };
         let (spec, files) = asdk::Spec::resolve(&file, name, "1.0.0", Path::new(".")).unwrap();
-        let built = asdk::image::assemble(app_binary(), &spec, &files);
+        let built = asdk::image::assemble(app_binary(), &spec, &files).expect("assemble");
         store
             .add(&built, &[asdk::Reference::new(name, "latest").unwrap()])
             .unwrap();

@@ -194,7 +194,10 @@ pub fn build(path: &Path, opts: &BuildOptions) -> Result<Built, BuildError> {
         executable.kind,
         spec.name
     ));
-    let image = assemble(&bytes, &spec, &files);
+    let image = assemble(&bytes, &spec, &files).map_err(|e| BuildError::Source {
+        path: origin.clone(),
+        message: format!("cannot package it: {e}"),
+    })?;
     Ok(Built {
         image,
         executable,

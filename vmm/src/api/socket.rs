@@ -27,7 +27,8 @@ pub fn bind_private(path: &Path) -> std::io::Result<UnixListener> {
     let tmp = tempdir_in(parent)?;
     let inner = tmp.join(name);
     let result = (|| {
-        let listener = UnixListener::bind(&inner)?;
+        let (_dir_fd, short) = short_path(&tmp, name)?;
+        let listener = UnixListener::bind(short)?;
         std::fs::set_permissions(&inner, std::fs::Permissions::from_mode(0o600))?;
         std::fs::rename(&inner, path)?;
         Ok(listener)
@@ -112,6 +113,25 @@ impl Default for PeerPolicy {
     }
 }
 
+/// `dir/name` as a path short enough for `sun_path` (108 bytes): the private
+/// directory adds to the final path's length, so the socket is bound through
+/// `/proc/self/fd/N/name`, N an `O_PATH` descriptor of `dir` (kept open in
+/// the returned `File` until the bind is done).
+fn short_path(
+    dir: &Path,
+    name: &std::ffi::OsStr,
+) -> std::io::Result<(std::fs::File, std::path::PathBuf)> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let d = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_PATH | libc::O_DIRECTORY)
+        .open(dir)?;
+    let p = Path::new("/proc/self/fd")
+        .join(std::os::fd::AsRawFd::as_raw_fd(&d).to_string())
+        .join(name);
+    Ok((d, p))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -133,6 +153,15 @@ mod tests {
         let me = unsafe { libc::geteuid() };
         assert_eq!(peer_uid(&server).unwrap(), me);
         assert!(bind_private(&path).is_err(), "an existing path is refused");
+
+        // A final path just short enough for sun_path still binds, although
+        // the private directory makes the path it is bound at longer.
+        let long = dir
+            .path()
+            .join("d".repeat(99 - dir.path().as_os_str().len()));
+        assert_eq!(long.as_os_str().len(), 100);
+        let _l = bind_private(&long).unwrap();
+        assert!(std::os::unix::net::UnixStream::connect(&long).is_ok());
 
         let policy = PeerPolicy::new(&[4242]);
         assert!(policy.allows(me) && policy.allows(0) && policy.allows(4242));

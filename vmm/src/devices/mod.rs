@@ -2,6 +2,7 @@
 
 pub mod app_channel;
 pub mod bus;
+pub mod console_log;
 pub mod coredump;
 pub mod legacy;
 pub mod notify;
