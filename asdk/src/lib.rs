@@ -19,6 +19,8 @@ pub mod build;
 pub mod cpio;
 pub mod digest;
 pub mod elf;
+#[doc(hidden)]
+pub mod fuzz;
 pub mod image;
 pub mod oci;
 pub mod reference;

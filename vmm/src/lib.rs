@@ -12,6 +12,8 @@ pub mod device_manager;
 pub mod devices;
 pub mod event_loop;
 pub mod exit;
+#[doc(hidden)]
+pub mod fuzz;
 pub mod host;
 pub mod lifecycle;
 pub mod pooled;
