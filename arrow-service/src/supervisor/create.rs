@@ -267,7 +267,12 @@ impl Supervisor {
         tracing::info!(instance = %id, %name, image = %ispec.image, "created");
         self.changed();
         if req.start {
-            return self.start(&id).await;
+            let started = self.start(&id).await;
+            if started.is_err() {
+                // A warm VMM handed to this instance and never started must not linger.
+                self.release_claimed(&id).await;
+            }
+            return started;
         }
         self.inspect(&id)
     }

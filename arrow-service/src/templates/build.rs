@@ -16,6 +16,8 @@ use crate::supervisor::{Supervisor, API_SOCK, CONSOLE_LOG, VSOCK_SOCK};
 /// Default bound on boot → snapshot point (a real guest kernel boots in ~25 s on
 /// nested-virtualization hosts, 2-3x more under load).
 const DEFAULT_TIMEOUT_S: u64 = 300;
+/// Most warm VMMs one template may ask for.
+const MAX_POOL_SIZE: u32 = 64;
 
 /// The last lines of a file, for error messages.
 fn tail(path: &Path, lines: usize) -> String {
@@ -42,6 +44,12 @@ impl Supervisor {
         } else {
             SnapshotPoint::Started
         });
+        if req.pool_size.is_some_and(|n| n > MAX_POOL_SIZE) {
+            return Err(Error::Invalid(format!(
+                "pool_size {} is too large: give 0 to {MAX_POOL_SIZE} (each pooled VMM is a process waiting for a start)",
+                req.pool_size.unwrap_or_default()
+            )));
+        }
         if snapshot_at == SnapshotPoint::Delay && req.delay_ms.is_none() {
             return Err(Error::Invalid(
                 "snapshot_at \"delay\" needs delay_ms: the time after the VM's spawn to take the snapshot".into(),

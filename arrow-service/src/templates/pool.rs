@@ -177,6 +177,18 @@ impl Supervisor {
         slot
     }
 
+    /// Kills the warm VMM claimed by instance `id`, if its start never took it.
+    pub(crate) async fn release_claimed(&self, id: &str) {
+        if let Some(s) = self.templates.take_claimed(id) {
+            tracing::info!(
+                instance = id,
+                pid = s.pid,
+                "stopping the unused warm VMM of a failed start"
+            );
+            self.retire(s).await;
+        }
+    }
+
     /// Stops and forgets every pooled VMM of a template.
     pub(crate) async fn drain_pool(&self, template_id: &str) {
         let slots = lock(&self.templates.pools)
@@ -234,7 +246,9 @@ impl Supervisor {
             .flatten()
         {
             let name = e.file_name().to_string_lossy().into_owned();
-            if !ids.contains(&name) && e.path().is_dir() {
+            // Only directories named like an instance (16 hex digits) that no record has.
+            let like_id = name.len() == 16 && name.bytes().all(|b| b.is_ascii_hexdigit());
+            if like_id && !ids.contains(&name) && e.path().is_dir() {
                 let _ = std::fs::remove_dir_all(e.path());
                 if let Some(cg) = self.cgroups_dir(&name) {
                     self.cgroups.remove(&cg);

@@ -1,0 +1,184 @@
+//! arrowd's start from a template, measured end to end with release builds of arrowd and
+//! arrow-vmm and the freestanding test guest as kernel (`cloneidle`: it prints its
+//! identity once cloned, then idles):
+//! - `POST /instances {"template", "start": true}` sent → HTTP reply (the instance is
+//!   running: arrowd answers after `PUT /vm/start`, or after `GET /vm` says running for a
+//!   plain restore), with a warm pool (each start waits until the pool is full again, so
+//!   every start is a pool hit on an otherwise quiet arrowd) and without one (pool 0:
+//!   `restore --clone`);
+//! - the VMM-side part arrowd records (`clone.start_us`);
+//! - memory of an idle pooled arrow-vmm (smaps_rollup PSS, RSS, private);
+//! - template cost: boot → snapshot, snapshot size on disk.
+//!
+//! `cargo bench -p arrow-service --bench template_start` (ARROW_BENCH_STARTS: starts per
+//! mode, default 50). Prints a table and writes target/bench-results/template_start.json.
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use common::Daemon;
+use serde_json::{json, Value};
+
+fn percentile(sorted: &[u64], p: f64) -> u64 {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+fn summary(name: &str, unit: &str, v: &mut [u64]) -> Value {
+    v.sort_unstable();
+    let (p50, p99, min, max) = (
+        percentile(v, 0.5),
+        percentile(v, 0.99),
+        v[0],
+        v[v.len() - 1],
+    );
+    println!(
+        "{name:<44} {unit:>3} {p50:>9} {p99:>9} {min:>9} {max:>9} {:>5}",
+        v.len()
+    );
+    json!({"name": name, "unit": unit, "p50": p50, "p99": p99, "min": min, "max": max, "n": v.len()})
+}
+
+fn rollup_kib(pid: i32) -> (u64, u64, u64) {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap_or_default();
+    let f = |k: &str| -> u64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(k))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or(0)
+    };
+    (
+        f("Pss:"),
+        f("Rss:"),
+        f("Private_Clean:") + f("Private_Dirty:"),
+    )
+}
+
+fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
+    let t = Instant::now();
+    while !f() {
+        assert!(
+            t.elapsed() < common::TIMEOUT,
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Starts `n` clones one after another; returns (request µs, VMM-side µs, pool hits).
+fn starts(d: &Daemon, n: usize, pool: u64) -> (Vec<u64>, Vec<u64>, usize) {
+    let (mut req, mut vmm, mut hits) = (Vec::new(), Vec::new(), 0);
+    for _ in 0..n {
+        if pool > 0 {
+            wait_for("a full pool", || {
+                d.get("/templates/tpl").unwrap()["pool"]["ready"].as_u64() == Some(pool)
+            });
+        }
+        let t = Instant::now();
+        let inst = d
+            .post(
+                "/instances",
+                Some(json!({"template": "tpl", "start": true})),
+            )
+            .unwrap();
+        req.push(t.elapsed().as_micros() as u64);
+        assert_eq!(inst["state"], "running", "{inst}");
+        vmm.push(inst["clone"]["start_us"].as_u64().unwrap_or(0));
+        hits += usize::from(inst["clone"]["pooled"] == true);
+        let id = inst["id"].as_str().unwrap();
+        d.call(
+            hyper::Method::DELETE,
+            &format!("/instances/{id}?force=true"),
+            None,
+        )
+        .unwrap();
+    }
+    (req, vmm, hits)
+}
+
+fn main() {
+    // Release arrow-vmm next to the release arrowd (cargo bench builds only this crate's bins).
+    let st = std::process::Command::new(env!("CARGO"))
+        .args([
+            "build",
+            "--release",
+            "-p",
+            "arrow-vmm",
+            "--bin",
+            "arrow-vmm",
+        ])
+        .current_dir(common::repo_root())
+        .status()
+        .expect("cargo build --release -p arrow-vmm");
+    assert!(st.success());
+    let n: usize = std::env::var("ARROW_BENCH_STARTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(50);
+    let mut rows = Vec::new();
+    println!(
+        "{:<44} {:>3} {:>9} {:>9} {:>9} {:>9} {:>5}",
+        "metric", "", "p50", "p99", "min", "max", "n"
+    );
+    let mut extra = json!({});
+    for pool in [4u64, 0] {
+        let d = Daemon::with_args(&["--pool-size", &pool.to_string(), "--log-level", "warn"]);
+        d.image("cloner", &["cloneidle"]);
+        let t = d
+            .post(
+                "/templates",
+                Some(json!({"name": "tpl", "image": "cloner"})),
+            )
+            .unwrap();
+        if pool > 0 {
+            extra["template_boot_to_snapshot_ms"] = t["boot_to_snapshot_ms"].clone();
+            extra["template_disk"] = t["disk"].clone();
+            wait_for("a full pool", || {
+                d.get("/templates/tpl").unwrap()["pool"]["ready"].as_u64() == Some(pool)
+            });
+            let ids: Vec<String> = d
+                .get("/instances?all=true")
+                .unwrap()
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|i| i["id"].as_str().unwrap().to_owned())
+                .collect();
+            let mut idle = Vec::new();
+            for v in d.vmms().into_iter().filter(|v| !ids.contains(&v.id)) {
+                let (pss, rss, private) = rollup_kib(v.pid);
+                idle.push(json!({"pss_kib": pss, "rss_kib": rss, "private_kib": private}));
+            }
+            println!("idle pooled arrow-vmm (smaps_rollup, KiB): {}", json!(idle));
+            extra["idle_pooled_vmm"] = json!(idle);
+        }
+        let (mut req, mut vmm, hits) = starts(&d, n, pool);
+        let mode = if pool > 0 { "pooled" } else { "restore" };
+        assert!(
+            pool == 0 || hits == n,
+            "{hits}/{n} starts came from the pool"
+        );
+        rows.push(summary(
+            &format!("POST /instances → running ({mode})"),
+            "µs",
+            &mut req,
+        ));
+        rows.push(summary(
+            &format!("  of which arrowd → VM running ({mode})"),
+            "µs",
+            &mut vmm,
+        ));
+    }
+    let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("../bench-results");
+    std::fs::create_dir_all(&out).unwrap();
+    let file = out.join("template_start.json");
+    std::fs::write(
+        &file,
+        serde_json::to_string_pretty(&json!({"rows": rows, "extra": extra})).unwrap(),
+    )
+    .unwrap();
+    println!("wrote {}", file.display());
+}
