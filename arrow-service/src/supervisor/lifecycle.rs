@@ -12,6 +12,29 @@ use crate::error::{Error, Result};
 use crate::model::{Instance, State, WaitResponse};
 use crate::{cgroup, procfs, proxy};
 
+/// `arrow-vmm run` arguments that boot an image (shared by instances and template VMs).
+pub(crate) fn boot_args(
+    kernel: &std::path::Path,
+    initrd: &std::path::Path,
+    cmdline: &str,
+    memory_mib: u32,
+    vcpus: u8,
+) -> Vec<std::ffi::OsString> {
+    vec![
+        "run".into(),
+        "--kernel".into(),
+        kernel.into(),
+        "--initrd".into(),
+        initrd.into(),
+        "--cmdline".into(),
+        cmdline.into(),
+        "--memory".into(),
+        format!("{memory_mib}M").into(),
+        "--vcpus".into(),
+        vcpus.to_string().into(),
+    ]
+}
+
 impl Supervisor {
     /// Starts a created or finished instance; a running one is left alone. An instance
     /// that names a template, or matches a ready one, starts as a clone of it.
@@ -128,19 +151,13 @@ impl Supervisor {
         cgroup_procs: Option<std::ffi::CString>,
     ) -> std::io::Result<(tokio::process::Child, i32, u64)> {
         let run_dir = self.run_dir(&rec.id);
-        let mut args: Vec<std::ffi::OsString> = vec![
-            "run".into(),
-            "--kernel".into(),
-            kernel.into(),
-            "--initrd".into(),
-            initrd.into(),
-            "--cmdline".into(),
-            rec.spec.cmdline.clone().into(),
-            "--memory".into(),
-            format!("{}M", rec.spec.memory_mib).into(),
-            "--vcpus".into(),
-            rec.spec.vcpus.to_string().into(),
-        ];
+        let mut args = boot_args(
+            kernel,
+            initrd,
+            &rec.spec.cmdline,
+            rec.spec.memory_mib,
+            rec.spec.vcpus,
+        );
         if rec.spec.memory_max_mib > rec.spec.memory_mib {
             args.extend([
                 "--memory-hotplug".into(),

@@ -4,7 +4,7 @@
 
 pub(crate) mod create;
 pub mod guest_env;
-mod lifecycle;
+pub(crate) mod lifecycle;
 mod logs;
 mod memory;
 mod monitor;

@@ -11,6 +11,7 @@ use super::{db, identity, pool, TEMPLATE_CID_BASE};
 use crate::clock::now_ms;
 use crate::error::{Error, Result};
 use crate::supervisor::create::{check_name, new_id};
+use crate::supervisor::lifecycle::boot_args;
 use crate::supervisor::{Supervisor, API_SOCK, CONSOLE_LOG, VSOCK_SOCK};
 
 /// Default bound on boot → snapshot point (a real guest kernel boots in ~25 s on
@@ -122,18 +123,14 @@ impl Supervisor {
         let dir = self.template_dir(id);
         std::fs::create_dir_all(&build)
             .map_err(|e| Error::Internal(format!("cannot create {}: {e}", build.display())))?;
-        let args = vec![
-            "run".into(),
-            "--kernel".into(),
-            spec.kernel.path.clone().into(),
-            "--initrd".into(),
-            initrd.into(),
-            "--cmdline".into(),
-            spec.cmdline.clone().into(),
-            "--memory".into(),
-            format!("{}M", spec.memory_mib).into(),
-            "--vcpus".into(),
-            spec.vcpus.to_string().into(),
+        let mut args = boot_args(
+            Path::new(&spec.kernel.path),
+            initrd,
+            &spec.cmdline,
+            spec.memory_mib,
+            spec.vcpus,
+        );
+        args.extend([
             "--vsock-cid".into(),
             spec.vsock_cid.to_string().into(),
             "--vsock-uds".into(),
@@ -141,7 +138,7 @@ impl Supervisor {
             // The control API may only write snapshots under the templates directory.
             "--snapshot-dir".into(),
             self.templates_root().into(),
-        ];
+        ]);
         let t0 = Instant::now();
         let (mut child, pid, start) = self.spawn_vmm(&build, args, None).map_err(|e| {
             Error::Internal(format!(
