@@ -154,6 +154,7 @@ impl Supervisor {
 
     /// Creates an instance (and starts it when `req.start`).
     pub async fn create(self: &Arc<Self>, mut req: CreateRequest) -> Result<Instance> {
+        let image_given = !req.image.trim().is_empty();
         let template = match req.template.clone() {
             Some(t) => Some(self.template_defaults(&mut req, &t)?),
             None => None,
@@ -188,17 +189,15 @@ impl Supervisor {
                 r.memory_mib
             )));
         }
-        let mut id = new_id()?;
-        let name = match &req.name {
-            Some(n) => {
-                check_name(n, "instance")?;
-                n.clone()
-            }
-            None => format!("arrow-{}", &id[..8]),
-        };
+        if let Some(n) = &req.name {
+            check_name(n, "instance")?;
+        }
         self.check_ports(&req.ports)?;
         let mut ispec = InstanceSpec {
-            image: req.image.clone(),
+            image: match &template {
+                Some(t) if !image_given => t.spec.image.clone(),
+                _ => req.image.clone(),
+            },
             image_digest: r.image.digest.to_string(),
             vcpus: r.vcpus,
             memory_mib: r.memory_mib,
@@ -207,13 +206,19 @@ impl Supervisor {
             args: r.args,
             ports: req.ports.clone(),
             vsock_cid: 0,
-            cmdline: format!(
-                "{} arrow.hostname={name} {}",
-                self.cfg.kernel_cmdline, r.app_cmdline
-            ),
+            cmdline: String::new(),
             template: template.as_ref().map(|t| t.name.clone()),
             core_dumps: req.core_dumps,
         };
+        if template.is_none() && req.memory_max.is_none() {
+            // Without an explicit hotplug maximum, an instance that runs what a ready
+            // template runs starts as its clone, which has no hotplug region.
+            let mut probe = ispec.clone();
+            probe.memory_max_mib = probe.memory_mib;
+            if self.matching_template(&probe).is_some() {
+                ispec.memory_max_mib = ispec.memory_mib;
+            }
+        }
         if let Some(t) = &template {
             if ispec.core_dumps {
                 return Err(Error::Invalid(format!(
@@ -230,19 +235,18 @@ impl Supervisor {
         } else {
             None
         };
-        if let Some(s) = &slot {
-            id = s.id.clone();
-        }
+        let id = match &slot {
+            Some(s) => s.id.clone(),
+            None => new_id()?,
+        };
         let name = match &req.name {
             Some(n) => n.clone(),
             None => format!("arrow-{}", &id[..8]),
         };
-        if req.name.is_none() {
-            ispec.cmdline = format!(
-                "{} arrow.hostname={name} {}",
-                self.cfg.kernel_cmdline, r.app_cmdline
-            );
-        }
+        ispec.cmdline = format!(
+            "{} arrow.hostname={name} {}",
+            self.cfg.kernel_cmdline, r.app_cmdline
+        );
         if let Err(e) = guest_env::check_cmdline(&ispec.cmdline) {
             if let Some(s) = slot {
                 self.templates.put_back(s);

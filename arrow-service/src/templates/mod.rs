@@ -162,7 +162,7 @@ impl Supervisor {
         Ok(self.matching_template(&rec.spec))
     }
 
-    fn matching_template(&self, s: &InstanceSpec) -> Option<TemplateRecord> {
+    pub(crate) fn matching_template(&self, s: &InstanceSpec) -> Option<TemplateRecord> {
         // A template's kernel was not told to send cores: such instances boot cold.
         if s.core_dumps {
             return None;
