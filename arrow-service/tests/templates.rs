@@ -165,7 +165,10 @@ fn clones_start_with_their_own_identity_and_leave_the_template_alone() {
     }
     let inst = d.get(&format!("/instances/{a}")).unwrap();
     assert_eq!(inst["spec"]["template"], "tpl");
-    assert_eq!(inst["spec"]["image"], "cloner", "the template's image reference");
+    assert_eq!(
+        inst["spec"]["image"], "cloner",
+        "the template's image reference"
+    );
     assert!(inst["start_latency_ms"].is_i64(), "{inst}");
 
     // Something else cold-boots.

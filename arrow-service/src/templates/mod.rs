@@ -163,6 +163,11 @@ impl Supervisor {
     }
 
     pub(crate) fn matching_template(&self, s: &InstanceSpec) -> Option<TemplateRecord> {
+        if s.core_dumps || s.memory_max_mib > s.memory_mib {
+            // Cores are sent by a guest set up for them at boot, and memory hotplug needs a
+            // region templates are not booted with: such instances cold-boot.
+            return None;
+        }
         // A template's kernel was not told to send cores: such instances boot cold.
         if s.core_dumps {
             return None;
