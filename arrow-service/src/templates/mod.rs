@@ -168,10 +168,6 @@ impl Supervisor {
             // region templates are not booted with: such instances cold-boot.
             return None;
         }
-        // A template's kernel was not told to send cores: such instances boot cold.
-        if s.core_dumps {
-            return None;
-        }
         let list = match db::list(&self.db) {
             Ok(l) => l,
             Err(e) => {
