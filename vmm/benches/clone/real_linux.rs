@@ -707,6 +707,9 @@ pub fn run(arrow_bin: &Path, fc_bin: &Path, kernel: &Path, initrd: &Path, runs: 
         .unwrap_or_else(|e| panic!("arrow-vmm pooled memory clones failed: {e}"));
     pooled_idle(arrow_bin, &tpl, dir, &mut pooled)
         .unwrap_or_else(|e| panic!("arrow-vmm idle pooled VMMs failed: {e}"));
+    // Pooled clones start from arrow-vmm's template.
+    pooled.boot_to_ready_s = arrow.boot_to_ready_s;
+    pooled.snapshot_ms = arrow.snapshot_ms;
     if fc.is_ok() {
         if let Err(e) = memory(Kind::Firecracker, fc_bin, &tpl, dir, &mut fc_side) {
             fc = Err(format!("memory clones failed: {e}"));
