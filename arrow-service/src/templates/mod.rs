@@ -167,6 +167,15 @@ impl Supervisor {
         if s.core_dumps {
             return None;
         }
+        // A persistent shadowfs layer is the instance's own: it boots cold with it.
+        if matches!(
+            s.rootfs,
+            crate::model::RootFs::Shadowfs {
+                storage_mib: Some(_)
+            }
+        ) {
+            return None;
+        }
         let list = match db::list(&self.db) {
             Ok(l) => l,
             Err(e) => {
