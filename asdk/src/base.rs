@@ -187,7 +187,7 @@ mod tests {
             ..Default::default()
         };
         let (spec, files) = Spec::resolve(&file, "hello", "1.0", src.path()).unwrap();
-        let img = assemble(b"\x7fELF app", &spec, &files);
+        let img = assemble(b"\x7fELF app", &spec, &files).unwrap();
 
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
