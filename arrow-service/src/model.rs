@@ -129,6 +129,34 @@ pub struct CreateRequest {
     /// only, not clones of templates).
     #[serde(default)]
     pub core_dumps: bool,
+    /// Size of a persistent writable layer ("64M"): the app's changes to its
+    /// files survive stop/start (kept in the run directory, deleted with the
+    /// instance). Default: a tmpfs layer in guest RAM, empty at each start.
+    #[serde(default)]
+    pub storage: Option<MemoryArg>,
+    /// Boot from the image's initrd instead of its shadowfs base (the app is
+    /// copied into guest RAM; no overlay, no persistent layer).
+    #[serde(default)]
+    pub initrd: bool,
+}
+
+/// How an instance's root filesystem reaches the guest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum RootFs {
+    /// The image's initrd, unpacked into guest RAM.
+    Initrd,
+    /// The image's EROFS base on virtio-pmem (DAX, shared by every instance of
+    /// the image) under an overlay with a writable layer: tmpfs, or a
+    /// persistent layer of `storage_mib` MiB in the run directory.
+    Shadowfs { storage_mib: Option<u32> },
+}
+
+impl RootFs {
+    /// Instances recorded before shadowfs booted from their initrd.
+    pub fn recorded_before_shadowfs() -> Self {
+        RootFs::Initrd
+    }
 }
 
 /// What an instance runs, fixed at creation (stored as JSON).
@@ -163,6 +191,9 @@ pub struct InstanceSpec {
     /// App core dumps are kept (`core.<pid>` in the run directory).
     #[serde(default)]
     pub core_dumps: bool,
+    /// Root filesystem: shadowfs (default) or the initrd.
+    #[serde(default = "RootFs::recorded_before_shadowfs")]
+    pub rootfs: RootFs,
 }
 
 /// An instance as the API shows it.

@@ -10,11 +10,13 @@
 //! let store = asdk::Store::open_default()?;          // or Store::open(dir)
 //! let image = store.image("hello:latest")?;           // reference, digest or short ID
 //! let initrd = store.initrd_path(&image)?;            // verified; pass as --initrd
+//! let base = store.base_path(&image)?;                // or: EROFS base, --pmem PATH,ro
 //! let argv = image.spec.argv();                       // ["/app", args…]
 //! let (vcpus, mem) = (image.spec.vcpus, image.spec.memory_mib);
 //! # let _ = (initrd, argv, vcpus, mem); Ok(()) }
 //! ```
 
+pub mod base;
 pub mod build;
 pub mod cpio;
 pub mod digest;

@@ -3,6 +3,7 @@
 //! ```text
 //! <root>/blobs/sha256/<hex>     manifests, specs, initrds, files layers (read-only, 0444)
 //! <root>/refs/<name>/<tag>      "sha256:<hex>\n"  ('/' in names is stored as '+')
+//! <root>/bases/<image hex>      "sha256:<hex>\n"  the image's shadowfs base (crate::base)
 //! <root>/tmp/                   temp files, renamed into place (atomic on one filesystem)
 //! <root>/lock                   flock: shared while adding, exclusive while removing
 //! ```
@@ -82,6 +83,14 @@ pub enum StoreError {
     /// A stored manifest or spec is not a valid Arrow image.
     #[error(transparent)]
     Image(#[from] ImageError),
+    /// The image's shadowfs base could not be built.
+    #[error("cannot build the image base of {image}: {source}")]
+    Base {
+        /// The image.
+        image: Digest,
+        /// Why.
+        source: Box<shadowfs::Error>,
+    },
 }
 
 type Result<T> = std::result::Result<T, StoreError>;
@@ -291,8 +300,37 @@ impl Store {
         Ok(())
     }
 
+    /// Checks a blob's digest without reading it into memory.
+    pub(crate) fn verify_blob_file(&self, digest: &Digest) -> Result<()> {
+        let path = self.blob_path(digest);
+        let file = File::open(&path).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => StoreError::MissingBlob {
+                digest: *digest,
+                path: path.clone(),
+            },
+            _ => StoreError::Io {
+                path: path.clone(),
+                source: e,
+            },
+        })?;
+        let actual = Digest::of_reader(file).map_err(io(&path))?;
+        if actual != *digest {
+            return Err(StoreError::Corrupted {
+                digest: *digest,
+                path,
+                actual,
+            });
+        }
+        Ok(())
+    }
+
+    /// Writes a small store file (not a blob) atomically.
+    pub(crate) fn write_file_atomic(&self, path: &Path, bytes: &[u8]) -> Result<()> {
+        self.write_atomic(path, bytes, 0o644)
+    }
+
     /// Holds the store lock (shared or exclusive) until dropped.
-    fn lock(&self, exclusive: bool) -> Result<File> {
+    pub(crate) fn lock(&self, exclusive: bool) -> Result<File> {
         let path = self.root.join("lock");
         let file = fs::OpenOptions::new()
             .create(true)
@@ -605,13 +643,19 @@ impl Store {
     /// Caller holds the exclusive lock, so no add is half-way.
     fn collect_garbage(&self) -> Result<Vec<Digest>> {
         let mut live = std::collections::BTreeSet::new();
+        let mut images = std::collections::BTreeSet::new();
         for (_, d) in self.references()? {
             live.insert(d);
+            images.insert(d);
             // A damaged manifest keeps only itself alive; its layers become garbage.
             if let Ok((m, _)) = self.load_manifest(&d) {
                 live.extend(m.blobs().map(|b| b.digest));
             }
         }
+        // Image bases (crate::base) live as long as their image.
+        let image_list: Vec<Digest> = images.iter().copied().collect();
+        live.extend(self.bases_of(&image_list));
+        self.forget_bases(&images)?;
         let mut deleted = Vec::new();
         let blob_dir = self.root.join("blobs/sha256");
         for path in read_dir_sorted(&blob_dir)? {

@@ -179,6 +179,26 @@ pub fn boot_with_args(
     vcpus: u8,
     extra: &[&std::ffi::OsStr],
 ) -> Run {
+    let mut args = vec![
+        std::ffi::OsString::from("--initrd"),
+        initrd.as_os_str().to_owned(),
+    ];
+    args.extend(extra.iter().map(|a| a.to_os_string()));
+    boot_vmm(&args, cmdline, marker, vcpus)
+}
+
+/// Boots without an initrd, with these `--pmem PATH[,ro|rw]` devices (the
+/// shadowfs path: the image base first, then a persistent writable layer).
+pub fn boot_pmem(pmem: &[String], cmdline: &str, marker: &str) -> Run {
+    let args: Vec<std::ffi::OsString> = pmem
+        .iter()
+        .flat_map(|p| ["--pmem".into(), p.into()])
+        .collect();
+    boot_vmm(&args, cmdline, marker, 1)
+}
+
+/// Boots the kernel with `args` added to `arrow-vmm run`.
+pub fn boot_vmm(args: &[std::ffi::OsString], cmdline: &str, marker: &str, vcpus: u8) -> Run {
     let vcpus = vcpus.to_string();
     let timeout = std::env::var("ARROW_E2E_TIMEOUT")
         .ok()
@@ -191,12 +211,10 @@ pub fn boot_with_args(
     let mut child = Command::new(arrow_vmm())
         .args(["run", "--kernel"])
         .arg(kernel())
-        .arg("--initrd")
-        .arg(initrd)
+        .args(args)
         .args(["--cmdline", cmdline, "--memory", "128M", "--vcpus", &vcpus])
         .args(["--console", "stdout", "--log-level", "info", "--report"])
         .arg(&report)
-        .args(extra)
         .env("NO_COLOR", "1")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

@@ -73,6 +73,12 @@ fn create_body(c: &CreateArgs, start: bool) -> Result<Value> {
     if c.core_dumps {
         body["core_dumps"] = json!(true);
     }
+    if let Some(s) = &c.storage {
+        body["storage"] = json!(s);
+    }
+    if c.initrd {
+        body["initrd"] = json!(true);
+    }
     Ok(body)
 }
 

@@ -66,6 +66,13 @@ pub struct CreateArgs {
     /// Instance name.
     #[arg(long)]
     pub name: Option<String>,
+    /// Keep the app's file changes across stop/start in a persistent writable
+    /// layer of this size, e.g. 256M (default: a tmpfs layer, empty at each start).
+    #[arg(long, value_name = "SIZE")]
+    pub storage: Option<String>,
+    /// Boot from the image's initrd instead of its shadowfs base.
+    #[arg(long, conflicts_with = "storage")]
+    pub initrd: bool,
     /// Start as a clone of this template (see `actl template`).
     #[arg(long)]
     pub template: Option<String>,

@@ -9,7 +9,7 @@ use asdk::store::StoreError;
 use super::{guest_env, Supervisor};
 use crate::clock::now_ms;
 use crate::error::{Error, Result};
-use crate::model::{CreateRequest, Instance, InstanceSpec, MemoryArg, PortMapping};
+use crate::model::{CreateRequest, Instance, InstanceSpec, MemoryArg, PortMapping, RootFs};
 use crate::proxy;
 use crate::size::{parse_mib, MAX_MEMORY_MIB, MIN_MEMORY_MIB};
 
@@ -62,6 +62,36 @@ fn image_memory(image: &str, mib: u32) -> Result<u32> {
         Err(Error::Invalid(format!(
             "image {image:?} asks for {mib} MiB of memory; arrowd runs instances with {MIN_MEMORY_MIB} to {MAX_MEMORY_MIB} MiB: give --memory"
         )))
+    }
+}
+
+/// Size of a persistent writable layer, in MiB (16 MiB to 1 TiB).
+fn storage_size(arg: &MemoryArg) -> Result<u32> {
+    let bad = |what: String| {
+        Error::Invalid(format!(
+            "bad storage size {what}: give between 16M and 1024G, e.g. \"256M\" or \"1G\""
+        ))
+    };
+    let mib = match arg {
+        MemoryArg::Mib(n) => Some(*n),
+        MemoryArg::Text(t) => {
+            let t = t.trim();
+            let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+            let (num, unit) = t.split_at(split);
+            let n: Option<u64> = num.parse().ok();
+            match unit.trim().to_ascii_lowercase().as_str() {
+                "" | "m" | "mb" | "mib" => n,
+                "g" | "gb" | "gib" => n.and_then(|n| n.checked_mul(1024)),
+                _ => None,
+            }
+        }
+    };
+    match mib {
+        Some(m) if (16..=1 << 20).contains(&m) => Ok(m as u32),
+        _ => Err(bad(match arg {
+            MemoryArg::Mib(n) => format!("{n} MiB"),
+            MemoryArg::Text(t) => format!("{t:?}"),
+        })),
     }
 }
 
@@ -193,6 +223,39 @@ impl Supervisor {
             check_name(n, "instance")?;
         }
         self.check_ports(&req.ports)?;
+        let rootfs = match (&req.storage, req.initrd) {
+            (Some(_), true) => return Err(Error::Invalid(
+                "a persistent writable layer (storage) needs the shadowfs root: drop \"initrd\""
+                    .into(),
+            )),
+            (None, true) => RootFs::Initrd,
+            (storage, false) => RootFs::Shadowfs {
+                storage_mib: storage.as_ref().map(storage_size).transpose()?,
+            },
+        };
+        if let (
+            Some(t),
+            RootFs::Shadowfs {
+                storage_mib: Some(_),
+            },
+        ) = (&template, &rootfs)
+        {
+            return Err(Error::Invalid(format!(
+                "a clone of template {} runs from the template's memory and cannot have its own persistent layer: leave out storage, or the template",
+                t.name
+            )));
+        }
+        // ainit's shadowfs parameters go before the app's (which end in `-- args`).
+        let shadowfs_params = match &rootfs {
+            RootFs::Initrd => String::new(),
+            RootFs::Shadowfs { storage_mib } => {
+                let upper = match storage_mib {
+                    Some(_) => shadowfs::Upper::Persistent,
+                    None => shadowfs::Upper::Tmpfs { size_mib: None },
+                };
+                shadowfs::kernel_params(&upper).join(" ") + " "
+            }
+        };
         let mut ispec = InstanceSpec {
             image: match &template {
                 Some(t) if !image_given => t.spec.image.clone(),
@@ -209,6 +272,7 @@ impl Supervisor {
             cmdline: String::new(),
             template: template.as_ref().map(|t| t.name.clone()),
             core_dumps: req.core_dumps,
+            rootfs,
         };
         if template.is_none() && req.memory_max.is_none() {
             // Without an explicit hotplug maximum, an instance that runs what a ready
@@ -244,7 +308,7 @@ impl Supervisor {
             None => format!("arrow-{}", &id[..8]),
         };
         ispec.cmdline = format!(
-            "{} arrow.hostname={name} {}",
+            "{} arrow.hostname={name} {shadowfs_params}{}",
             self.cfg.kernel_cmdline, r.app_cmdline
         );
         if let Err(e) = guest_env::check_cmdline(&ispec.cmdline) {

@@ -5,34 +5,33 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::create::image_error;
-use super::{Supervisor, API_SOCK, CONSOLE_LOG, REPORT, VMM_LOG, VSOCK_SOCK};
+use super::{Supervisor, API_SOCK, CONSOLE_LOG, REPORT, UPPER_IMG, VMM_LOG, VSOCK_SOCK};
 use crate::clock::now_ms;
 use crate::db::Record;
 use crate::error::{Error, Result};
-use crate::model::{Instance, State, WaitResponse};
+use crate::model::{Instance, RootFs, State, WaitResponse};
 use crate::{cgroup, procfs, proxy};
 
-/// `arrow-vmm run` arguments that boot an image (shared by instances and template VMs).
+/// `arrow-vmm run` arguments that boot an image (shared by instances and template VMs);
+/// `root` gives its root filesystem (`--initrd F`, or shadowfs's `--pmem` devices).
 pub(crate) fn boot_args(
     kernel: &std::path::Path,
-    initrd: &std::path::Path,
+    root: &[std::ffi::OsString],
     cmdline: &str,
     memory_mib: u32,
     vcpus: u8,
 ) -> Vec<std::ffi::OsString> {
-    vec![
-        "run".into(),
-        "--kernel".into(),
-        kernel.into(),
-        "--initrd".into(),
-        initrd.into(),
+    let mut args: Vec<std::ffi::OsString> = vec!["run".into(), "--kernel".into(), kernel.into()];
+    args.extend(root.iter().cloned());
+    args.extend([
         "--cmdline".into(),
         cmdline.into(),
         "--memory".into(),
         format!("{memory_mib}M").into(),
         "--vcpus".into(),
         vcpus.to_string().into(),
-    ]
+    ]);
+    args
 }
 
 impl Supervisor {
@@ -74,9 +73,9 @@ impl Supervisor {
             .create(&rec.id, rec.spec.vcpus, rec.spec.memory_mib);
         let cg_procs = cg.as_ref().map(|(_, p)| p.clone());
         let spawned = match (&boot, &template) {
-            (Some((kernel, initrd)), _) => {
+            (Some((kernel, boot)), _) => {
                 self.clean_run_dir(&run_dir);
-                self.spawn(&rec, kernel, initrd, cg_procs)
+                self.spawn(&rec, kernel, boot, cg_procs)
                     .map(|(child, pid, start)| (child, pid, start, None))
             }
             (None, Some(t)) => self.start_clone(&rec, t, cg_procs).await,
@@ -111,8 +110,9 @@ impl Supervisor {
         }
     }
 
-    /// The kernel and the image's initrd for a cold boot.
-    fn boot_files(&self, rec: &Record) -> Result<(std::path::PathBuf, std::path::PathBuf)> {
+    /// The kernel and arrow-vmm's root filesystem arguments for a cold boot
+    /// ([`Self::boot_devices`]).
+    fn boot_files(&self, rec: &Record) -> Result<(std::path::PathBuf, Vec<std::ffi::OsString>)> {
         let kernel = self.cfg.kernel_path();
         if !kernel.is_file() {
             return Err(Error::Internal(format!(
@@ -129,11 +129,47 @@ impl Supervisor {
                 ))
             })?)
             .map_err(|e| image_error(&rec.spec.image, e))?;
-        let initrd = self
-            .store
-            .initrd_path(&image)
-            .map_err(|e| image_error(&rec.spec.image, e))?;
-        Ok((kernel, initrd))
+        let devices = self.boot_devices(rec, &image)?;
+        Ok((kernel, devices))
+    }
+
+    /// arrow-vmm's arguments for the instance's root filesystem: the initrd,
+    /// or the image's shadowfs base (built on first use) and, for a
+    /// persistent writable layer, `upper.img` in the run directory (created
+    /// on first start, checked with e2fsck before the others; it goes with
+    /// the run directory when the instance is deleted).
+    fn boot_devices(&self, rec: &Record, image: &asdk::Image) -> Result<Vec<std::ffi::OsString>> {
+        let img_err = |e| image_error(&rec.spec.image, e);
+        match &rec.spec.rootfs {
+            RootFs::Initrd => {
+                let initrd = self.store.initrd_path(image).map_err(img_err)?;
+                Ok(vec!["--initrd".into(), initrd.into()])
+            }
+            RootFs::Shadowfs { storage_mib } => {
+                let base = self.store.base_path(image).map_err(img_err)?;
+                let mut args = vec!["--pmem".into(), format!("{},ro", base.display()).into()];
+                if let Some(mib) = storage_mib {
+                    let run_dir = self.run_dir(&rec.id);
+                    let layer = run_dir.join(UPPER_IMG);
+                    let made = std::fs::create_dir_all(&run_dir)
+                        .map_err(|e| e.to_string())
+                        .and_then(|()| {
+                            if layer.exists() {
+                                shadowfs::upper::check(&layer).map(|_| ())
+                            } else {
+                                shadowfs::upper::create(&layer, u64::from(*mib) << 20).map(|_| ())
+                            }
+                            .map_err(|e| e.to_string())
+                        });
+                    made.map_err(|e| {
+                        Error::Internal(format!("writable layer of instance {}: {e}", rec.name))
+                    })?;
+                    args.push("--pmem".into());
+                    args.push(format!("{},rw", layer.display()).into());
+                }
+                Ok(args)
+            }
+        }
     }
 
     /// Removes the previous run's report and sockets.
@@ -147,13 +183,13 @@ impl Supervisor {
         &self,
         rec: &Record,
         kernel: &std::path::Path,
-        initrd: &std::path::Path,
+        boot: &[std::ffi::OsString],
         cgroup_procs: Option<std::ffi::CString>,
     ) -> std::io::Result<(tokio::process::Child, i32, u64)> {
         let run_dir = self.run_dir(&rec.id);
         let mut args = boot_args(
             kernel,
-            initrd,
+            boot,
             &rec.spec.cmdline,
             rec.spec.memory_mib,
             rec.spec.vcpus,

@@ -38,6 +38,8 @@ pub const REPORT: &str = "report.json";
 pub const API_SOCK: &str = "api.sock";
 /// The vsock device's Unix socket.
 pub const VSOCK_SOCK: &str = "vsock.sock";
+/// Persistent shadowfs writable layer (ext4), when the instance asked for storage.
+pub const UPPER_IMG: &str = "upper.img";
 
 /// Shared state of arrowd.
 pub struct Supervisor {

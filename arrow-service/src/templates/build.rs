@@ -125,7 +125,7 @@ impl Supervisor {
             .map_err(|e| Error::Internal(format!("cannot create {}: {e}", build.display())))?;
         let mut args = boot_args(
             Path::new(&spec.kernel.path),
-            initrd,
+            &["--initrd".into(), initrd.into()],
             &spec.cmdline,
             spec.memory_mib,
             spec.vcpus,

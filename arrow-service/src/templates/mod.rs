@@ -168,6 +168,15 @@ impl Supervisor {
             // region templates are not booted with: such instances cold-boot.
             return None;
         }
+        // A persistent shadowfs layer is the instance's own: it boots cold with it.
+        if matches!(
+            s.rootfs,
+            crate::model::RootFs::Shadowfs {
+                storage_mib: Some(_)
+            }
+        ) {
+            return None;
+        }
         let list = match db::list(&self.db) {
             Ok(l) => l,
             Err(e) => {

@@ -35,6 +35,7 @@ pub fn run(cli: Cli) -> Result<()> {
             tags,
             bin,
             quiet,
+            no_base,
             output,
         } => {
             let refs = parse_refs(&tags)?;
@@ -56,6 +57,15 @@ pub fn run(cli: Cli) -> Result<()> {
             };
             store.add(&built.image, &refs)?;
             let digest = built.image.digest;
+            let base = if no_base {
+                None
+            } else {
+                if !quiet {
+                    eprintln!("Building the image base (EROFS, for shadowfs)");
+                }
+                let image = store.image_by_digest(&digest)?;
+                Some(store.base_path(&image)?)
+            };
             if !quiet {
                 for r in &refs {
                     eprintln!("Successfully tagged {r}");
@@ -71,6 +81,7 @@ pub fn run(cli: Cli) -> Result<()> {
                             "references": refs,
                             "size": image.size,
                             "initrd": store.initrd_path(&image)?,
+                            "base": base,
                             "executable": built.executable.kind,
                         }))?
                     );
@@ -257,6 +268,7 @@ fn inspect(store: &Store, inputs: &[String]) -> Result<()> {
                     "digest": initrd.digest,
                     "size": initrd.size,
                 },
+                "base": store.recorded_base(&image).map(|d| store.blob_path(&d)),
                 "files": image.manifest.files().map(|f| json!({
                     "path": store.blob_path(&f.digest),
                     "digest": f.digest,

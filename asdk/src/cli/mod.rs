@@ -60,6 +60,10 @@ pub enum Command {
         /// Suppress build progress; print only the image ID
         #[arg(short, long)]
         quiet: bool,
+        /// Do not build the image's shadowfs base (EROFS) now; arrowd builds it on first
+        /// use. Building it needs mkfs.erofs (Debian erofs-utils, installed when missing).
+        #[arg(long)]
+        no_base: bool,
         /// Result format
         #[arg(long, value_enum, default_value_t = Output::Table)]
         output: Output,
