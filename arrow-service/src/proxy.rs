@@ -151,17 +151,26 @@ mod tests {
             s.read_exact(&mut buf).await.unwrap();
             s.get_mut().write_all(&buf).await.unwrap();
         });
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let m = PortMapping {
-            host_ip: "127.0.0.1".into(),
-            host_port: port,
-            guest_port: 5000,
-        };
-        let _p = start("t", std::slice::from_ref(&m), &uds).await.unwrap();
+        // A free port can be taken by a parallel test between probe and bind: retry.
+        let mut bound = None;
+        for _ in 0..20 {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
+            let m = PortMapping {
+                host_ip: "127.0.0.1".into(),
+                host_port: port,
+                guest_port: 5000,
+            };
+            if let Ok(p) = start("t", std::slice::from_ref(&m), &uds).await {
+                bound = Some((m, p));
+                break;
+            }
+        }
+        let (m, _p) = bound.expect("no free loopback port after 20 tries");
+        let port = m.host_port;
         assert!(matches!(check_bindable(&m), Err(Error::Conflict(_))));
         let mut c = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
         let mut hi = [0u8; 2];

@@ -60,7 +60,10 @@ fn app_binary() -> &'static [u8] {
     static BIN: OnceLock<Vec<u8>> = OnceLock::new();
     BIN.get_or_init(|| {
         let out = tmp().join(format!("arrowd-hello-{}", std::process::id()));
-        let st = Command::new("musl-gcc")
+        // Installed from Debian's musl-tools when missing, as `asdk build` does.
+        let musl_gcc = asdk::build::find_or_install_musl_gcc(&asdk::build::Progress::default())
+            .expect("musl-gcc is needed to build the test app");
+        let st = Command::new(musl_gcc)
             .args(["-static", "-Os", "-o"])
             .arg(&out)
             .arg(repo_root().join("examples/apps/hello/hello.c"))
@@ -69,7 +72,7 @@ fn app_binary() -> &'static [u8] {
                 repo_root().join("examples/apps/include").display()
             ))
             .status()
-            .expect("musl-gcc must be installed");
+            .expect("musl-gcc runs");
         assert!(st.success(), "musl-gcc failed");
         std::fs::read(out).unwrap()
     })

@@ -7,7 +7,7 @@ mod progress;
 use std::path::{Path, PathBuf};
 
 pub use cargo::TARGET;
-pub use musl::MUSL_GCC_ENV;
+pub use musl::{find_or_install as find_or_install_musl_gcc, MUSL_GCC_ENV};
 pub use progress::Progress;
 
 use crate::elf::{self, ElfError, StaticExecutable};
