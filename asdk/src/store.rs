@@ -184,16 +184,7 @@ impl Store {
     /// Reads a blob and checks its digest.
     pub fn read_blob(&self, digest: &Digest) -> Result<Vec<u8>> {
         let path = self.blob_path(digest);
-        let bytes = fs::read(&path).map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound => StoreError::MissingBlob {
-                digest: *digest,
-                path: path.clone(),
-            },
-            _ => StoreError::Io {
-                path: path.clone(),
-                source: e,
-            },
-        })?;
+        let bytes = fs::read(&path).map_err(|e| blob_error(digest, &path, e))?;
         let actual = Digest::of(&bytes);
         if actual != *digest {
             return Err(StoreError::Corrupted {
@@ -303,16 +294,7 @@ impl Store {
     /// Checks a blob's digest without reading it into memory.
     pub(crate) fn verify_blob_file(&self, digest: &Digest) -> Result<()> {
         let path = self.blob_path(digest);
-        let file = File::open(&path).map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound => StoreError::MissingBlob {
-                digest: *digest,
-                path: path.clone(),
-            },
-            _ => StoreError::Io {
-                path: path.clone(),
-                source: e,
-            },
-        })?;
+        let file = File::open(&path).map_err(|e| blob_error(digest, &path, e))?;
         let actual = Digest::of_reader(file).map_err(io(&path))?;
         if actual != *digest {
             return Err(StoreError::Corrupted {
@@ -689,6 +671,20 @@ fn read_dir_sorted(dir: &Path) -> Result<Vec<PathBuf>> {
 
 fn file_name(path: &Path) -> Option<String> {
     path.file_name()?.to_str().map(str::to_owned)
+}
+
+/// A blob that cannot be read: missing (a damaged store) or an I/O error.
+fn blob_error(digest: &Digest, path: &std::path::Path, e: std::io::Error) -> StoreError {
+    match e.kind() {
+        std::io::ErrorKind::NotFound => StoreError::MissingBlob {
+            digest: *digest,
+            path: path.to_path_buf(),
+        },
+        _ => StoreError::Io {
+            path: path.to_path_buf(),
+            source: e,
+        },
+    }
 }
 
 #[cfg(test)]
