@@ -71,6 +71,18 @@ pub struct Config {
     /// plain restore). A template can set its own (`pool_size`).
     #[arg(long, env = "ARROWD_POOL_SIZE", default_value_t = 2)]
     pub pool_size: u32,
+    /// Start instances of images without a template of their own from the generic
+    /// template (the kernel booted once, the image and app injected at clone time),
+    /// made in the background on first need. `--generic-template=false` turns it off.
+    #[arg(
+        long,
+        env = "ARROWD_GENERIC_TEMPLATE",
+        default_value_t = true,
+        action = clap::ArgAction::Set,
+        num_args = 0..=1,
+        default_missing_value = "true"
+    )]
+    pub generic_template: bool,
     /// arrowd's log level (error, warn, info, debug, trace); RUST_LOG overrides it.
     #[arg(long, env = "ARROWD_LOG", default_value = "info")]
     pub log_level: String,
