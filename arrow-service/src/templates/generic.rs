@@ -36,6 +36,9 @@ pub const MEMORY_MIB: u32 = asdk::spec::DEFAULT_MEMORY_MIB;
 pub const VCPUS: u8 = asdk::spec::DEFAULT_VCPUS;
 /// Default bound on boot → KERNEL_READY.
 const DEFAULT_TIMEOUT_S: u64 = 300;
+/// A generic template that failed is made again on need only after this long (a broken
+/// kernel is not booted on every start); an explicit create retries at once.
+const AUTO_RETRY_MS: i64 = 10 * 60 * 1000;
 
 /// Whether `name` is (or is reserved for) a generic template.
 pub fn is_generic_name(name: &str) -> bool {
@@ -261,8 +264,9 @@ impl Supervisor {
     }
 
     /// Returns the current generic template, making it if needed. `auto`: a build
-    /// nobody asked for, which does not retry one that failed (remove it, or create it
-    /// explicitly, to retry). The caller holds `templates.generic_build`.
+    /// nobody asked for, which retries one that failed only after [`AUTO_RETRY_MS`]
+    /// (removing it, or creating it explicitly, retries now). The caller holds
+    /// `templates.generic_build`.
     async fn build_generic(
         self: &Arc<Self>,
         pool_size: Option<u32>,
@@ -289,9 +293,9 @@ impl Supervisor {
                     }
                     return Ok(t);
                 }
-                (S::Failed, _) if auto => {
+                (S::Failed, _) if auto && now_ms() - t.created_at < AUTO_RETRY_MS => {
                     return Err(Error::Conflict(format!(
-                        "generic template {id} failed ({}): `actl template rm {id}` or `actl template create --generic` retries",
+                        "generic template {id} failed ({}); arrowd retries 10 minutes after the failed attempt, `actl template create --generic` now",
                         t.reason.as_deref().unwrap_or("unknown reason")
                     )))
                 }
