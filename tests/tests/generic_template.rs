@@ -2,8 +2,9 @@
 //! `arrow.wait_app=1`, snapshotted at its wait point) runs different apps
 //! with their own argv, environment and hostname, injected at clone time.
 //!
-//! The apps come from the template's initramfs here (two programs at two
-//! paths); the image-base (pmem) path is exercised where arrowd uses it.
+//! The apps come from the template's initramfs (two programs at two paths)
+//! or from an image base (EROFS, built with the shadowfs crate) that
+//! arrow-vmm maps into the template's image slot (its read-only pmem0).
 //! One boot (~25 s on the slow hosts), then clones, one at a time.
 
 use std::path::{Path, PathBuf};
@@ -48,11 +49,30 @@ fn finish(mut child: std::process::Child) -> Output {
     child.wait_with_output().expect("output")
 }
 
+/// Size of the template's image slot (pmem0).
+const SLOT_BYTES: u64 = 64 << 20;
+
 fn clone_with(tpl: &Path, spec: &serde_json::Value, dir: &Path, tag: &str) -> Output {
+    clone_from_base(tpl, spec, dir, tag, None)
+}
+
+fn clone_from_base(
+    tpl: &Path,
+    spec: &serde_json::Value,
+    dir: &Path,
+    tag: &str,
+    base: Option<&Path>,
+) -> Output {
     let spec_path = dir.join(format!("{tag}.json"));
     std::fs::write(&spec_path, spec.to_string()).expect("write spec");
-    let child = Command::new(arrow_vmm())
-        .args(["restore", "--clone", "--from"])
+    let mut cmd = Command::new(arrow_vmm());
+    if let Some(base) = base {
+        cmd.arg("restore").arg("--image-base").arg(base);
+    } else {
+        cmd.arg("restore");
+    }
+    let child = cmd
+        .args(["--clone", "--from"])
         .arg(tpl)
         .arg("--app-spec")
         .arg(&spec_path)
@@ -90,6 +110,13 @@ fn initrd(dir: &Path) -> PathBuf {
 fn generic_template(dir: &Path) -> PathBuf {
     let sock = dir.join("tpl.sock");
     let tpl = dir.join("template");
+    // The image slot: zeros until a clone maps an image base over it.
+    let slot = dir.join("slot.img");
+    std::fs::File::create(&slot)
+        .and_then(|f| f.set_len(SLOT_BYTES))
+        .expect("create the image slot");
+    let mut pmem = slot.into_os_string();
+    pmem.push(",ro");
     let mut child = Command::new(arrow_vmm())
         .args(["run", "--kernel"])
         .arg(kernel())
@@ -101,6 +128,8 @@ fn generic_template(dir: &Path) -> PathBuf {
         ))
         .args(["--memory", "128M", "--console"])
         .arg(dir.join("tpl.log"))
+        .arg("--pmem")
+        .arg(&pmem)
         .arg("--api-sock")
         .arg(&sock)
         .stdin(Stdio::null())
@@ -210,6 +239,34 @@ fn one_generic_template_runs_different_apps_injected_at_clone_time() {
         out.contains("SUM-APP: host=clone-two argc=3 sum=142"),
         "{out}"
     );
+
+    // An image base in the image slot: the app comes from it (sum-app at
+    // /app there; the initramfs's /app is e2e-app).
+    let base = dir.path().join("base.erofs");
+    let sum = std::fs::read(static_c_app("sum-app", dir.path())).expect("sum-app");
+    shadowfs::base::build(
+        &[shadowfs::base::Entry::File {
+            path: "app".into(),
+            mode: 0o755,
+            data: sum,
+        }],
+        &base,
+    )
+    .expect("build the image base");
+    let spec = serde_json::json!({"app": "/app", "args": ["1", "2"], "env": ["N=10"], "hostname": "from-base"});
+    let o = clone_from_base(&tpl, &spec, dir.path(), "c3", Some(&base));
+    let out = text(&o);
+    assert_eq!(o.status.code(), Some(13), "{out}");
+    assert!(out.contains("SUM-APP: host=from-base argc=3 sum=13"), "{out}");
+    // An image larger than the slot is refused before anything runs.
+    let big = dir.path().join("big.erofs");
+    std::fs::File::create(&big)
+        .and_then(|f| f.set_len(SLOT_BYTES + 4096))
+        .expect("big file");
+    let o = clone_from_base(&tpl, &spec, dir.path(), "big", Some(&big));
+    assert_eq!(o.status.code(), Some(125), "{}", text(&o));
+    assert!(text(&o).contains("image slot holds at most"), "{}", text(&o));
+    assert!(o.stdout.is_empty(), "{}", text(&o));
 
     // A pooled clone gets its app with PUT /vm/start.
     let sock = dir.path().join("pool.sock");
