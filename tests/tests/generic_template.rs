@@ -257,7 +257,10 @@ fn one_generic_template_runs_different_apps_injected_at_clone_time() {
     let o = clone_from_base(&tpl, &spec, dir.path(), "c3", Some(&base));
     let out = text(&o);
     assert_eq!(o.status.code(), Some(13), "{out}");
-    assert!(out.contains("SUM-APP: host=from-base argc=3 sum=13"), "{out}");
+    assert!(
+        out.contains("SUM-APP: host=from-base argc=3 sum=13"),
+        "{out}"
+    );
     // An image larger than the slot is refused before anything runs.
     let big = dir.path().join("big.erofs");
     std::fs::File::create(&big)
@@ -265,7 +268,11 @@ fn one_generic_template_runs_different_apps_injected_at_clone_time() {
         .expect("big file");
     let o = clone_from_base(&tpl, &spec, dir.path(), "big", Some(&big));
     assert_eq!(o.status.code(), Some(125), "{}", text(&o));
-    assert!(text(&o).contains("image slot holds at most"), "{}", text(&o));
+    assert!(
+        text(&o).contains("image slot holds at most"),
+        "{}",
+        text(&o)
+    );
     assert!(o.stdout.is_empty(), "{}", text(&o));
 
     // A pooled clone gets its app with PUT /vm/start.

@@ -17,6 +17,7 @@ use super::db::{self, TemplateRecord};
 use super::model::{KernelIdentity, SnapshotPoint, Template, TemplateRequest, TemplateSpec};
 use super::{identity, pool, TEMPLATE_CID_BASE};
 use crate::clock::now_ms;
+use crate::config::Config;
 use crate::db::Record;
 use crate::error::{Error, Result};
 use crate::model::{InstanceSpec, RootFs};
@@ -29,11 +30,6 @@ pub const PREFIX: &str = "generic-";
 /// Size of the image slot: the largest image base a clone can be given. The slot file is
 /// sparse (no disk), and the guest only maps what it reads.
 pub const SLOT_MIB: u64 = 256;
-/// Memory and vCPUs of the generic template: asdk's defaults, so that images that do
-/// not ask for more (most) can run from it. Others cold-boot.
-pub const MEMORY_MIB: u32 = asdk::spec::DEFAULT_MEMORY_MIB;
-/// See [`MEMORY_MIB`].
-pub const VCPUS: u8 = asdk::spec::DEFAULT_VCPUS;
 /// Default bound on boot → KERNEL_READY.
 const DEFAULT_TIMEOUT_S: u64 = 300;
 /// A generic template that failed is made again on need only after this long (a broken
@@ -45,12 +41,15 @@ pub fn is_generic_name(name: &str) -> bool {
     name == ALIAS || name.starts_with(PREFIX)
 }
 
-/// The generic template's key: the kernel's content hash and arrowd's command line.
-pub fn key(kernel_sha256: &str, cmdline: &str) -> String {
+/// The generic template's key: the kernel's content hash, arrowd's command line, and
+/// the template's memory and vCPUs (`--generic-memory-mib`, `--generic-vcpus`).
+pub fn key(kernel_sha256: &str, cmdline: &str, memory_mib: u32, vcpus: u8) -> String {
     let mut h = Sha256::new();
     h.update(kernel_sha256.as_bytes());
     h.update([0]);
     h.update(cmdline.as_bytes());
+    h.update([0]);
+    h.update(format!("{memory_mib}M {vcpus}").as_bytes());
     hex::encode(h.finalize())[..12].to_owned()
 }
 
@@ -60,16 +59,17 @@ pub fn slot_path(templates_root: &Path, id: &str) -> PathBuf {
     templates_root.join(format!("{id}.slot"))
 }
 
-/// The spec of a generic template for `kernel`.
-fn spec(kernel: KernelIdentity, base_cmdline: &str, pool_size: Option<u32>) -> TemplateSpec {
+/// The spec of a generic template for `kernel` under arrowd's configuration.
+fn spec(kernel: KernelIdentity, cfg: &Config, pool_size: Option<u32>) -> TemplateSpec {
+    let base_cmdline = &cfg.kernel_cmdline;
     TemplateSpec {
         image: String::new(),
         image_digest: String::new(),
-        vcpus: VCPUS,
-        memory_mib: MEMORY_MIB,
+        vcpus: cfg.generic_vcpus,
+        memory_mib: cfg.generic_memory_mib,
         env: Default::default(),
         args: Vec::new(),
-        base_cmdline: base_cmdline.to_owned(),
+        base_cmdline: base_cmdline.clone(),
         cmdline: format!("{base_cmdline} arrow.wait_app=1"),
         kernel,
         snapshot_at: SnapshotPoint::KernelReady,
@@ -178,7 +178,7 @@ impl Supervisor {
         }
         let mut probe = s.clone();
         probe.memory_max_mib = probe.memory_mib;
-        let shape = spec(placeholder_kernel(), &self.cfg.kernel_cmdline, None);
+        let shape = spec(placeholder_kernel(), &self.cfg, None);
         if self.generic_template().is_none() && ineligible(&shape, &probe).is_none() {
             self.ensure_generic();
         }
@@ -277,7 +277,15 @@ impl Supervisor {
         let kernel = tokio::task::spawn_blocking(move || identity::kernel_identity(&kernel_path))
             .await
             .map_err(|e| Error::Internal(format!("kernel hash task failed: {e}")))??;
-        let id = format!("{PREFIX}{}", key(&kernel.sha256, &self.cfg.kernel_cmdline));
+        let id = format!(
+            "{PREFIX}{}",
+            key(
+                &kernel.sha256,
+                &self.cfg.kernel_cmdline,
+                self.cfg.generic_memory_mib,
+                self.cfg.generic_vcpus
+            )
+        );
         // Generic templates of other kernels (or command lines) are never used again.
         for old in db::list(&self.db)? {
             if old.spec.generic && old.id != id && self.stale_reason(&old).is_some() {
@@ -302,7 +310,7 @@ impl Supervisor {
                 _ => self.remove_generic_files(&t, "it is being replaced"),
             }
         }
-        let mut spec = spec(kernel, &self.cfg.kernel_cmdline, pool_size);
+        let mut spec = spec(kernel, &self.cfg, pool_size);
         db::insert(&self.db, &id, &id, &mut spec, now_ms(), |seq| {
             TEMPLATE_CID_BASE.saturating_add(u32::try_from(seq).unwrap_or(u32::MAX))
         })?;
@@ -374,11 +382,21 @@ fn placeholder_kernel() -> KernelIdentity {
 mod tests {
     use super::*;
 
+    use clap::Parser;
+
+    const MEMORY_MIB: u32 = asdk::spec::DEFAULT_MEMORY_MIB;
+
+    fn config(extra: &[&str]) -> Config {
+        let mut args = vec!["arrowd", "--kernel-cmdline", "console=ttyS0"];
+        args.extend_from_slice(extra);
+        Config::parse_from(args)
+    }
+
     fn instance() -> InstanceSpec {
         InstanceSpec {
             image: "hello:latest".into(),
             image_digest: String::new(),
-            vcpus: VCPUS,
+            vcpus: 1,
             memory_mib: MEMORY_MIB,
             memory_max_mib: MEMORY_MIB,
             env: [("A".to_owned(), "1".to_owned()), ("B".into(), "x y".into())].into(),
@@ -394,11 +412,13 @@ mod tests {
 
     #[test]
     fn key_follows_kernel_and_cmdline() {
-        let k = key("sha256:aa", "console=ttyS0");
+        let k = key("sha256:aa", "console=ttyS0", 128, 1);
         assert_eq!(k.len(), 12);
-        assert_eq!(k, key("sha256:aa", "console=ttyS0"));
-        assert_ne!(k, key("sha256:ab", "console=ttyS0"));
-        assert_ne!(k, key("sha256:aa", "console=ttyS0 quiet"));
+        assert_eq!(k, key("sha256:aa", "console=ttyS0", 128, 1));
+        assert_ne!(k, key("sha256:ab", "console=ttyS0", 128, 1));
+        assert_ne!(k, key("sha256:aa", "console=ttyS0 quiet", 128, 1));
+        assert_ne!(k, key("sha256:aa", "console=ttyS0", 64, 1));
+        assert_ne!(k, key("sha256:aa", "console=ttyS0", 128, 2));
         assert!(is_generic_name(&format!("{PREFIX}{k}")));
         assert!(is_generic_name("generic"));
         assert!(!is_generic_name("web"));
@@ -406,8 +426,18 @@ mod tests {
 
     #[test]
     fn only_default_shaped_shadowfs_instances_are_eligible() {
-        let t = spec(placeholder_kernel(), "console=ttyS0", None);
+        let t = spec(placeholder_kernel(), &config(&[]), None);
         assert_eq!(t.cmdline, "console=ttyS0 arrow.wait_app=1");
+        assert_eq!((t.memory_mib, t.vcpus), (MEMORY_MIB, 1));
+        let small = spec(
+            placeholder_kernel(),
+            &config(&["--generic-memory-mib", "64"]),
+            None,
+        );
+        assert!(ineligible(&small, &instance()).is_some());
+        assert!(Config::try_parse_from(["arrowd", "--generic-memory-mib", "8"]).is_err());
+        assert!(!config(&["--generic-template=false"]).generic_template);
+        assert!(config(&["--generic-template"]).generic_template);
         assert!(ineligible(&t, &instance()).is_none());
         let mut s = instance();
         s.rootfs = RootFs::Initrd;

@@ -97,6 +97,12 @@ pub fn stale_reason(
         ));
     }
     if t.spec.generic {
+        if (t.spec.memory_mib, t.spec.vcpus) != (cfg.generic_memory_mib, cfg.generic_vcpus) {
+            return Some(format!(
+                "arrowd's generic template shape is now {} MiB and {} vCPU(s), this one has {} MiB and {}",
+                cfg.generic_memory_mib, cfg.generic_vcpus, t.spec.memory_mib, t.spec.vcpus
+            ));
+        }
         // No image of its own: its image slot must be there instead.
         if let Some(root) = dir.parent() {
             let slot = super::generic::slot_path(root, &t.id);
