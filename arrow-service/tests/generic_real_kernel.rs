@@ -178,6 +178,20 @@ fn images_without_templates_start_from_one_generic_template() {
         t1.elapsed()
     );
 
+    // Asking for it explicitly: creating it again returns it; an instance it cannot run
+    // is refused instead of cold-booted.
+    let out = d.actl(&["template", "create", "--generic"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out).trim(), name);
+    let e = d
+        .post(
+            "/instances",
+            Some(json!({"image": "gsum", "template": "generic", "memory": "256M", "start": true})),
+        )
+        .unwrap_err();
+    assert_eq!(e.0, 400, "{e:?}");
+    assert!(e.1.contains("256 MiB"), "{e:?}");
+
     // 4. A different image, created then started: a plain restore --clone.
     let out = d.actl(&["create", "--name", "gen-b", "gcheck"]);
     assert!(out.status.success(), "{}", stderr(&out));

@@ -217,6 +217,17 @@ impl Supervisor {
 
     /// Starts making the generic template in the background unless that is under way.
     pub(crate) fn ensure_generic(self: &Arc<Self>) {
+        // Skip the task (and its kernel hash) while a build runs or after a recent failure.
+        let newest = db::list(&self.db)
+            .ok()
+            .and_then(|l| l.into_iter().rev().find(|t| t.spec.generic));
+        if let Some(t) = newest {
+            use super::model::TemplateState as S;
+            let recent = now_ms() - t.created_at < AUTO_RETRY_MS;
+            if t.state == S::Creating || (t.state == S::Failed && recent) {
+                return;
+            }
+        }
         let sup = Arc::clone(self);
         tokio::spawn(async move {
             let Ok(_busy) = sup.templates.generic_build.try_lock() else {
