@@ -5,15 +5,18 @@
 //! `restore --clone` of an existing instance) start from the same generic template, their
 //! image base and app injected, and each exits with the status its app computes from the
 //! argv, environment and hostname it saw. Two real boots (~4 s each here, ~25 s on
-//! nested-PVM hosts). The kernel is ARROW_TEST_KERNEL, or the cached build of
-//! guest-kernel/build.sh (built on first use).
+//! nested-PVM hosts). A second test makes the generic template explicitly, shaped for
+//! the 64 MiB examples, and runs the hello app through CRI from it. The kernel is
+//! ARROW_TEST_KERNEL, or the cached build of guest-kernel/build.sh (built on first use).
 
 mod common;
 
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use common::cri::CriClient;
 use common::{stderr, stdout, Daemon};
+use k8s_cri::v1::*;
 use serde_json::{json, Value};
 
 /// Exits with the sum of its numeric arguments plus $N (tests/apps/sum-app.c).
@@ -222,4 +225,95 @@ fn images_without_templates_start_from_one_generic_template() {
     let out = d.actl(&["template", "rm", &name]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(d.get("/templates/generic").is_err());
+}
+
+#[test]
+fn cri_start_container_runs_from_an_explicitly_made_generic_template() {
+    let kernel = std::env::var_os("ARROW_TEST_KERNEL")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(arrow_e2e::kernel)
+        .to_string_lossy()
+        .into_owned();
+    let d = Daemon::with_args(&[
+        "--kernel",
+        &kernel,
+        "--kernel-cmdline",
+        "console=ttyS0 reboot=k panic=-1",
+        "--generic-template=true",
+        "--generic-memory-mib",
+        "64",
+        "--pool-size",
+        "0",
+    ]);
+    let src = common::repo_root().join("examples/apps/hello");
+    let store = asdk::Store::open(d.store_dir()).unwrap();
+    asdk::build::build_into(&store, &src.join("hello.c"), &Default::default(), &[]).unwrap();
+    let t0 = Instant::now();
+    let out = d.actl(&["template", "create", "--generic"]);
+    assert!(out.status.success(), "{}\n{}", stderr(&out), d.log());
+    let t = d.get("/templates/generic").unwrap();
+    assert_eq!(t["spec"]["memory_mib"], 64, "{t}");
+    eprintln!("generic template made explicitly in {:.1?}", t0.elapsed());
+
+    let c = CriClient::connect(&d.cri_socket());
+    let logs = d.dir.path().join("pods");
+    let pod = c.run_pod("hello", &logs);
+    let config = ContainerConfig {
+        metadata: Some(ContainerMetadata {
+            name: "hello".into(),
+            attempt: 0,
+        }),
+        image: Some(ImageSpec {
+            image: "docker.io/library/hello:latest".into(),
+            ..Default::default()
+        }),
+        command: vec!["/app".into(), "--exit".into()],
+        args: vec!["3".into()],
+        envs: vec![KeyValue {
+            key: "GREETING".into(),
+            value: "from CRI".into(),
+        }],
+        log_path: "hello/0.log".into(),
+        ..Default::default()
+    };
+    let ctr = c
+        .call(c.runtime().create_container(CreateContainerRequest {
+            pod_sandbox_id: pod.clone(),
+            config: Some(config),
+            sandbox_config: None,
+        }))
+        .unwrap()
+        .container_id;
+    c.call(c.runtime().start_container(StartContainerRequest {
+        container_id: ctr.clone(),
+    }))
+    .unwrap();
+    let inst = d.get(&format!("/instances/cri-{}", &ctr[..16])).unwrap();
+    assert_eq!(inst["clone"]["generic"], true, "{inst}");
+    let st = c.wait_state(&ctr, ContainerState::ContainerExited);
+    assert_eq!(st.exit_code, 3, "{st:?}");
+    let path = logs.join("hello/0.log");
+    let start = Instant::now();
+    let text = loop {
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        if text.contains(" stdout F exit 3") || start.elapsed() > Duration::from_secs(30) {
+            break text;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    for want in [
+        " stdout F hello from Arrow",
+        " stdout F argv[1]=--exit",
+        " stdout F argv[2]=3",
+        " stdout F env GREETING=from CRI",
+    ] {
+        assert!(
+            text.contains(want),
+            "{want:?} missing from the log:\n{text}"
+        );
+    }
+    c.call(c.runtime().remove_pod_sandbox(RemovePodSandboxRequest {
+        pod_sandbox_id: pod,
+    }))
+    .unwrap();
 }
