@@ -7,6 +7,7 @@ mod build;
 mod clone;
 pub mod db;
 pub mod generic;
+mod generic_build;
 mod identity;
 pub mod model;
 mod pool;
