@@ -20,6 +20,9 @@ const DEFAULT_TIMEOUT_S: u64 = 300;
 /// Most warm VMMs one template may ask for.
 pub(super) const MAX_POOL_SIZE: u32 = 64;
 
+/// What a generic template's build failing before KERNEL_READY most likely means.
+const NO_WAIT_POINT: &str = "the guest kernel does not support generic templates (it ran an app instead of waiting for one: it needs CONFIG_ARROW_WAIT_APP, guest-kernel patch 0009); rebuild it with guest-kernel/build.sh, or run arrowd with --generic-template=false";
+
 /// The last lines of a file, for error messages.
 fn tail(path: &Path, lines: usize) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
@@ -209,10 +212,19 @@ impl Supervisor {
         };
         loop {
             if let Ok(Some(st)) = child.try_wait() {
+                let vmm_log = build.join(crate::supervisor::VMM_LOG);
+                let log = tail(&vmm_log, 3);
+                let ran_app =
+                    std::fs::read_to_string(&vmm_log).is_ok_and(|l| l.contains("APP_STARTED"));
+                let hint = match spec.snapshot_at {
+                    SnapshotPoint::KernelReady if ran_app => {
+                        format!("; {NO_WAIT_POINT}")
+                    }
+                    _ => String::new(),
+                };
                 return Err(fail(format!(
-                    "the template VM stopped ({st}) before its snapshot point ({}); vmm log: {}",
+                    "the template VM stopped ({st}) before its snapshot point ({}){hint}; vmm log: {log}",
                     spec.snapshot_at.as_str(),
-                    tail(&build.join(crate::supervisor::VMM_LOG), 3)
                 )));
             }
             if t0.elapsed() > timeout {
@@ -234,9 +246,7 @@ impl Supervisor {
                     Ok(v) if point == SnapshotPoint::KernelReady => {
                         if !v["app_started_ms"].is_null() {
                             let _ = vmm_api(&sock, hyper::Method::PUT, "/vm/shutdown", None).await;
-                            return Err(fail(
-                                "the guest kernel started an app instead of waiting for one: it does not support generic templates (CONFIG_ARROW_WAIT_APP, guest-kernel patch 0009); rebuild it with guest-kernel/build.sh, or run arrowd with --generic-template=false".into(),
-                            ));
+                            return Err(fail(NO_WAIT_POINT.into()));
                         }
                         !v["kernel_ready_ms"].is_null()
                     }
