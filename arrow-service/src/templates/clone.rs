@@ -40,6 +40,9 @@ pub(super) async fn vmm_api(
 
 /// The app description given to a plain `restore --clone` of the generic template.
 const APP_SPEC: &str = "app-spec.json";
+/// The `PUT /vm/start` body sent to a pooled VMM of the generic template, kept in the
+/// run directory so that an arrowd that stops before sending it sends it after restart.
+pub(super) const START_BODY: &str = "start.json";
 
 /// A started VMM: child, PID, PID start time, and how it was cloned.
 pub(crate) type Started = (tokio::process::Child, i32, u64, Option<CloneInfo>);
@@ -66,6 +69,9 @@ impl Supervisor {
         if let Some(mut slot) = self.templates.take_claimed(&rec.id) {
             let t0 = Instant::now();
             let body = inject.map(|i| serde_json::json!({ "app": i.app, "image_base": i.base }));
+            if let Some(b) = &body {
+                std::fs::write(run_dir.join(START_BODY), b.to_string())?;
+            }
             match vmm_api(&run_dir.join(API_SOCK), Method::PUT, "/vm/start", body).await {
                 Ok(_) => {
                     let ci = info(true, t0);

@@ -283,7 +283,11 @@ impl Supervisor {
             if let Ok(v) = vmm_api(&sock, Method::GET, "/vm", None).await {
                 if v["state"] == "pooled" {
                     tracing::info!(instance = %rec.id, "sending the start arrowd did not send before it stopped");
-                    if let Err(e) = vmm_api(&sock, Method::PUT, "/vm/start", None).await {
+                    // A clone of the generic template gets the image and app it was given.
+                    let body = std::fs::read(self.run_dir(&rec.id).join(super::clone::START_BODY))
+                        .ok()
+                        .and_then(|b| serde_json::from_slice(&b).ok());
+                    if let Err(e) = vmm_api(&sock, Method::PUT, "/vm/start", body).await {
                         tracing::warn!(instance = %rec.id, "cannot start the adopted pooled VMM: {e}");
                     }
                 }
