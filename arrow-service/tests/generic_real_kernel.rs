@@ -147,6 +147,27 @@ fn images_without_templates_start_from_one_generic_template() {
         "generic template {name}: boot → snapshot {} ms, disk {}",
         t["boot_to_snapshot_ms"], t["disk"]
     );
+    // Clones never write the template's files.
+    let files = |dir: &Path| -> Vec<(String, u64, std::time::SystemTime)> {
+        let mut v: Vec<_> = std::fs::read_dir(dir)
+            .unwrap()
+            .flatten()
+            .map(|e| {
+                let m = e.metadata().unwrap();
+                (
+                    e.file_name().to_string_lossy().into_owned(),
+                    m.len(),
+                    m.modified().unwrap(),
+                )
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    let tdir = std::path::PathBuf::from(t["dir"].as_str().unwrap());
+    let before = files(&tdir);
+    let slot = tdir.with_extension("slot");
+    let slot_before = std::fs::metadata(&slot).unwrap().modified().unwrap();
     let ls = d.actl(&["template", "ls"]);
     assert!(stdout(&ls).contains("(generic"), "{}", stdout(&ls));
     let pool_ready = Instant::now();
@@ -215,6 +236,12 @@ fn images_without_templates_start_from_one_generic_template() {
         "gcheck from the generic template (restore): start {} µs, exited after {:.1?}",
         b["clone"]["start_us"],
         t2.elapsed()
+    );
+
+    assert_eq!(files(&tdir), before, "the template's files changed");
+    assert_eq!(
+        std::fs::metadata(&slot).unwrap().modified().unwrap(),
+        slot_before
     );
 
     // The template is kept and still ready; removing it works once its clones are gone.
