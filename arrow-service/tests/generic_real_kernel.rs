@@ -344,3 +344,48 @@ fn cri_start_container_runs_from_an_explicitly_made_generic_template() {
     }))
     .unwrap();
 }
+
+#[test]
+fn a_generic_template_caught_mid_build_by_kill_9_is_made_again_at_once() {
+    let kernel = std::env::var_os("ARROW_TEST_KERNEL")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(arrow_e2e::kernel)
+        .to_string_lossy()
+        .into_owned();
+    let mut d = Daemon::with_args(&[
+        "--kernel",
+        &kernel,
+        "--kernel-cmdline",
+        "console=ttyS0 reboot=k panic=-1",
+        "--generic-template=true",
+        "--pool-size",
+        "0",
+    ]);
+    let create = std::process::Command::new(env!("CARGO_BIN_EXE_actl"))
+        .args(["template", "create", "--generic"])
+        .env("ARROW_HOST", format!("unix://{}", d.socket().display()))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let t0 = Instant::now();
+    while !matches!(d.get("/templates/generic"), Ok(t) if t["state"] == "creating") {
+        assert!(t0.elapsed() < Duration::from_secs(30), "never creating");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    d.signal(libc::SIGKILL);
+    common::wait_output(create);
+    d.start();
+    // Forgotten (not left failed), its VM and files gone.
+    assert!(d.get("/templates/generic").is_err(), "{}", d.log());
+    let left: Vec<_> = std::fs::read_dir(d.dir.path().join("state/templates"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .filter(|n| n != ".build")
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+    let out = d.actl(&["template", "create", "--generic"]);
+    assert!(out.status.success(), "{}\n{}", stderr(&out), d.log());
+    assert_eq!(d.get("/templates/generic").unwrap()["state"], "ready");
+}

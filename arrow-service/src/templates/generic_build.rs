@@ -167,7 +167,7 @@ impl Supervisor {
     }
 
     /// Forgets a generic template that has no running clones (else leaves it).
-    fn remove_generic_files(&self, t: &TemplateRecord, why: &str) {
+    pub(super) fn remove_generic_files(&self, t: &TemplateRecord, why: &str) {
         match db::active_clones(&self.db, &t.id) {
             Ok(c) if c.is_empty() => {}
             _ => return,

@@ -237,7 +237,10 @@ impl Supervisor {
             crate::procfs::signal(f.pid, f.start, libc::SIGKILL);
         }
         for t in db::list(&self.db)? {
-            if t.state == TemplateState::Creating {
+            if t.state == TemplateState::Creating && t.spec.generic {
+                // Nobody waits for it: forgotten, so that the next need makes it at once.
+                self.remove_generic_files(&t, "arrowd stopped while creating it");
+            } else if t.state == TemplateState::Creating {
                 db::set_failed(
                     &self.db,
                     &t.id,
