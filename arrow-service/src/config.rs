@@ -71,6 +71,27 @@ pub struct Config {
     /// plain restore). A template can set its own (`pool_size`).
     #[arg(long, env = "ARROWD_POOL_SIZE", default_value_t = 2)]
     pub pool_size: u32,
+    /// Start instances of images without a template of their own from the generic
+    /// template (the kernel booted once, the image and app injected at clone time),
+    /// made in the background on first need. `--generic-template=false` turns it off.
+    #[arg(
+        long,
+        env = "ARROWD_GENERIC_TEMPLATE",
+        default_value_t = true,
+        action = clap::ArgAction::Set,
+        num_args = 0..=1,
+        default_missing_value = "true"
+    )]
+    pub generic_template: bool,
+    /// Guest memory of the generic template, MiB: only instances with exactly this much
+    /// start from it (default: asdk's default for images).
+    #[arg(long, env = "ARROWD_GENERIC_MEMORY_MIB", default_value_t = asdk::spec::DEFAULT_MEMORY_MIB,
+          value_parser = clap::value_parser!(u32).range(16..=65536))]
+    pub generic_memory_mib: u32,
+    /// vCPUs of the generic template: only instances with exactly this many start from it.
+    #[arg(long, env = "ARROWD_GENERIC_VCPUS", default_value_t = asdk::spec::DEFAULT_VCPUS,
+          value_parser = clap::value_parser!(u8).range(1..=asdk::spec::MAX_VCPUS as i64))]
+    pub generic_vcpus: u8,
     /// arrowd's log level (error, warn, info, debug, trace); RUST_LOG overrides it.
     #[arg(long, env = "ARROWD_LOG", default_value = "info")]
     pub log_level: String,

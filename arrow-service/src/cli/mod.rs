@@ -85,12 +85,17 @@ pub struct CreateArgs {
 #[derive(Debug, Subcommand)]
 pub enum TemplateCommand {
     /// Boot an image once and snapshot it as a template; prints the template ID.
+    /// With --generic: the generic template of arrowd's kernel (any image runs from it).
     Create {
+        /// The generic template (no name, image, args, env, memory or vCPUs).
+        #[arg(long, conflicts_with_all = ["name", "image", "args", "env", "memory", "cpus", "snapshot_at", "delay_ms"])]
+        generic: bool,
         /// Template name.
-        #[arg(long)]
-        name: String,
+        #[arg(long, required_unless_present = "generic")]
+        name: Option<String>,
         /// Image reference (name:tag), digest or short ID.
-        image: String,
+        #[arg(required_unless_present = "generic")]
+        image: Option<String>,
         /// Arguments for the app (replace the image's).
         #[arg(trailing_var_arg = true)]
         args: Vec<String>,

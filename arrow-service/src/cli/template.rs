@@ -29,6 +29,25 @@ fn path_of(name: &str) -> String {
 pub async fn run(ep: &Endpoint, cmd: TemplateCommand) -> Result<i32> {
     match cmd {
         TemplateCommand::Create {
+            generic: true,
+            pool_size,
+            timeout,
+            ..
+        } => {
+            let mut body = json!({ "generic": true });
+            if let Some(n) = pool_size {
+                body["pool_size"] = json!(n);
+            }
+            if let Some(s) = timeout {
+                body["timeout_s"] = json!(s);
+            }
+            eprintln!("booting the guest kernel to its app wait point…");
+            let t: Template = ep.json(Method::POST, "/templates", Some(&body)).await?;
+            eprintln!("generic template {} ready", t.name);
+            println!("{}", t.id);
+            Ok(0)
+        }
+        TemplateCommand::Create {
             name,
             image,
             args,
@@ -39,7 +58,9 @@ pub async fn run(ep: &Endpoint, cmd: TemplateCommand) -> Result<i32> {
             delay_ms,
             timeout,
             pool_size,
+            generic: false,
         } => {
+            let (name, image) = (name.unwrap_or_default(), image.unwrap_or_default());
             let mut body = json!({ "name": name, "image": image, "env": parse_env(&env)? });
             if !args.is_empty() {
                 body["args"] = json!(args);
@@ -80,7 +101,11 @@ pub async fn run(ep: &Endpoint, cmd: TemplateCommand) -> Result<i32> {
                         vec![
                             t.name.clone(),
                             t.id.clone(),
-                            t.spec.image.clone(),
+                            if t.spec.generic {
+                                "(generic: any image)".to_owned()
+                            } else {
+                                t.spec.image.clone()
+                            },
                             t.state.as_str().to_owned(),
                             t.clones.len().to_string(),
                             format!("{}/{}", t.pool.ready, t.pool.size),

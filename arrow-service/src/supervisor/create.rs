@@ -270,7 +270,14 @@ impl Supervisor {
             ports: req.ports.clone(),
             vsock_cid: 0,
             cmdline: String::new(),
-            template: template.as_ref().map(|t| t.name.clone()),
+            // The generic template by its alias: a later start uses the current one.
+            template: template.as_ref().map(|t| {
+                if t.spec.generic {
+                    crate::templates::generic::ALIAS.to_owned()
+                } else {
+                    t.name.clone()
+                }
+            }),
             core_dumps: req.core_dumps,
             rootfs,
         };
@@ -279,7 +286,7 @@ impl Supervisor {
             // template runs starts as its clone, which has no hotplug region.
             let mut probe = ispec.clone();
             probe.memory_max_mib = probe.memory_mib;
-            if self.matching_template(&probe).is_some() {
+            if self.matching_template(&probe).is_some() || self.generic_for_spec(&probe).is_some() {
                 ispec.memory_max_mib = ispec.memory_mib;
             }
         }

@@ -42,7 +42,38 @@ impl Supervisor {
         if rec.state.is_active() {
             return Ok(self.view(&rec));
         }
-        let template = self.template_for(&rec)?;
+        let mut template = self.template_for(&rec)?;
+        let mut inject = None;
+        match &template {
+            Some(t) if t.spec.generic => {
+                // Asked for explicitly: an image that does not fit is the request's fault.
+                inject = Some(self.injection(&rec, t).map_err(|why| {
+                    Error::Invalid(format!(
+                        "instance {} cannot start from the generic template {}: {why}; leave out template (it then cold-boots)",
+                        rec.name, t.name
+                    ))
+                })?);
+            }
+            Some(_) => {}
+            None => {
+                if let Some(t) = self.want_generic(&rec.spec) {
+                    match self.injection(&rec, &t) {
+                        Ok(i) => {
+                            inject = Some(i);
+                            template = Some(t);
+                        }
+                        Err(why) => tracing::info!(
+                            instance = %rec.id,
+                            "not starting from the generic template: {why}; booting cold"
+                        ),
+                    }
+                }
+            }
+        }
+        if template.is_none() {
+            // A warm VMM taken for a clone start that became a cold boot.
+            self.release_claimed(&rec.id).await;
+        }
         let boot = match template {
             Some(_) => None,
             None => Some(self.boot_files(&rec)?),
@@ -78,7 +109,7 @@ impl Supervisor {
                 self.spawn(&rec, kernel, boot, cg_procs)
                     .map(|(child, pid, start)| (child, pid, start, None))
             }
-            (None, Some(t)) => self.start_clone(&rec, t, cg_procs).await,
+            (None, Some(t)) => self.start_clone(&rec, t, inject.as_ref(), cg_procs).await,
             (None, None) => Err(std::io::Error::other("no way to start it")),
         };
         match spawned {

@@ -18,7 +18,10 @@ use crate::supervisor::{Supervisor, API_SOCK, CONSOLE_LOG, VSOCK_SOCK};
 /// nested-virtualization hosts, 2-3x more under load).
 const DEFAULT_TIMEOUT_S: u64 = 300;
 /// Most warm VMMs one template may ask for.
-const MAX_POOL_SIZE: u32 = 64;
+pub(super) const MAX_POOL_SIZE: u32 = 64;
+
+/// What a generic template's build failing before KERNEL_READY most likely means.
+const NO_WAIT_POINT: &str = "the guest kernel does not support generic templates (it ran an app instead of waiting for one: it needs CONFIG_ARROW_WAIT_APP, guest-kernel patch 0009); rebuild it with guest-kernel/build.sh, or run arrowd with --generic-template=false";
 
 /// The last lines of a file, for error messages.
 fn tail(path: &Path, lines: usize) -> String {
@@ -30,7 +33,21 @@ fn tail(path: &Path, lines: usize) -> String {
 impl Supervisor {
     /// Creates a template from an image; returns once it is ready (or failed).
     pub async fn create_template(self: &Arc<Self>, req: TemplateRequest) -> Result<Template> {
+        if req.generic {
+            return self.create_generic_template(req).await;
+        }
         check_name(&req.name, "template")?;
+        if super::generic::is_generic_name(&req.name) {
+            return Err(Error::Invalid(format!(
+                "template name {:?} is reserved for the generic template: choose another name (the generic template is made with {{\"generic\": true}}, `actl template create --generic`)",
+                req.name
+            )));
+        }
+        if req.snapshot_at == Some(SnapshotPoint::KernelReady) {
+            return Err(Error::Invalid(
+                "snapshot_at \"kernel_ready\" is the generic template's: give {\"generic\": true} instead of an image, or another snapshot point".into(),
+            ));
+        }
         let r = self.resolve(
             &req.image,
             req.vcpus,
@@ -82,6 +99,7 @@ impl Supervisor {
             delay_ms: req.delay_ms.unwrap_or(0),
             pool_size: req.pool_size,
             vsock_cid: 0,
+            generic: false,
         };
         db::insert(&self.db, &id, &req.name, &mut spec, now_ms(), |seq| {
             TEMPLATE_CID_BASE.saturating_add(u32::try_from(seq).unwrap_or(u32::MAX))
@@ -91,8 +109,9 @@ impl Supervisor {
         let sup = Arc::clone(self);
         let timeout = Duration::from_secs(req.timeout_s.unwrap_or(DEFAULT_TIMEOUT_S));
         let (tid, tspec) = (id.clone(), spec.clone());
+        let root = vec!["--initrd".into(), initrd.into()];
         let built =
-            tokio::spawn(async move { sup.build_snapshot(&tid, &tspec, &initrd, timeout).await })
+            tokio::spawn(async move { sup.build_snapshot(&tid, &tspec, &root, timeout).await })
                 .await
                 .map_err(|e| Error::Internal(format!("template task failed: {e}")))?;
         match built {
@@ -112,11 +131,13 @@ impl Supervisor {
 
     /// Boots the template VM and snapshots it into the template directory; returns the
     /// spawn → snapshot time in ms.
-    async fn build_snapshot(
+    /// `root`: arrow-vmm's root filesystem arguments (the image's initrd, or the generic
+    /// template's empty image slot).
+    pub(super) async fn build_snapshot(
         &self,
         id: &str,
         spec: &TemplateSpec,
-        initrd: &Path,
+        root: &[std::ffi::OsString],
         timeout: Duration,
     ) -> Result<i64> {
         let build = self.build_root().join(id);
@@ -125,7 +146,7 @@ impl Supervisor {
             .map_err(|e| Error::Internal(format!("cannot create {}: {e}", build.display())))?;
         let mut args = boot_args(
             Path::new(&spec.kernel.path),
-            &["--initrd".into(), initrd.into()],
+            root,
             &spec.cmdline,
             spec.memory_mib,
             spec.vcpus,
@@ -191,10 +212,19 @@ impl Supervisor {
         };
         loop {
             if let Ok(Some(st)) = child.try_wait() {
+                let vmm_log = build.join(crate::supervisor::VMM_LOG);
+                let log = tail(&vmm_log, 3);
+                let ran_app =
+                    std::fs::read_to_string(&vmm_log).is_ok_and(|l| l.contains("APP_STARTED"));
+                let hint = match spec.snapshot_at {
+                    SnapshotPoint::KernelReady if ran_app => {
+                        format!("; {NO_WAIT_POINT}")
+                    }
+                    _ => String::new(),
+                };
                 return Err(fail(format!(
-                    "the template VM stopped ({st}) before its snapshot point ({}); vmm log: {}",
+                    "the template VM stopped ({st}) before its snapshot point ({}){hint}; vmm log: {log}",
                     spec.snapshot_at.as_str(),
-                    tail(&build.join(crate::supervisor::VMM_LOG), 3)
                 )));
             }
             if t0.elapsed() > timeout {
@@ -213,6 +243,13 @@ impl Supervisor {
                 SnapshotPoint::Delay => t0.elapsed() >= Duration::from_millis(spec.delay_ms),
                 point => match vmm_api(&sock, hyper::Method::GET, "/vm", None).await {
                     Ok(v) if point == SnapshotPoint::Ready => !v["app_ready_ms"].is_null(),
+                    Ok(v) if point == SnapshotPoint::KernelReady => {
+                        if !v["app_started_ms"].is_null() {
+                            let _ = vmm_api(&sock, hyper::Method::PUT, "/vm/shutdown", None).await;
+                            return Err(fail(NO_WAIT_POINT.into()));
+                        }
+                        !v["kernel_ready_ms"].is_null()
+                    }
                     Ok(v) => !v["app_started_ms"].is_null(),
                     Err(_) => false,
                 },

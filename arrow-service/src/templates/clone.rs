@@ -9,6 +9,7 @@ use hyper::Method;
 use serde_json::Value;
 
 use super::db::TemplateRecord;
+use super::generic::Injection;
 use super::model::CloneInfo;
 use crate::client::{ClientError, Endpoint};
 use crate::db::Record;
@@ -37,16 +38,24 @@ pub(super) async fn vmm_api(
     }
 }
 
+/// The app description given to a plain `restore --clone` of the generic template.
+const APP_SPEC: &str = "app-spec.json";
+/// The `PUT /vm/start` body sent to a pooled VMM of the generic template, kept in the
+/// run directory so that an arrowd that stops before sending it sends it after restart.
+pub(super) const START_BODY: &str = "start.json";
+
 /// A started VMM: child, PID, PID start time, and how it was cloned.
 pub(crate) type Started = (tokio::process::Child, i32, u64, Option<CloneInfo>);
 
 impl Supervisor {
     /// Starts `rec` as a clone of `t`: from its claimed warm VMM if it has one, else with
-    /// a plain `restore --clone`. Returns once the VM runs (or its VMM ended).
+    /// a plain `restore --clone`. Returns once the VM runs (or its VMM ended). `inject`:
+    /// the image and app a clone of the generic template is given.
     pub(crate) async fn start_clone(
         &self,
         rec: &Record,
         t: &TemplateRecord,
+        inject: Option<&Injection>,
         cgroup_procs: Option<std::ffi::CString>,
     ) -> std::io::Result<Started> {
         let run_dir = self.run_dir(&rec.id);
@@ -54,11 +63,16 @@ impl Supervisor {
             template: t.name.clone(),
             template_id: t.id.clone(),
             pooled,
+            generic: t.spec.generic,
             start_us: Some(t0.elapsed().as_micros() as i64),
         };
         if let Some(mut slot) = self.templates.take_claimed(&rec.id) {
             let t0 = Instant::now();
-            match vmm_api(&run_dir.join(API_SOCK), Method::PUT, "/vm/start", None).await {
+            let body = inject.map(|i| serde_json::json!({ "app": i.app, "image_base": i.base }));
+            if let Some(b) = &body {
+                std::fs::write(run_dir.join(START_BODY), b.to_string())?;
+            }
+            match vmm_api(&run_dir.join(API_SOCK), Method::PUT, "/vm/start", body).await {
                 Ok(_) => {
                     let ci = info(true, t0);
                     self.templates.count_hit(&t.id);
@@ -75,7 +89,7 @@ impl Supervisor {
             }
         }
         self.clean_run_dir(&run_dir);
-        let args = vec![
+        let mut args: Vec<std::ffi::OsString> = vec![
             "restore".into(),
             "--from".into(),
             self.template_dir(&t.id).into(),
@@ -85,6 +99,16 @@ impl Supervisor {
             "--vsock-uds".into(),
             VSOCK_SOCK.into(),
         ];
+        if let Some(i) = inject {
+            let spec = run_dir.join(APP_SPEC);
+            std::fs::write(&spec, i.app.to_string())?;
+            args.extend([
+                "--app-spec".into(),
+                spec.into(),
+                "--image-base".into(),
+                i.base.clone().into(),
+            ]);
+        }
         let t0 = Instant::now();
         let (mut child, pid, start) = self.spawn_vmm(&run_dir, args, cgroup_procs)?;
         // The reply says "running" only once the restored VM runs.

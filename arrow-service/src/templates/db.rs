@@ -191,6 +191,9 @@ pub fn clone_of(db: &Db, instance_id: &str) -> Result<Option<CloneInfo>> {
                     template_id: r.get(0)?,
                     template: r.get(1)?,
                     pooled: r.get(2)?,
+                    generic: r
+                        .get::<_, String>(0)?
+                        .starts_with(super::generic::PREFIX),
                     start_us: r.get(3)?,
                 })
             },

@@ -96,6 +96,22 @@ pub fn stale_reason(
             cfg.kernel_cmdline, t.spec.base_cmdline
         ));
     }
+    if t.spec.generic {
+        if (t.spec.memory_mib, t.spec.vcpus) != (cfg.generic_memory_mib, cfg.generic_vcpus) {
+            return Some(format!(
+                "arrowd's generic template shape is now {} MiB and {} vCPU(s), this one has {} MiB and {}",
+                cfg.generic_memory_mib, cfg.generic_vcpus, t.spec.memory_mib, t.spec.vcpus
+            ));
+        }
+        // No image of its own: its image slot must be there instead.
+        if let Some(root) = dir.parent() {
+            let slot = super::generic::slot_path(root, &t.id);
+            if let Err(e) = std::fs::metadata(&slot) {
+                return Some(format!("its image slot {} is missing: {e}", slot.display()));
+            }
+        }
+        return snapshot_missing(t, dir);
+    }
     let digest: asdk::Digest = match t.spec.image_digest.parse() {
         Ok(d) => d,
         Err(_) => {
@@ -121,6 +137,11 @@ pub fn stale_reason(
         // A reference that was untagged still leaves the digest usable.
         _ => {}
     }
+    snapshot_missing(t, dir)
+}
+
+/// Why the snapshot files in `dir` are not usable, if they are not.
+fn snapshot_missing(t: &TemplateRecord, dir: &Path) -> Option<String> {
     let mem = dir.join(MEMORY_FILE);
     match std::fs::metadata(&mem) {
         Ok(m) if m.len() >= u64::from(t.spec.memory_mib) << 20 => {}

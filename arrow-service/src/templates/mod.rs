@@ -6,6 +6,8 @@
 mod build;
 mod clone;
 pub mod db;
+pub mod generic;
+mod generic_build;
 mod identity;
 pub mod model;
 mod pool;
@@ -36,7 +38,8 @@ const POOL_CID_BASE: u32 = 0x4000_0000;
 /// Whether a template runs exactly what an instance asks for. Host-side settings (ports,
 /// name) do not matter; image, arguments, environment, memory and vCPUs do.
 fn fits(t: &TemplateSpec, s: &InstanceSpec) -> bool {
-    t.image_digest == s.image_digest
+    !t.generic
+        && t.image_digest == s.image_digest
         && t.vcpus == s.vcpus
         && t.memory_mib == s.memory_mib
         && t.env == s.env
@@ -45,26 +48,38 @@ fn fits(t: &TemplateSpec, s: &InstanceSpec) -> bool {
 
 impl Supervisor {
     /// `<state-dir>/templates`.
-    fn templates_root(&self) -> PathBuf {
+    pub(crate) fn templates_root(&self) -> PathBuf {
         self.cfg.state_dir.join("templates")
     }
 
     /// A template's snapshot directory.
-    fn template_dir(&self, id: &str) -> PathBuf {
+    pub(crate) fn template_dir(&self, id: &str) -> PathBuf {
         self.templates_root().join(id)
     }
 
     /// Where a template's VM ran while it was made (console.log, vmm.log).
-    fn build_root(&self) -> PathBuf {
+    pub(crate) fn build_root(&self) -> PathBuf {
         self.templates_root().join(".build")
     }
 
     /// Why the template must not be used now, if it must not.
-    fn stale_reason(&self, t: &TemplateRecord) -> Option<String> {
+    pub(crate) fn stale_reason(&self, t: &TemplateRecord) -> Option<String> {
         identity::stale_reason(&self.cfg, &self.store, t, &self.template_dir(&t.id))
     }
 
     fn find_template(&self, name: &str) -> Result<TemplateRecord> {
+        if name == generic::ALIAS {
+            // The current generic template; else the newest one, to say why it is not.
+            let newest = db::list(&self.db)?
+                .into_iter()
+                .rev()
+                .find(|t| t.spec.generic);
+            return self.generic_template().or(newest).ok_or_else(|| {
+                Error::NotFound(
+                    "there is no generic template yet: `actl template create --generic` makes one (arrowd also makes it on the first start that can use it)".into(),
+                )
+            });
+        }
         db::find(&self.db, name)?.ok_or_else(|| {
             Error::NotFound(format!(
                 "no template {name:?}: `actl template ls` lists templates; `actl template create --name {name} IMAGE` makes one"
@@ -105,6 +120,18 @@ impl Supervisor {
         name: &str,
     ) -> Result<TemplateRecord> {
         let t = self.usable_template(name)?;
+        if t.spec.generic {
+            // Any image runs from it: the request names one, and keeps its own args/env.
+            if req.image.trim().is_empty() {
+                return Err(Error::Invalid(
+                    "the generic template runs the image a request names: give \"image\"".into(),
+                ));
+            }
+            req.vcpus.get_or_insert(t.spec.vcpus);
+            req.memory
+                .get_or_insert(MemoryArg::Mib(u64::from(t.spec.memory_mib)));
+            return Ok(t);
+        }
         if req.image.trim().is_empty() {
             req.image = t.spec.image_digest.clone();
         }
@@ -119,6 +146,15 @@ impl Supervisor {
 
     /// Refuses an instance whose settings differ from its explicit template.
     pub(crate) fn check_template_fits(&self, t: &TemplateRecord, s: &InstanceSpec) -> Result<()> {
+        if t.spec.generic {
+            return match generic::ineligible(&t.spec, s) {
+                None => Ok(()),
+                Some(why) => Err(Error::Invalid(format!(
+                    "this instance cannot start from the generic template {}: {why}; leave out template (it then cold-boots)",
+                    t.name
+                ))),
+            };
+        }
         if fits(&t.spec, s) {
             return Ok(());
         }
@@ -289,6 +325,9 @@ impl Supervisor {
         pool::make_writable(&dir);
         let _ = std::fs::remove_dir_all(&dir);
         let _ = std::fs::remove_dir_all(self.build_root().join(&t.id));
+        if t.spec.generic {
+            let _ = std::fs::remove_file(generic::slot_path(&self.templates_root(), &t.id));
+        }
         tracing::info!(template = %t.name, id = %t.id, "template removed");
         Ok(())
     }

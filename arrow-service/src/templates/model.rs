@@ -18,6 +18,8 @@ pub enum SnapshotPoint {
     Started,
     /// A fixed time after arrow-vmm was spawned (`delay_ms`), whatever the guest reports.
     Delay,
+    /// KERNEL_READY: the kernel waits for an app to be injected (generic templates only).
+    KernelReady,
 }
 
 impl SnapshotPoint {
@@ -27,6 +29,7 @@ impl SnapshotPoint {
             SnapshotPoint::Ready => "ready",
             SnapshotPoint::Started => "started",
             SnapshotPoint::Delay => "delay",
+            SnapshotPoint::KernelReady => "kernel_ready",
         }
     }
 }
@@ -35,9 +38,15 @@ impl SnapshotPoint {
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TemplateRequest {
-    /// Unique template name.
+    /// The generic template of arrowd's kernel instead of a per-image one (no name,
+    /// image, env, args or snapshot point; `pool_size` and `timeout_s` apply).
+    #[serde(default)]
+    pub generic: bool,
+    /// Unique template name (not with `generic`).
+    #[serde(default)]
     pub name: String,
-    /// Image reference (`name:tag`), digest or short ID.
+    /// Image reference (`name:tag`), digest or short ID (not with `generic`).
+    #[serde(default)]
     pub image: String,
     /// vCPUs; default: the image's.
     #[serde(default)]
@@ -108,6 +117,10 @@ pub struct TemplateSpec {
     pub pool_size: Option<u32>,
     /// vsock CID of the template VM (clones get their own).
     pub vsock_cid: u32,
+    /// A generic template: the kernel paused at KERNEL_READY with an empty image slot;
+    /// clones get their image and app injected (`image`, `env`, `args` are empty).
+    #[serde(default)]
+    pub generic: bool,
 }
 
 /// Where a template is in its life.
@@ -229,6 +242,9 @@ pub struct CloneInfo {
     pub template_id: String,
     /// Taken from the warm pool (else a plain `restore --clone`).
     pub pooled: bool,
+    /// Cloned from the generic template, with the image and app injected.
+    #[serde(default)]
+    pub generic: bool,
     /// Start request → VM running the restored state, µs (as arrowd measured it).
     pub start_us: Option<i64>,
 }

@@ -58,6 +58,8 @@ pub struct Templates {
     claimed: Mutex<HashMap<String, Slot>>,
     next_cid: AtomicU32,
     wake: tokio::sync::Notify,
+    /// Held while the generic template is being made (one build at a time).
+    pub(super) generic_build: tokio::sync::Mutex<()>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -146,6 +148,11 @@ pub fn make_read_only(dir: &Path) {
     set_modes(dir, 0o444, 0o555);
 }
 
+/// chmod a-w on one file (the generic template's image slot).
+pub fn make_file_read_only(file: &Path) {
+    let _ = std::fs::set_permissions(file, std::fs::Permissions::from_mode(0o444));
+}
+
 /// Undoes [`make_read_only`] so the directory can be removed.
 pub fn make_writable(dir: &Path) {
     set_modes(dir, 0o644, 0o755);
@@ -160,7 +167,8 @@ fn set_modes(dir: &Path, file: u32, d: u32) {
 
 impl Supervisor {
     /// For a create-and-start: the warm VMM this instance will become, if it will be a
-    /// clone (of `explicit`, or of a matching template) and that pool has one ready.
+    /// clone (of `explicit`, of a matching template, or of the generic template) and that
+    /// pool has one ready.
     pub(crate) fn pool_slot_for(
         &self,
         explicit: Option<&TemplateRecord>,
@@ -168,7 +176,9 @@ impl Supervisor {
     ) -> Option<Slot> {
         let t = match explicit {
             Some(t) => t.clone(),
-            None => self.matching_template(spec)?,
+            None => self
+                .matching_template(spec)
+                .or_else(|| self.generic_for_spec(spec))?,
         };
         let slot = self.templates.take(&t.id);
         if slot.is_none() && self.pool_target(&t) > 0 {
@@ -227,7 +237,10 @@ impl Supervisor {
             crate::procfs::signal(f.pid, f.start, libc::SIGKILL);
         }
         for t in db::list(&self.db)? {
-            if t.state == TemplateState::Creating {
+            if t.state == TemplateState::Creating && t.spec.generic {
+                // Nobody waits for it: forgotten, so that the next need makes it at once.
+                self.remove_generic_files(&t, "arrowd stopped while creating it");
+            } else if t.state == TemplateState::Creating {
                 db::set_failed(
                     &self.db,
                     &t.id,
@@ -273,7 +286,11 @@ impl Supervisor {
             if let Ok(v) = vmm_api(&sock, Method::GET, "/vm", None).await {
                 if v["state"] == "pooled" {
                     tracing::info!(instance = %rec.id, "sending the start arrowd did not send before it stopped");
-                    if let Err(e) = vmm_api(&sock, Method::PUT, "/vm/start", None).await {
+                    // A clone of the generic template gets the image and app it was given.
+                    let body = std::fs::read(self.run_dir(&rec.id).join(super::clone::START_BODY))
+                        .ok()
+                        .and_then(|b| serde_json::from_slice(&b).ok());
+                    if let Err(e) = vmm_api(&sock, Method::PUT, "/vm/start", body).await {
                         tracing::warn!(instance = %rec.id, "cannot start the adopted pooled VMM: {e}");
                     }
                 }

@@ -156,6 +156,15 @@ impl Daemon {
                 .arg(guest_elf())
                 .args(["--kernel-cmdline", "console=ttyS0"]);
         }
+        // Existing tests expect what they start to boot as before (and the test guest
+        // has no app wait point): the generic template only where a test asks for it.
+        if !self
+            .extra
+            .iter()
+            .any(|a| a.starts_with("--generic-template"))
+        {
+            cmd.arg("--generic-template=false");
+        }
         let child = cmd
             .args(&self.extra)
             .env_remove("RUST_LOG")
