@@ -6,6 +6,10 @@
 //!   `PUT /vm/start {"app": …}` → APP_STARTED. Split into the VMM's part
 //!   (`start_us` in the answer: map memory, load state, offer the app) and
 //!   the guest's (wait-point poll, parse, ainit mounts, exec);
+//! - generic + base: the same, with the app taken from an image base (EROFS
+//!   holding vsock-echo, built by shadowfs) that `PUT /vm/start
+//!   {"image_base": …}` maps into the template's image slot (pmem0): the
+//!   path arrowd takes; the guest part adds the overlay mounts;
 //! - per-image: a pooled clone of a template of vsock-echo itself
 //!   (snapshotted once it listens): `PUT /vm/start` → VM running (its app
 //!   started before the snapshot).
@@ -130,6 +134,17 @@ fn pct(v: &[f64], p: f64) -> f64 {
     s[(((s.len() - 1) as f64) * p).round() as usize]
 }
 
+/// Which clone a run starts.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Side {
+    /// Generic template, the app from its initramfs.
+    Generic,
+    /// Generic template, the app from an image base mapped into its slot.
+    GenericBase,
+    /// Template of the app itself.
+    PerImage,
+}
+
 fn main() {
     common::require_kvm();
     let runs: usize = std::env::var("ARROW_BENCH_GENERIC_RUNS")
@@ -149,6 +164,24 @@ fn main() {
     let kernel = vsock_guest::kernel().unwrap_or_else(|e| panic!("kernel: {e}"));
     let initrd = vsock_guest::initrd(dir).unwrap_or_else(|e| panic!("initrd: {e}"));
     let (k, i) = (kernel.to_str().unwrap(), initrd.to_str().unwrap());
+    // The image base (vsock-echo at /vsock-echo) and the generic template's
+    // image slot it is mapped into (zeros, 64 MiB).
+    let base = dir.join("echo.erofs");
+    let echo_bin = std::fs::read(dir.join("vsock-echo")).expect("vsock-echo built by initrd()");
+    shadowfs::base::build(
+        &[shadowfs::base::Entry::File {
+            path: "vsock-echo".into(),
+            mode: 0o755,
+            data: echo_bin,
+        }],
+        &base,
+    )
+    .unwrap_or_else(|e| panic!("image base: {e}"));
+    let slot = dir.join("slot.img");
+    std::fs::File::create(&slot)
+        .and_then(|f| f.set_len(64 << 20))
+        .expect("image slot");
+    let slot_arg = format!("{},ro", slot.display());
     let echo_app = "arrow.app=/vsock-echo -- --port 5000";
 
     // (a) cold boots, spawn → APP_STARTED.
@@ -193,6 +226,8 @@ fn main() {
             &cmd,
             "--vsock-cid",
             "3",
+            "--pmem",
+            &slot_arg,
         ],
         dir,
         "gtpl",
@@ -229,16 +264,25 @@ fn main() {
 
     let app = serde_json::json!({"app": {"app": "/vsock-echo", "args": ["--port", "5000"], "hostname": "g"}})
         .to_string();
+    let app_base = serde_json::json!({
+        "app": {"app": "/vsock-echo", "args": ["--port", "5000"], "hostname": "g"},
+        "image_base": base,
+    })
+    .to_string();
     let (mut g_req, mut g_vmm, mut g_echo) = (vec![], vec![], vec![]);
+    let (mut b_req, mut b_vmm, mut b_echo) = (vec![], vec![], vec![]);
     let (mut p_req, mut p_vmm, mut p_echo) = (vec![], vec![], vec![]);
     for n in 0..runs {
-        for generic_side in [true, false] {
-            let (tpl, tag) = if generic_side {
-                (&generic, format!("g{n}"))
-            } else {
-                (&image_tpl, format!("p{n}"))
+        for (k, side) in [Side::Generic, Side::GenericBase, Side::PerImage]
+            .into_iter()
+            .enumerate()
+        {
+            let (tpl, tag) = match side {
+                Side::Generic => (&generic, format!("g{n}")),
+                Side::GenericBase => (&generic, format!("b{n}")),
+                Side::PerImage => (&image_tpl, format!("p{n}")),
             };
-            let cid = (100 + 2 * n + usize::from(generic_side)).to_string();
+            let cid = (100 + 3 * n + k).to_string();
             let mut v = spawn(
                 &bin,
                 &[
@@ -256,26 +300,34 @@ fn main() {
             wait_state(&mut v, "pooled");
             std::thread::sleep(Duration::from_millis(20));
             let t = Instant::now();
-            let body = if generic_side { app.as_str() } else { "" };
+            let body = match side {
+                Side::Generic => app.as_str(),
+                Side::GenericBase => app_base.as_str(),
+                Side::PerImage => "",
+            };
             let (st, b) = json(&v.sock, "PUT", "/vm/start", body);
             assert_eq!(st, 200, "{b}");
             let answered = t.elapsed();
             let vmm_us = b["start_us"].as_u64().unwrap_or(0) as f64;
-            if generic_side {
-                let (_, started) = wait_field(&mut v, "app_started_ms", t);
-                g_req.push(started.as_secs_f64() * 1e3);
-                g_vmm.push(vmm_us / 1e3);
-                g_echo.push(echo(&mut v, t).as_secs_f64() * 1e3);
+            let (req, vmm, echoed) = match side {
+                Side::Generic => (&mut g_req, &mut g_vmm, &mut g_echo),
+                Side::GenericBase => (&mut b_req, &mut b_vmm, &mut b_echo),
+                Side::PerImage => (&mut p_req, &mut p_vmm, &mut p_echo),
+            };
+            if side == Side::PerImage {
+                req.push(answered.as_secs_f64() * 1e3);
             } else {
-                p_req.push(answered.as_secs_f64() * 1e3);
-                p_vmm.push(vmm_us / 1e3);
-                p_echo.push(echo(&mut v, t).as_secs_f64() * 1e3);
+                let (_, started) = wait_field(&mut v, "app_started_ms", t);
+                req.push(started.as_secs_f64() * 1e3);
             }
+            vmm.push(vmm_us / 1e3);
+            echoed.push(echo(&mut v, t).as_secs_f64() * 1e3);
             let _ = json(&v.sock, "PUT", "/vm/shutdown", "");
         }
-        eprintln!("generic bench: {} of {runs} clone pairs", n + 1);
+        eprintln!("generic bench: {} of {runs} clone triples", n + 1);
     }
     let guest: Vec<f64> = g_req.iter().zip(&g_vmm).map(|(r, v)| r - v).collect();
+    let b_guest: Vec<f64> = b_req.iter().zip(&b_vmm).map(|(r, v)| r - v).collect();
 
     println!("generic template vs per-image template vs cold boot (vsock-echo, 1 vCPU / 128 MiB, real guest kernel)");
     println!(
@@ -289,6 +341,13 @@ fn main() {
         ("generic: of which VMM (start_us)", &g_vmm),
         ("generic: of which guest (wait point -> exec)", &guest),
         ("generic: start request -> first echo", &g_echo),
+        ("generic + base: start request -> APP_STARTED", &b_req),
+        ("generic + base: of which VMM (start_us)", &b_vmm),
+        (
+            "generic + base: of which guest (wait point -> exec)",
+            &b_guest,
+        ),
+        ("generic + base: start request -> first echo", &b_echo),
         ("per-image: start request -> VM running", &p_req),
         ("per-image: of which VMM (start_us)", &p_vmm),
         ("per-image: start request -> first echo", &p_echo),
