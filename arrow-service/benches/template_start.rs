@@ -8,7 +8,9 @@
 //!   `restore --clone`);
 //! - the VMM-side part arrowd records (`clone.start_us`);
 //! - memory of an idle pooled arrow-vmm (smaps_rollup PSS, RSS, private);
-//! - template cost: boot → snapshot, snapshot size on disk.
+//! - template cost: boot → snapshot, snapshot size on disk;
+//! - a burst: `ARROW_BENCH_BURST` (default 100) starts sent at once (one thread each) with
+//!   the pool full: wall time, starts per second (and per core), each request's latency.
 //!
 //! `cargo bench -p arrow-service --bench template_start` (ARROW_BENCH_STARTS: starts per
 //! mode, default 50). Prints a table and writes target/bench-results/template_start.json.
@@ -99,6 +101,47 @@ fn starts(d: &Daemon, n: usize, pool: u64) -> (Vec<u64>, Vec<u64>, usize) {
     (req, vmm, hits)
 }
 
+/// Starts `n` clones at once (one thread each); returns (wall µs, request µs each,
+/// pool hits). All are deleted afterwards.
+fn burst(d: &Daemon, n: usize) -> (u64, Vec<u64>, usize) {
+    let t0 = Instant::now();
+    let results: Vec<(u64, Value)> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..n)
+            .map(|_| {
+                s.spawn(|| {
+                    let t = Instant::now();
+                    let inst = d
+                        .post(
+                            "/instances",
+                            Some(json!({"template": "tpl", "start": true})),
+                        )
+                        .unwrap();
+                    (t.elapsed().as_micros() as u64, inst)
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let wall = t0.elapsed().as_micros() as u64;
+    let mut req = Vec::new();
+    let mut hits = 0;
+    for (us, inst) in &results {
+        assert_eq!(inst["state"], "running", "{inst}");
+        req.push(*us);
+        hits += usize::from(inst["clone"]["pooled"] == true);
+    }
+    for (_, inst) in &results {
+        let id = inst["id"].as_str().unwrap();
+        d.call(
+            hyper::Method::DELETE,
+            &format!("/instances/{id}?force=true"),
+            None,
+        )
+        .unwrap();
+    }
+    (wall, req, hits)
+}
+
 fn main() {
     // Release arrow-vmm next to the release arrowd (cargo bench builds only this crate's bins).
     let st = std::process::Command::new(env!("CARGO"))
@@ -118,6 +161,10 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(50);
+    let burst_n: usize = std::env::var("ARROW_BENCH_BURST")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100);
     let mut rows = Vec::new();
     println!(
         "{:<44} {:>3} {:>9} {:>9} {:>9} {:>9} {:>5}",
@@ -157,6 +204,31 @@ fn main() {
         }
         let (mut req, mut vmm, hits) = starts(&d, n, pool);
         let mode = if pool > 0 { "pooled" } else { "restore" };
+        if pool > 0 {
+            // The burst: arrowd serves the first `pool` from the pool, the rest with
+            // plain restores while the pool refills.
+            wait_for("a full pool", || {
+                d.get("/templates/tpl").unwrap()["pool"]["ready"].as_u64() == Some(pool)
+            });
+            let (wall, mut breq, bhits) = burst(&d, burst_n);
+            let cores = std::thread::available_parallelism().map_or(1, |c| c.get());
+            let per_s = burst_n as f64 / (wall as f64 / 1e6);
+            println!(
+                "burst: {burst_n} concurrent starts in {:.1} ms: {per_s:.0} starts/s, {:.0} per core ({cores} cores), {bhits} from the pool",
+                wall as f64 / 1e3,
+                per_s / cores as f64
+            );
+            rows.push(summary(
+                &format!("  burst of {burst_n}: POST → running, each"),
+                "µs",
+                &mut breq,
+            ));
+            extra["burst"] = json!({
+                "n": burst_n, "wall_us": wall, "starts_per_s": per_s,
+                "starts_per_s_per_core": per_s / cores as f64, "cores": cores,
+                "pool_hits": bhits,
+            });
+        }
         assert!(
             pool == 0 || hits == n,
             "{hits}/{n} starts came from the pool"
