@@ -12,6 +12,7 @@ pub mod cores;
 pub mod cri;
 pub mod db;
 pub mod error;
+pub mod jail;
 pub mod metrics;
 pub mod model;
 pub mod procfs;

@@ -104,7 +104,29 @@ fn environ_var(pid: i32, key: &str) -> Option<String> {
     })
 }
 
-/// Every live arrow-vmm whose `--report` file lies in a run directory under `run_root`.
+/// Parent PID of `pid`.
+pub fn parent(pid: i32) -> Option<i32> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &text[text.rfind(')')? + 1..];
+    rest.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// The arrow-vmm a jailer (`jailer_pid`) started: its only child.
+pub fn jailed_vmm(jailer_pid: i32) -> Option<i32> {
+    std::fs::read_dir("/proc")
+        .ok()?
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .find(|&pid| parent(pid) == Some(jailer_pid) && start_time(pid).is_some())
+}
+
+/// The name of the jailer binary arrowd puts in front of arrow-vmm.
+pub const JAILER_NAME: &str = "arrow-jailer";
+
+/// Every live arrow-vmm whose `--report` file lies in a run directory under
+/// `run_root`. For a jailed VMM this is its arrow-jailer (the process arrowd
+/// spawned and tracks; the VMM's own arguments follow the jailer's): the VMM
+/// inside is not listed separately.
 pub fn scan_vmms(run_root: &Path) -> Vec<FoundVmm> {
     let Ok(dir) = std::fs::read_dir("/proc") else {
         return Vec::new();
@@ -125,11 +147,9 @@ pub fn scan_vmms(run_root: &Path) -> Vec<FoundVmm> {
             .split(|b| *b == 0)
             .map(|a| String::from_utf8_lossy(a).into_owned())
             .collect();
-        let is_vmm = args
-            .first()
-            .and_then(|a0| Path::new(a0).file_name())
-            .is_some_and(|n| n == "arrow-vmm");
-        if !is_vmm {
+        let name = args.first().and_then(|a0| Path::new(a0).file_name());
+        let is_jailer = name.is_some_and(|n| n == JAILER_NAME);
+        if !(is_jailer || name.is_some_and(|n| n == "arrow-vmm")) {
             continue;
         }
         let report = args
@@ -151,15 +171,24 @@ pub fn scan_vmms(run_root: &Path) -> Vec<FoundVmm> {
         let Some(uids) = uids(pid) else {
             continue;
         };
-        out.push(FoundVmm {
+        let found = FoundVmm {
             id: id.to_owned(),
             pid,
             start,
             uids,
             token: environ_var(pid, SPAWN_TOKEN_ENV),
-        });
+        };
+        out.push((found, is_jailer, parent(pid)));
     }
-    out
+    let jailers: Vec<i32> = out
+        .iter()
+        .filter(|(_, jailer, _)| *jailer)
+        .map(|(f, _, _)| f.pid)
+        .collect();
+    out.into_iter()
+        .filter(|(_, jailer, ppid)| *jailer || !ppid.is_some_and(|p| jailers.contains(&p)))
+        .map(|(f, _, _)| f)
+        .collect()
 }
 
 /// Signal number for a name such as `KILL`, `SIGTERM` or `9`.

@@ -1,0 +1,80 @@
+//! The jailer's parent side: forwards signals to the jailed VMM and ends the
+//! way it ended, so arrowd sees the VMM's exit code or signal.
+
+use anyhow::{Context, Result};
+use nix::sys::signal::{SigSet, Signal};
+use nix::sys::wait::{WaitPidFlag, WaitStatus};
+use nix::unistd::Pid;
+
+/// Signals passed on to the VMM (arrowd's stop falls back to SIGTERM; its kill
+/// API sends any of these). SIGKILL cannot be caught: it kills this process and
+/// the VMM follows through its parent-death signal.
+const RELAYED: [Signal; 7] = [
+    Signal::SIGTERM,
+    Signal::SIGINT,
+    Signal::SIGHUP,
+    Signal::SIGQUIT,
+    Signal::SIGUSR1,
+    Signal::SIGUSR2,
+    Signal::SIGALRM,
+];
+
+/// The relayed signals plus SIGCHLD.
+pub fn signal_set() -> SigSet {
+    let mut set = SigSet::empty();
+    for s in RELAYED {
+        set.add(s);
+    }
+    set.add(Signal::SIGCHLD);
+    set
+}
+
+/// How the VMM ended.
+pub enum Ended {
+    Code(i32),
+    Signal(Signal),
+}
+
+/// Relays signals until `child` ends.
+pub fn until_exit(child: Pid, set: &SigSet) -> Result<Ended> {
+    loop {
+        let sig = set.wait().context("cannot wait for signals")?;
+        if sig != Signal::SIGCHLD {
+            // The VMM may be gone already; its SIGCHLD is next.
+            let _ = nix::sys::signal::kill(child, sig);
+            continue;
+        }
+        loop {
+            match nix::sys::wait::waitpid(child, Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::Exited(_, code)) => return Ok(Ended::Code(code)),
+                Ok(WaitStatus::Signaled(_, sig, _)) => return Ok(Ended::Signal(sig)),
+                Ok(WaitStatus::StillAlive) => break,
+                Ok(_) => continue,
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(e) => return Err(e).context("cannot wait for the VMM"),
+            }
+        }
+    }
+}
+
+/// Exits like the VMM: its code, or death by its signal (re-raised on this
+/// process, without a core dump of the jailer); 128+signal if that fails.
+pub fn exit_like(ended: Ended) -> u8 {
+    match ended {
+        Ended::Code(c) => u8::try_from(c).unwrap_or(u8::MAX),
+        Ended::Signal(sig) => {
+            let no_core =
+                nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_CORE, 0, 0);
+            if no_core.is_ok() {
+                // SAFETY: restoring the default action of a signal installs no handler.
+                let _ =
+                    unsafe { nix::sys::signal::signal(sig, nix::sys::signal::SigHandler::SigDfl) };
+                let mut only = SigSet::empty();
+                only.add(sig);
+                let _ = only.thread_unblock();
+                let _ = nix::sys::signal::raise(sig);
+            }
+            128u8.saturating_add(sig as u8)
+        }
+    }
+}
