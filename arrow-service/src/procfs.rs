@@ -1,6 +1,7 @@
 //! Process identity through /proc: a PID plus its start time names one process for good,
 //! so arrowd never signals a recycled PID. Also finds arrow-vmm processes of this arrowd.
 
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 /// State letter and start time (clock ticks after boot) of `pid`.
@@ -118,6 +119,22 @@ pub fn jailed_vmm(jailer_pid: i32) -> Option<i32> {
         .flatten()
         .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
         .find(|&pid| parent(pid) == Some(jailer_pid) && start_time(pid).is_some())
+}
+
+/// The process that runs the VM for the tracked process `pid`: the arrow-vmm
+/// inside when `pid` is its arrow-jailer, else `pid` itself. For what is
+/// measured (memory, CPU), not signalled: signals go to the jailer, which relays them.
+pub fn vmm_process(pid: i32) -> i32 {
+    let argv0 = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    let argv0 = argv0.split(|b| *b == 0).next().unwrap_or_default();
+    let is_jailer = Path::new(std::ffi::OsStr::from_bytes(argv0))
+        .file_name()
+        .is_some_and(|n| n == JAILER_NAME);
+    if is_jailer {
+        jailed_vmm(pid).unwrap_or(pid)
+    } else {
+        pid
+    }
 }
 
 /// The name of the jailer binary arrowd puts in front of arrow-vmm.

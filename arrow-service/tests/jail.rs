@@ -103,6 +103,11 @@ fn instance_runs_jailed_and_is_readopted() {
         "arrowd tracks the jailer"
     );
     let vmm = vmm_of(jailer);
+    assert_eq!(
+        arrow_service::procfs::vmm_process(jailer),
+        vmm,
+        "what arrowd measures"
+    );
 
     for kind in ["mnt", "pid", "net", "ipc", "uts", "cgroup"] {
         assert_ne!(ns(vmm, kind), ns(daemon_pid, kind), "{kind} namespace");
