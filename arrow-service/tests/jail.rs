@@ -38,6 +38,25 @@ fn vmm_of(jailer: i32) -> i32 {
     }
 }
 
+/// Waits until arrow-vmm `pid` takes SIGTERM as a stop (its signalfd blocks it)
+/// and its control API is up.
+fn ready(pid: i32) {
+    let t = Instant::now();
+    let bit = 1u64 << (libc::SIGTERM - 1);
+    loop {
+        let blocked = u64::from_str_radix(&status_field(pid, "SigBlk:"), 16).unwrap();
+        let cwd = std::fs::read_link(format!("/proc/{pid}/cwd")).unwrap();
+        if blocked & bit != 0 && cwd.join("api.sock").exists() {
+            return;
+        }
+        assert!(
+            t.elapsed() < common::TIMEOUT,
+            "arrow-vmm {pid} never got ready"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 fn ns(pid: i32, kind: &str) -> PathBuf {
     std::fs::read_link(format!("/proc/{pid}/ns/{kind}")).unwrap()
 }
@@ -103,6 +122,7 @@ fn instance_runs_jailed_and_is_readopted() {
         "arrowd tracks the jailer"
     );
     let vmm = vmm_of(jailer);
+    ready(vmm);
     assert_eq!(
         arrow_service::procfs::vmm_process(jailer),
         vmm,
@@ -239,6 +259,30 @@ fn instance_runs_jailed_and_is_readopted() {
         )
         .unwrap();
     assert_eq!(w["exit_code"], 3, "{w}");
+
+    // SIGTERM is relayed to arrow-vmm, which stops the VM (and reports 143),
+    // once it handles it (before that it dies of it, jailed or not).
+    d.post(&format!("/instances/{id}/start"), None).unwrap();
+    let jailer = d.wait_state(&id, "running")["pid"].as_i64().unwrap() as i32;
+    ready(vmm_of(jailer));
+    d.post(&format!("/instances/{id}/kill?signal=TERM"), None)
+        .unwrap();
+    let v = d.wait_state(&id, "exited");
+    assert_eq!(v["exit_code"], 143, "{v}");
+    assert!(
+        !v["reason"].as_str().unwrap().contains("killed by signal"),
+        "arrow-vmm's own report: {v}"
+    );
+
+    // A signal arrow-vmm has no handler for ends it as it would unjailed
+    // (PID 1 of a namespace would ignore it).
+    d.post(&format!("/instances/{id}/start"), None).unwrap();
+    let jailer = d.wait_state(&id, "running")["pid"].as_i64().unwrap() as i32;
+    ready(vmm_of(jailer));
+    d.post(&format!("/instances/{id}/kill?signal=USR1"), None)
+        .unwrap();
+    let v = d.wait_state(&id, "exited");
+    assert_eq!(v["exit_code"], 128 + libc::SIGUSR1, "{v}");
 
     // kill -9 of the VMM inside the jail: the jailer dies the same way.
     d.post(&format!("/instances/{id}/start"), None).unwrap();

@@ -309,7 +309,7 @@ mod tests {
             "--pool".into(),
         ];
         let (prog, jargs) = jail
-            .command(&me, args.clone(), &run, &[snap.clone()])
+            .command(&me, args.clone(), &run, std::slice::from_ref(&snap))
             .unwrap();
         assert_eq!(prog, jailer);
         let spec = JailSpec::parse(&jargs).unwrap();

@@ -35,19 +35,52 @@ pub enum Ended {
     Signal(Signal),
 }
 
+/// Whether `sig` would not take its default action in `pid`: caught, ignored,
+/// or blocked (arrow-vmm reads its stop signals from a signalfd) — the masks
+/// of /proc/PID/status.
+fn handles(pid: Pid, sig: Signal) -> bool {
+    let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+        return false;
+    };
+    let bit = 1u64 << (sig as i32 - 1);
+    status
+        .lines()
+        .filter_map(|l| {
+            ["SigCgt:", "SigIgn:", "SigBlk:"]
+                .iter()
+                .find_map(|k| l.strip_prefix(k))
+        })
+        .filter_map(|m| u64::from_str_radix(m.trim(), 16).ok())
+        .any(|mask| mask & bit != 0)
+}
+
 /// Relays signals until `child` ends.
 pub fn until_exit(child: Pid, set: &SigSet) -> Result<Ended> {
+    // The VMM is PID 1 of its namespace: the kernel drops signals that would
+    // take their default action. Their default action (all relayed ones terminate) is done
+    // here instead: SIGKILL, and this process then dies of the original signal.
+    let mut dies_of = None;
     loop {
         let sig = set.wait().context("cannot wait for signals")?;
         if sig != Signal::SIGCHLD {
             // The VMM may be gone already; its SIGCHLD is next.
-            let _ = nix::sys::signal::kill(child, sig);
+            if handles(child, sig) {
+                let _ = nix::sys::signal::kill(child, sig);
+            } else {
+                dies_of.get_or_insert(sig);
+                let _ = nix::sys::signal::kill(child, Signal::SIGKILL);
+            }
             continue;
         }
         loop {
             match nix::sys::wait::waitpid(child, Some(WaitPidFlag::WNOHANG)) {
                 Ok(WaitStatus::Exited(_, code)) => return Ok(Ended::Code(code)),
-                Ok(WaitStatus::Signaled(_, sig, _)) => return Ok(Ended::Signal(sig)),
+                Ok(WaitStatus::Signaled(_, sig, _)) => {
+                    return Ok(Ended::Signal(match (sig, dies_of) {
+                        (Signal::SIGKILL, Some(original)) => original,
+                        _ => sig,
+                    }))
+                }
                 Ok(WaitStatus::StillAlive) => break,
                 Ok(_) => continue,
                 Err(nix::errno::Errno::EINTR) => continue,
