@@ -259,6 +259,18 @@ fn instance_runs_jailed_and_is_readopted() {
         )
         .unwrap();
     assert_eq!(w["exit_code"], 3, "{w}");
+    // A persistent writable layer (upper.img, made by arrowd) is given to the VMM.
+    let e = d
+        .post(
+            "/instances",
+            Some(json!({"image": "exit3", "storage": "16M", "start": true})),
+        )
+        .unwrap();
+    let eid = e["id"].as_str().unwrap();
+    let w = d.post(&format!("/instances/{eid}/wait"), None).unwrap();
+    assert_eq!(w["exit_code"], 3, "{w}");
+    let upper = std::fs::metadata(d.run_root().join(eid).join("upper.img")).unwrap();
+    assert_eq!((upper.uid(), upper.gid()), (4321, 4322));
 
     // SIGTERM is relayed to arrow-vmm, which stops the VM (and reports 143),
     // once it handles it (before that it dies of it, jailed or not).

@@ -111,3 +111,24 @@ pub fn exit_like(ended: Ended) -> u8 {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_action_signals_are_told_apart() {
+        let me = nix::unistd::getpid();
+        assert!(!handles(me, Signal::SIGALRM));
+        // SAFETY: ignoring a signal installs no handler.
+        unsafe { nix::sys::signal::signal(Signal::SIGALRM, nix::sys::signal::SigHandler::SigIgn) }
+            .unwrap();
+        assert!(handles(me, Signal::SIGALRM));
+        assert!(!handles(Pid::from_raw(i32::MAX), Signal::SIGALRM));
+        let set = signal_set();
+        assert!(set.contains(Signal::SIGCHLD) && set.contains(Signal::SIGTERM));
+        assert!(!set.contains(Signal::SIGKILL));
+        assert_eq!(exit_like(Ended::Code(3)), 3);
+        assert_eq!(exit_like(Ended::Code(300)), 255);
+    }
+}
