@@ -66,7 +66,7 @@ pub struct Config {
     /// arrow-jailer binary; default: next to arrowd, else `arrow-jailer` on PATH.
     #[arg(long, env = "ARROW_JAILER")]
     pub jailer: Option<PathBuf>,
-    /// USER[:GROUP] (names or numbers) jailed VMMs run as; default: user
+    /// `USER[:GROUP]` (names or numbers) jailed VMMs run as; default: user
     /// `arrow` if it exists, else 65534 (nobody).
     #[arg(long, env = "ARROWD_JAIL_USER")]
     pub jail_user: Option<String>,

@@ -106,6 +106,7 @@ fn instance_runs_jailed_and_is_readopted() {
     d.image("exit3", &["exit=3"]);
     let me = std::process::id() as i32;
     let daemon_pid = d.child.as_ref().unwrap().id() as i32;
+    assert_eq!(d.get("/info").unwrap()["jail"], true);
 
     let inst = d
         .post(
@@ -329,6 +330,7 @@ fn instance_runs_jailed_and_is_readopted() {
 #[test]
 fn jail_off_runs_the_vmm_directly() {
     let d = Daemon::with_args(&["--jail=false"]);
+    assert_eq!(d.get("/info").unwrap()["jail"], false);
     d.image("long", &["idle"]);
     let inst = d
         .post("/instances", Some(json!({"image": "long", "start": true})))
