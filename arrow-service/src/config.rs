@@ -50,6 +50,33 @@ pub struct Config {
     /// arrow-vmm binary; default: next to arrowd, else `arrow-vmm` on PATH.
     #[arg(long, env = "ARROW_VMM")]
     pub vmm: Option<PathBuf>,
+    /// Start every arrow-vmm under arrow-jailer: its own mount, PID, IPC, UTS,
+    /// network and cgroup namespaces, a root holding only its files, an
+    /// unprivileged uid (docs/security.md). Needs root; `--jail=false` turns it off.
+    #[arg(
+        long,
+        env = "ARROWD_JAIL",
+        default_value_t = true,
+        action = clap::ArgAction::Set,
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "true"
+    )]
+    pub jail: bool,
+    /// arrow-jailer binary; default: next to arrowd, else `arrow-jailer` on PATH.
+    #[arg(long, env = "ARROW_JAILER")]
+    pub jailer: Option<PathBuf>,
+    /// `USER[:GROUP]` (names or numbers) jailed VMMs run as; default: user
+    /// `arrow` if it exists, else 65534 (nobody).
+    #[arg(long, env = "ARROWD_JAIL_USER")]
+    pub jail_user: Option<String>,
+    /// Open files a jailed VMM may have (RLIMIT_NOFILE).
+    #[arg(long, env = "ARROWD_JAIL_MAX_FILES", default_value_t = 4096)]
+    pub jail_max_files: u64,
+    /// Largest file a jailed VMM may write, MiB (RLIMIT_FSIZE); the default
+    /// fits a snapshot of the largest guest (64 GiB).
+    #[arg(long, env = "ARROWD_JAIL_MAX_FILE_MIB", default_value_t = 66560)]
+    pub jail_max_file_mib: u64,
     /// cgroup v2 directory under which each instance gets its own cgroup.
     #[arg(
         long,
@@ -117,13 +144,41 @@ impl Config {
 
     /// The arrow-vmm binary.
     pub fn vmm_path(&self) -> PathBuf {
-        if let Some(v) = &self.vmm {
-            return v.clone();
-        }
-        std::env::current_exe()
-            .ok()
-            .and_then(|exe| exe.parent().map(|d| d.join("arrow-vmm")))
-            .filter(|p| p.is_file())
-            .unwrap_or_else(|| PathBuf::from("arrow-vmm"))
+        self.vmm.clone().unwrap_or_else(|| sibling("arrow-vmm"))
     }
+
+    /// The arrow-jailer binary.
+    pub fn jailer_path(&self) -> PathBuf {
+        self.jailer
+            .clone()
+            .unwrap_or_else(|| sibling("arrow-jailer"))
+    }
+
+    /// The jail settings.
+    pub fn jail_options(&self) -> crate::jail::JailOptions {
+        crate::jail::JailOptions {
+            enabled: self.jail,
+            jailer: self.jailer_path(),
+            user: self.jail_user.clone(),
+            max_files: self.jail_max_files,
+            max_file_mib: self.jail_max_file_mib,
+        }
+    }
+}
+
+/// `name` next to arrowd's own binary, else found on PATH.
+fn sibling(name: &str) -> PathBuf {
+    let here = std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent().map(|d| d.join(name)))
+        .filter(|p| p.is_file());
+    if let Some(p) = here {
+        return p;
+    }
+    std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| PathBuf::from(name))
 }

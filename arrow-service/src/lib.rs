@@ -1,6 +1,7 @@
 //! arrow-service: `arrowd`, the daemon that owns Arrow instances (one `arrow-vmm` process per
-//! instance, state in SQLite, REST API on a Unix socket), and `actl`, the CLI over that API.
-//! See `docs/arrowd.md`.
+//! instance, state in SQLite, REST API on a Unix socket), `actl`, the CLI over that API, and
+//! `arrow-jailer`, which arrowd puts around each arrow-vmm ([`jail`]). See `docs/arrowd.md`
+//! and `docs/security.md`.
 
 pub mod api;
 pub mod cgroup;
@@ -12,6 +13,7 @@ pub mod cores;
 pub mod cri;
 pub mod db;
 pub mod error;
+pub mod jail;
 pub mod metrics;
 pub mod model;
 pub mod procfs;

@@ -1,6 +1,7 @@
 //! Process identity through /proc: a PID plus its start time names one process for good,
 //! so arrowd never signals a recycled PID. Also finds arrow-vmm processes of this arrowd.
 
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 /// State letter and start time (clock ticks after boot) of `pid`.
@@ -104,7 +105,45 @@ fn environ_var(pid: i32, key: &str) -> Option<String> {
     })
 }
 
-/// Every live arrow-vmm whose `--report` file lies in a run directory under `run_root`.
+/// Parent PID of `pid`.
+pub fn parent(pid: i32) -> Option<i32> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &text[text.rfind(')')? + 1..];
+    rest.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// The arrow-vmm a jailer (`jailer_pid`) started: its only child.
+pub fn jailed_vmm(jailer_pid: i32) -> Option<i32> {
+    std::fs::read_dir("/proc")
+        .ok()?
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .find(|&pid| parent(pid) == Some(jailer_pid) && start_time(pid).is_some())
+}
+
+/// The process that runs the VM for the tracked process `pid`: the arrow-vmm
+/// inside when `pid` is its arrow-jailer, else `pid` itself. For what is
+/// measured (memory, CPU), not signalled: signals go to the jailer, which relays them.
+pub fn vmm_process(pid: i32) -> i32 {
+    let argv0 = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    let argv0 = argv0.split(|b| *b == 0).next().unwrap_or_default();
+    let is_jailer = Path::new(std::ffi::OsStr::from_bytes(argv0))
+        .file_name()
+        .is_some_and(|n| n == JAILER_NAME);
+    if is_jailer {
+        jailed_vmm(pid).unwrap_or(pid)
+    } else {
+        pid
+    }
+}
+
+/// The name of the jailer binary arrowd puts in front of arrow-vmm.
+pub const JAILER_NAME: &str = "arrow-jailer";
+
+/// Every live arrow-vmm whose `--report` file lies in a run directory under
+/// `run_root`. For a jailed VMM this is its arrow-jailer (the process arrowd
+/// spawned and tracks; the VMM's own arguments follow the jailer's): the VMM
+/// inside is not listed separately.
 pub fn scan_vmms(run_root: &Path) -> Vec<FoundVmm> {
     let Ok(dir) = std::fs::read_dir("/proc") else {
         return Vec::new();
@@ -125,11 +164,9 @@ pub fn scan_vmms(run_root: &Path) -> Vec<FoundVmm> {
             .split(|b| *b == 0)
             .map(|a| String::from_utf8_lossy(a).into_owned())
             .collect();
-        let is_vmm = args
-            .first()
-            .and_then(|a0| Path::new(a0).file_name())
-            .is_some_and(|n| n == "arrow-vmm");
-        if !is_vmm {
+        let name = args.first().and_then(|a0| Path::new(a0).file_name());
+        let is_jailer = name.is_some_and(|n| n == JAILER_NAME);
+        if !(is_jailer || name.is_some_and(|n| n == "arrow-vmm")) {
             continue;
         }
         let report = args
@@ -151,15 +188,24 @@ pub fn scan_vmms(run_root: &Path) -> Vec<FoundVmm> {
         let Some(uids) = uids(pid) else {
             continue;
         };
-        out.push(FoundVmm {
+        let found = FoundVmm {
             id: id.to_owned(),
             pid,
             start,
             uids,
             token: environ_var(pid, SPAWN_TOKEN_ENV),
-        });
+        };
+        out.push((found, is_jailer, parent(pid)));
     }
-    out
+    let jailers: Vec<i32> = out
+        .iter()
+        .filter(|(_, jailer, _)| *jailer)
+        .map(|(f, _, _)| f.pid)
+        .collect();
+    out.into_iter()
+        .filter(|(_, jailer, ppid)| *jailer || !ppid.is_some_and(|p| jailers.contains(&p)))
+        .map(|(f, _, _)| f)
+        .collect()
 }
 
 /// Signal number for a name such as `KILL`, `SIGTERM` or `9`.

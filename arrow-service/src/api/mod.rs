@@ -130,6 +130,7 @@ async fn info(State(s): State<Arc<Supervisor>>) -> Json<serde_json::Value> {
         "store": s.store().root(),
         "state_dir": c.state_dir,
         "cgroups": s.cgroups_enabled(),
+        "jail": s.jail_enabled(),
     }))
 }
 

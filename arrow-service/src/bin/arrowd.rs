@@ -120,7 +120,13 @@ async fn run(cfg: Config) -> Result<()> {
             cfg.kernel_path().display()
         );
     }
-    let sup = Supervisor::new(cfg.clone(), db, store, cgroups);
+    let jail = arrow_service::jail::Jail::init(
+        &cfg.jail_options(),
+        &cfg.vmm_path(),
+        &cfg.state_dir,
+        &store.root().join("blobs/sha256"),
+    )?;
+    let sup = Supervisor::new(cfg.clone(), db, store, cgroups, jail);
     sup.recover().await?;
     sup.start_templates().await?;
 

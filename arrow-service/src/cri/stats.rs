@@ -39,6 +39,7 @@ fn from_cgroup(dir: &std::path::Path) -> Option<(u64, u64, u64)> {
 
 /// (CPU ns, RSS bytes, RSS bytes) of a process.
 fn from_proc(pid: i32) -> Option<(u64, u64, u64)> {
+    let pid = crate::procfs::vmm_process(pid);
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // Fields after the command name (which may contain spaces) start at field 3.
     let rest = &stat[stat.rfind(')')? + 2..];

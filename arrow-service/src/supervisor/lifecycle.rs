@@ -246,12 +246,25 @@ impl Supervisor {
     }
 
     /// Spawns arrow-vmm with `args` plus the run directory's console, report, control
-    /// socket and log, in its own process group (and cgroup).
+    /// socket and log, in its own process group (and cgroup), jailed unless the jail
+    /// is off (the returned PID is then arrow-jailer's).
     pub(crate) fn spawn_vmm(
         &self,
         run_dir: &std::path::Path,
         args: Vec<std::ffi::OsString>,
         cgroup_procs: Option<std::ffi::CString>,
+    ) -> std::io::Result<(tokio::process::Child, i32, u64)> {
+        self.spawn_vmm_writing(run_dir, args, cgroup_procs, &[])
+    }
+
+    /// [`Self::spawn_vmm`] for a VMM that also writes `extra_rw` (outside its run
+    /// directory: the snapshot a template build makes).
+    pub(crate) fn spawn_vmm_writing(
+        &self,
+        run_dir: &std::path::Path,
+        mut args: Vec<std::ffi::OsString>,
+        cgroup_procs: Option<std::ffi::CString>,
+        extra_rw: &[std::path::PathBuf],
     ) -> std::io::Result<(tokio::process::Child, i32, u64)> {
         let stderr = std::fs::OpenOptions::new()
             .create(true)
@@ -269,24 +282,30 @@ impl Supervisor {
                 .open(run_dir.join(procfs::SPAWN_TOKEN_FILE))?;
             f.write_all(token.as_bytes())?;
         }
-        let mut cmd = tokio::process::Command::new(self.cfg.vmm_path());
-        cmd.args(args)
-            .arg("--console")
-            .arg(run_dir.join(CONSOLE_LOG))
-            .arg("--console-max-size")
-            .arg(match self.cfg.console_log_max_mib {
+        args.extend([
+            "--console".into(),
+            run_dir.join(CONSOLE_LOG).into(),
+            "--console-max-size".into(),
+            match self.cfg.console_log_max_mib {
                 0 => "0".to_string(),
                 n => format!("{n}M"),
-            })
-            .arg("--log-level")
-            .arg("info")
-            .arg("--report")
-            .arg(run_dir.join(REPORT))
+            }
+            .into(),
+            "--log-level".into(),
+            "info".into(),
+            "--report".into(),
+            run_dir.join(REPORT).into(),
             // Relative to the run directory (arrow-vmm's working directory): a Unix
             // socket path is limited to 107 bytes, and arrow-vmm binds it through a
             // longer temporary path.
-            .arg("--api-sock")
-            .arg(API_SOCK);
+            "--api-sock".into(),
+            API_SOCK.into(),
+        ]);
+        let (program, args) = self
+            .jail
+            .command(&self.cfg.vmm_path(), args, run_dir, extra_rw)?;
+        let mut cmd = tokio::process::Command::new(program);
+        cmd.args(args);
         cmd.current_dir(run_dir)
             .env("NO_COLOR", "1")
             .env(procfs::SPAWN_TOKEN_ENV, &token)

@@ -21,6 +21,7 @@ use crate::clock::rfc3339;
 use crate::config::Config;
 use crate::db::{Db, Record};
 use crate::error::Result;
+use crate::jail::Jail;
 use crate::metrics::Metrics;
 use crate::model::Instance;
 use crate::proxy::Proxies;
@@ -49,6 +50,8 @@ pub struct Supervisor {
     /// Counters for `/metrics`.
     pub metrics: Metrics,
     pub(crate) cgroups: Cgroups,
+    /// How arrow-vmm processes are started: jailed or not.
+    pub(crate) jail: Jail,
     /// Templates' runtime state (warm pools).
     pub(crate) templates: crate::templates::Templates,
     changes: watch::Sender<u64>,
@@ -58,7 +61,13 @@ pub struct Supervisor {
 
 impl Supervisor {
     /// Opens the database and the image store; call [`Supervisor::recover`] next.
-    pub fn new(cfg: Config, db: Db, store: asdk::Store, cgroups: Cgroups) -> Arc<Supervisor> {
+    pub fn new(
+        cfg: Config,
+        db: Db,
+        store: asdk::Store,
+        cgroups: Cgroups,
+        jail: Jail,
+    ) -> Arc<Supervisor> {
         let (changes, _) = watch::channel(0);
         Arc::new(Supervisor {
             cfg,
@@ -66,6 +75,7 @@ impl Supervisor {
             store,
             metrics: Metrics::default(),
             cgroups,
+            jail,
             templates: crate::templates::Templates::default(),
             changes,
             proxies: Mutex::new(HashMap::new()),
@@ -81,6 +91,11 @@ impl Supervisor {
     /// The image store.
     pub fn store(&self) -> &asdk::Store {
         &self.store
+    }
+
+    /// Whether arrow-vmm processes run jailed.
+    pub fn jail_enabled(&self) -> bool {
+        self.jail.enabled()
     }
 
     /// Whether cgroup limits apply.

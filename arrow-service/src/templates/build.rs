@@ -161,7 +161,13 @@ impl Supervisor {
             self.templates_root().into(),
         ]);
         let t0 = Instant::now();
-        let (mut child, pid, start) = self.spawn_vmm(&build, args, None).map_err(|e| {
+        // The one directory its snapshot may go to: made here so the jailed VMM can be
+        // given it (it writes into an existing empty directory as into a new one).
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| Error::Internal(format!("cannot create {}: {e}", dir.display())))?;
+        let spawned = self.spawn_vmm_writing(&build, args, None, std::slice::from_ref(&dir));
+        let (mut child, pid, start) = spawned.map_err(|e| {
+            let _ = std::fs::remove_dir(&dir);
             Error::Internal(format!(
                 "cannot start arrow-vmm {}: {e}; check arrowd's --vmm option",
                 self.cfg.vmm_path().display()

@@ -22,6 +22,7 @@ pub fn disk_usage(dir: &Path) -> DiskUsage {
 /// Adds the smaps figures of every mapping of `file` in process `pid` to `s`.
 /// Returns false when the process (or its smaps) cannot be read.
 pub fn add_process(s: &mut Sharing, pid: i32, file: &Path) -> bool {
+    let pid = crate::procfs::vmm_process(pid);
     let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/smaps")) else {
         return false;
     };
