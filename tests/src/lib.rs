@@ -329,3 +329,32 @@ pub fn build_test_guest(out: &Path) {
         .expect("gcc must be installed to build the test guest");
     assert!(status.success(), "building the test guest with gcc failed");
 }
+
+/// One request to arrow-vmm's control API (HTTP/1.1 over its Unix socket):
+/// (status, body); (0, "") when the socket does not answer.
+pub fn control_api(sock: &Path, method: &str, path: &str, body: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::os::unix::net::UnixStream::connect(sock) else {
+        return (0, String::new());
+    };
+    let sent = write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: arrow\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    if sent.is_err() {
+        return (0, String::new());
+    }
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    let status = out
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = out
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}

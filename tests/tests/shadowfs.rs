@@ -147,20 +147,7 @@ fn app_runs_from_a_dax_base_with_private_persistent_and_full_layers() {
 
 /// Minimal HTTP/1.1 over arrow-vmm's control socket; returns the status code.
 fn api(sock: &Path, method: &str, path: &str, body: &str) -> u16 {
-    use std::io::{Read, Write};
-    let mut s = std::os::unix::net::UnixStream::connect(sock).expect("control socket");
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nHost: arrow\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    let mut out = String::new();
-    let _ = s.read_to_string(&mut out);
-    out.split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0)
+    arrow_e2e::control_api(sock, method, path, body).0
 }
 
 fn wait_for(what: &str, timeout: std::time::Duration, mut f: impl FnMut() -> bool) {

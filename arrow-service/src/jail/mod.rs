@@ -9,6 +9,7 @@
 pub mod libs;
 pub mod owner;
 pub mod paths;
+pub mod snapshot;
 pub mod spec;
 
 use std::ffi::OsString;
@@ -168,6 +169,17 @@ impl Jail {
         };
         let mut paths = vmm_paths(&args, run_dir);
         paths.rw.extend(extra_rw.iter().cloned());
+        // A restored snapshot maps its pmem files again (a generic template's image
+        // slot lives beside its snapshot directory, not in it).
+        for dir in &paths.snapshots {
+            for f in snapshot::backing_files(dir) {
+                if f.writable {
+                    paths.rw.push(f.path);
+                } else {
+                    paths.ro.push(f.path);
+                }
+            }
+        }
         paths.ro.extend(a.common_ro.iter().cloned());
         if paths.pooled {
             paths.ro.extend(a.pooled_ro.iter().cloned());

@@ -19,6 +19,8 @@ pub struct VmmPaths {
     /// empty in the jail): `--snapshot-dir`, which arrow-vmm resolves at start;
     /// the one snapshot it may write is given writable by the caller.
     pub dirs: Vec<PathBuf>,
+    /// Snapshot directories it restores from (`--from`; also in `ro`).
+    pub snapshots: Vec<PathBuf>,
     /// Whether it is a pooled VMM (`restore --pool`): it is given an image base
     /// over its control API later, so it needs the image store's blobs.
     pub pooled: bool,
@@ -81,6 +83,9 @@ pub fn vmm_paths(args: &[OsString], run_dir: &Path) -> VmmPaths {
         };
         i += 1;
         if READ_FLAGS.contains(&flag.as_str()) {
+            if flag == "--from" {
+                out.snapshots.push(abs(&value));
+            }
             out.ro.push(abs(&value));
         } else if WRITE_FILE_FLAGS.contains(&flag.as_str()) {
             if let Some(dir) = abs(&value).parent() {
