@@ -148,6 +148,16 @@ fn run_ps_logs_stop_wait_rm_with_actl() {
     // Restart the same instance, kill it, remove it.
     let again = d.post(&format!("/instances/{id}/start"), None).unwrap();
     assert_eq!(again["start_count"], 2);
+    // The metrics below count this start's latency: kill only once the app started
+    // (arrowd sees APP_STARTED by polling; a SIGKILLed VMM writes no report).
+    let start = std::time::Instant::now();
+    while d.get(&format!("/instances/{id}")).unwrap()["start_latency_ms"].is_null() {
+        assert!(
+            start.elapsed() < common::TIMEOUT,
+            "no start latency recorded"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
     let out = d.actl(&["kill", &id[..6]]);
     assert!(out.status.success(), "{}", stderr(&out));
     let inst = d.wait_state(&id, "exited");

@@ -202,6 +202,15 @@ impl Fixture {
     }
 }
 
+/// Held by the tests that count resident pages. Run beside the snapshot test
+/// (which maps, remaps and unmaps several 256 MiB regions in this process),
+/// `plug_state_unplug_and_memory_goes_back` saw its remaining plugged pages
+/// non-resident about one run in three; never when the two ran one after the
+/// other, nor under strace. The cause was not found (no mapping call of either
+/// test touches the other's range in the traces); see the closing note of
+/// 2026-12-05.
+static RESIDENCY: Mutex<()> = Mutex::new(());
+
 fn rss_of(mem: &GuestMemoryMmap, addr: u64, len: u64) -> u64 {
     let r = mem.find_region(GuestAddress(addr)).unwrap();
     let off = addr - r.start_addr().0;
@@ -258,6 +267,7 @@ fn requested_size_is_checked() {
 
 #[test]
 fn plug_state_unplug_and_memory_goes_back() {
+    let _one = RESIDENCY.lock().unwrap_or_else(|e| e.into_inner());
     let mut f = fixture();
     f.dev.set_requested(132 * MIB).unwrap();
     // More than requested: NACK, nothing registered.
@@ -473,6 +483,7 @@ fn used_ring_interrupt_is_raised() {
 
 #[test]
 fn snapshot_restore_keeps_blocks_and_requested_size() {
+    let _one = RESIDENCY.lock().unwrap_or_else(|e| e.into_inner());
     let mut f = fixture();
     f.dev.set_requested(140 * MIB).unwrap();
     assert_eq!(f.resp_type(REQ_PLUG, REGION, 64), RESP_ACK);
