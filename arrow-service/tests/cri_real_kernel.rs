@@ -14,53 +14,14 @@ use k8s_cri::v1::*;
 
 #[test]
 fn hello_app_through_cri_on_the_real_kernel() {
-    let kernel = std::env::var_os("ARROW_TEST_KERNEL")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(arrow_e2e::kernel)
-        .to_string_lossy()
-        .into_owned();
-    let d = Daemon::with_args(&[
-        "--kernel",
-        &kernel,
-        "--kernel-cmdline",
-        "console=ttyS0 reboot=k panic=-1",
-    ]);
+    let d = Daemon::with_real_kernel(&[]);
     let src = common::repo_root().join("examples/apps/hello");
     let store = asdk::Store::open(d.store_dir()).unwrap();
     asdk::build::build_into(&store, &src.join("hello.c"), &Default::default(), &[]).unwrap();
     let c = CriClient::connect(&d.cri_socket());
     let logs = d.dir.path().join("pods");
     let pod = c.run_pod("hello", &logs);
-    let config = ContainerConfig {
-        metadata: Some(ContainerMetadata {
-            name: "hello".into(),
-            attempt: 0,
-        }),
-        image: Some(ImageSpec {
-            image: "docker.io/library/hello:latest".into(),
-            ..Default::default()
-        }),
-        command: vec!["/app".into(), "--exit".into()],
-        args: vec!["3".into()],
-        envs: vec![KeyValue {
-            key: "GREETING".into(),
-            value: "from CRI".into(),
-        }],
-        log_path: "hello/0.log".into(),
-        ..Default::default()
-    };
-    let ctr = c
-        .call(c.runtime().create_container(CreateContainerRequest {
-            pod_sandbox_id: pod.clone(),
-            config: Some(config),
-            sandbox_config: None,
-        }))
-        .unwrap()
-        .container_id;
-    c.call(c.runtime().start_container(StartContainerRequest {
-        container_id: ctr.clone(),
-    }))
-    .unwrap();
+    let ctr = c.start_hello(&pod);
     let start = Instant::now();
     let st = loop {
         let st = c.status(&ctr).unwrap();

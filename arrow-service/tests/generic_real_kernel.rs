@@ -89,20 +89,7 @@ fn exited(d: &Daemon, id: &str, within: Duration) -> Value {
 
 #[test]
 fn images_without_templates_start_from_one_generic_template() {
-    let kernel = std::env::var_os("ARROW_TEST_KERNEL")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(arrow_e2e::kernel)
-        .to_string_lossy()
-        .into_owned();
-    let d = Daemon::with_args(&[
-        "--kernel",
-        &kernel,
-        "--kernel-cmdline",
-        "console=ttyS0 reboot=k panic=-1",
-        "--generic-template=true",
-        "--pool-size",
-        "1",
-    ]);
+    let d = Daemon::with_real_kernel(&["--generic-template=true", "--pool-size", "1"]);
     let store = asdk::Store::open(d.store_dir()).unwrap();
     let src = d.dir.path().join("src");
     let sum = std::fs::read_to_string(common::repo_root().join("tests/apps/sum-app.c")).unwrap();
@@ -256,16 +243,7 @@ fn images_without_templates_start_from_one_generic_template() {
 
 #[test]
 fn cri_start_container_runs_from_an_explicitly_made_generic_template() {
-    let kernel = std::env::var_os("ARROW_TEST_KERNEL")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(arrow_e2e::kernel)
-        .to_string_lossy()
-        .into_owned();
-    let d = Daemon::with_args(&[
-        "--kernel",
-        &kernel,
-        "--kernel-cmdline",
-        "console=ttyS0 reboot=k panic=-1",
+    let d = Daemon::with_real_kernel(&[
         "--generic-template=true",
         "--generic-memory-mib",
         "64",
@@ -285,36 +263,7 @@ fn cri_start_container_runs_from_an_explicitly_made_generic_template() {
     let c = CriClient::connect(&d.cri_socket());
     let logs = d.dir.path().join("pods");
     let pod = c.run_pod("hello", &logs);
-    let config = ContainerConfig {
-        metadata: Some(ContainerMetadata {
-            name: "hello".into(),
-            attempt: 0,
-        }),
-        image: Some(ImageSpec {
-            image: "docker.io/library/hello:latest".into(),
-            ..Default::default()
-        }),
-        command: vec!["/app".into(), "--exit".into()],
-        args: vec!["3".into()],
-        envs: vec![KeyValue {
-            key: "GREETING".into(),
-            value: "from CRI".into(),
-        }],
-        log_path: "hello/0.log".into(),
-        ..Default::default()
-    };
-    let ctr = c
-        .call(c.runtime().create_container(CreateContainerRequest {
-            pod_sandbox_id: pod.clone(),
-            config: Some(config),
-            sandbox_config: None,
-        }))
-        .unwrap()
-        .container_id;
-    c.call(c.runtime().start_container(StartContainerRequest {
-        container_id: ctr.clone(),
-    }))
-    .unwrap();
+    let ctr = c.start_hello(&pod);
     let inst = d.get(&format!("/instances/cri-{}", &ctr[..16])).unwrap();
     assert_eq!(inst["clone"]["generic"], true, "{inst}");
     let st = c.wait_state(&ctr, ContainerState::ContainerExited);
@@ -347,20 +296,7 @@ fn cri_start_container_runs_from_an_explicitly_made_generic_template() {
 
 #[test]
 fn a_generic_template_caught_mid_build_by_kill_9_is_made_again_at_once() {
-    let kernel = std::env::var_os("ARROW_TEST_KERNEL")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(arrow_e2e::kernel)
-        .to_string_lossy()
-        .into_owned();
-    let mut d = Daemon::with_args(&[
-        "--kernel",
-        &kernel,
-        "--kernel-cmdline",
-        "console=ttyS0 reboot=k panic=-1",
-        "--generic-template=true",
-        "--pool-size",
-        "0",
-    ]);
+    let mut d = Daemon::with_real_kernel(&["--generic-template=true", "--pool-size", "0"]);
     let create = std::process::Command::new(env!("CARGO_BIN_EXE_actl"))
         .args(["template", "create", "--generic"])
         .env("ARROW_HOST", format!("unix://{}", d.socket().display()))

@@ -48,19 +48,7 @@ fn echo(d: &Daemon, id: &str, port: u16) -> Duration {
 
 #[test]
 fn vsock_echo_through_exported_ports_of_clones() {
-    let kernel = std::env::var_os("ARROW_TEST_KERNEL")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(arrow_e2e::kernel)
-        .to_string_lossy()
-        .into_owned();
-    let d = Daemon::with_args(&[
-        "--kernel",
-        &kernel,
-        "--kernel-cmdline",
-        "console=ttyS0 reboot=k panic=-1",
-        "--pool-size",
-        "1",
-    ]);
+    let d = Daemon::with_real_kernel(&["--pool-size", "1"]);
     let src = common::repo_root().join("examples/apps/vsock-echo");
     let store = asdk::Store::open(d.store_dir()).unwrap();
     asdk::build::build_into(&store, &src.join("vsock-echo.c"), &Default::default(), &[]).unwrap();

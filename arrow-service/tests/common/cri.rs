@@ -134,4 +134,41 @@ impl CriClient {
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
     }
+
+    /// Creates and starts the hello example (docker.io/library/hello:latest, built
+    /// into the store by the caller) in `pod`: `/app --exit 3` with GREETING set,
+    /// logging to `hello/0.log`; returns the container ID.
+    pub fn start_hello(&self, pod: &str) -> String {
+        let config = ContainerConfig {
+            metadata: Some(ContainerMetadata {
+                name: "hello".into(),
+                attempt: 0,
+            }),
+            image: Some(ImageSpec {
+                image: "docker.io/library/hello:latest".into(),
+                ..Default::default()
+            }),
+            command: vec!["/app".into(), "--exit".into()],
+            args: vec!["3".into()],
+            envs: vec![KeyValue {
+                key: "GREETING".into(),
+                value: "from CRI".into(),
+            }],
+            log_path: "hello/0.log".into(),
+            ..Default::default()
+        };
+        let ctr = self
+            .call(self.runtime().create_container(CreateContainerRequest {
+                pod_sandbox_id: pod.to_string(),
+                config: Some(config),
+                sandbox_config: None,
+            }))
+            .unwrap()
+            .container_id;
+        self.call(self.runtime().start_container(StartContainerRequest {
+            container_id: ctr.clone(),
+        }))
+        .unwrap();
+        ctr
+    }
 }

@@ -78,6 +78,16 @@ fn app_binary() -> &'static [u8] {
     })
 }
 
+/// The real guest kernel: ARROW_TEST_KERNEL, or the cached build of
+/// guest-kernel/build.sh (built on first use).
+pub fn real_kernel() -> String {
+    std::env::var_os("ARROW_TEST_KERNEL")
+        .map(PathBuf::from)
+        .unwrap_or_else(arrow_e2e::kernel)
+        .to_string_lossy()
+        .into_owned()
+}
+
 pub fn require_kvm() {
     std::fs::OpenOptions::new()
         .read(true)
@@ -97,6 +107,20 @@ pub struct Daemon {
 impl Daemon {
     pub fn new() -> Daemon {
         Self::with_args(&[])
+    }
+
+    /// arrowd with the real guest kernel ([`real_kernel`]) and the tests' command
+    /// line, plus `extra`.
+    pub fn with_real_kernel(extra: &[&str]) -> Daemon {
+        let kernel = real_kernel();
+        let mut args = vec![
+            "--kernel",
+            kernel.as_str(),
+            "--kernel-cmdline",
+            "console=ttyS0 reboot=k panic=-1",
+        ];
+        args.extend_from_slice(extra);
+        Daemon::with_args(&args)
     }
 
     pub fn with_args(extra: &[&str]) -> Daemon {
