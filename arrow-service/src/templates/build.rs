@@ -105,15 +105,9 @@ impl Supervisor {
             TEMPLATE_CID_BASE.saturating_add(u32::try_from(seq).unwrap_or(u32::MAX))
         })?;
         tracing::info!(template = %req.name, %id, image = %req.image, point = snapshot_at.as_str(), "creating template");
-        // Its own task: a client that hangs up does not leave a half-made template VM.
-        let sup = Arc::clone(self);
         let timeout = Duration::from_secs(req.timeout_s.unwrap_or(DEFAULT_TIMEOUT_S));
-        let (tid, tspec) = (id.clone(), spec.clone());
         let root = vec!["--initrd".into(), initrd.into()];
-        let built =
-            tokio::spawn(async move { sup.build_snapshot(&tid, &tspec, &root, timeout).await })
-                .await
-                .map_err(|e| Error::Internal(format!("template task failed: {e}")))?;
+        let built = self.build_snapshot_task(&id, &spec, root, timeout).await?;
         match built {
             Ok(ms) => {
                 db::set_ready(&self.db, &id, ms)?;
@@ -133,6 +127,22 @@ impl Supervisor {
     /// spawn → snapshot time in ms.
     /// `root`: arrow-vmm's root filesystem arguments (the image's initrd, or the generic
     /// template's empty image slot).
+    /// [`Self::build_snapshot`] in its own task, so that a client that hangs up does
+    /// not leave a half-made template VM. The outer error: the task itself failed.
+    pub(super) async fn build_snapshot_task(
+        self: &Arc<Self>,
+        id: &str,
+        spec: &TemplateSpec,
+        root: Vec<std::ffi::OsString>,
+        timeout: Duration,
+    ) -> Result<Result<i64>> {
+        let sup = Arc::clone(self);
+        let (id, spec) = (id.to_owned(), spec.clone());
+        tokio::spawn(async move { sup.build_snapshot(&id, &spec, &root, timeout).await })
+            .await
+            .map_err(|e| Error::Internal(format!("template task failed: {e}")))
+    }
+
     pub(super) async fn build_snapshot(
         &self,
         id: &str,

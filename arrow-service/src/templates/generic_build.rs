@@ -142,13 +142,7 @@ impl Supervisor {
         }
         let root = vec!["--pmem".into(), format!("{},ro", slot.display()).into()];
         let timeout = timeout.unwrap_or(Duration::from_secs(DEFAULT_TIMEOUT_S));
-        // Its own task: a client that hangs up does not leave a half-made template VM.
-        let sup = Arc::clone(self);
-        let (tid, tspec) = (id.clone(), spec.clone());
-        let built =
-            tokio::spawn(async move { sup.build_snapshot(&tid, &tspec, &root, timeout).await })
-                .await
-                .map_err(|e| Error::Internal(format!("template task failed: {e}")))?;
+        let built = self.build_snapshot_task(&id, &spec, root, timeout).await?;
         match built {
             Ok(ms) => {
                 pool::make_file_read_only(&slot);
