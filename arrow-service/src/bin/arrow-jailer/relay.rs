@@ -116,14 +116,40 @@ pub fn exit_like(ended: Ended) -> u8 {
 mod tests {
     use super::*;
 
+    /// A `sleep` whose SIGALRM is ignored (`ignore`) or at its default action,
+    /// with nothing blocked: the test does not depend on this process's own
+    /// signal state, which the harness and its parents may change.
+    fn sleeper(ignore: bool) -> std::process::Child {
+        use std::os::unix::process::CommandExt;
+        let mut cmd = std::process::Command::new("sleep");
+        cmd.arg("30");
+        // SAFETY: the closure only calls sigprocmask and signal, which are
+        // async-signal-safe, between fork and exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                let _ = SigSet::empty().thread_set_mask();
+                let action = if ignore {
+                    nix::sys::signal::SigHandler::SigIgn
+                } else {
+                    nix::sys::signal::SigHandler::SigDfl
+                };
+                nix::sys::signal::signal(Signal::SIGALRM, action)
+                    .map(|_| ())
+                    .map_err(std::io::Error::from)
+            });
+        }
+        cmd.spawn().expect("spawn sleep")
+    }
+
     #[test]
     fn default_action_signals_are_told_apart() {
-        let me = nix::unistd::getpid();
-        assert!(!handles(me, Signal::SIGALRM));
-        // SAFETY: ignoring a signal installs no handler.
-        unsafe { nix::sys::signal::signal(Signal::SIGALRM, nix::sys::signal::SigHandler::SigIgn) }
-            .unwrap();
-        assert!(handles(me, Signal::SIGALRM));
+        for ignore in [false, true] {
+            let mut child = sleeper(ignore);
+            let pid = Pid::from_raw(child.id() as i32);
+            assert_eq!(handles(pid, Signal::SIGALRM), ignore);
+            let _ = child.kill();
+            let _ = child.wait();
+        }
         assert!(!handles(Pid::from_raw(i32::MAX), Signal::SIGALRM));
         let set = signal_set();
         assert!(set.contains(Signal::SIGCHLD) && set.contains(Signal::SIGTERM));
