@@ -570,3 +570,21 @@ fn geometry_is_checked() {
     ));
     assert!(HotplugMemory::new(&mem, REGION, REGION_SIZE * 2, slots).is_err());
 }
+
+#[test]
+fn an_avail_index_past_the_ring_does_not_hang_the_queue() {
+    // Found by the mem_queue fuzz target (fuzz/corpus/mem_queue/avail_idx_past_ring):
+    // enable_notification kept reporting work that pop could never return.
+    let mut f = fixture();
+    f.dev.set_requested(4 * MIB).unwrap();
+    assert_eq!(f.resp_type(REQ_PLUG, REGION, 1), RESP_ACK);
+    f.mem
+        .write_obj(
+            f.driver.avail_idx.wrapping_add(1000),
+            GuestAddress(AVAIL + 2),
+        )
+        .unwrap();
+    f.dev.process_queue();
+    let used: u16 = f.mem.read_obj(GuestAddress(USED + 2)).unwrap();
+    assert_eq!(used, 1);
+}
