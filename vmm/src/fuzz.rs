@@ -290,11 +290,41 @@ fn fold_descriptors(mem: &GuestMemoryMmap, table: u64, count: u64, limit: u64) {
     }
 }
 
+/// The backing files of the pmem target, one per length the input can pick
+/// (sub-page, a page, just over one 2 MiB window, two windows): made once
+/// per process, unlinked at once (no leftovers), reopened through
+/// /proc/self/fd as the device opens a path. Making a file per run would
+/// cost more than the device work itself.
+fn pmem_files() -> &'static [(std::fs::File, PathBuf)] {
+    static FILES: std::sync::OnceLock<Vec<(std::fs::File, PathBuf)>> = std::sync::OnceLock::new();
+    FILES.get_or_init(|| {
+        use std::os::fd::AsRawFd;
+        [1u64, 4096, (2 << 20) + 1, 4 << 20]
+            .into_iter()
+            .filter_map(|len| {
+                let path = scratch_path("pmem");
+                let file = std::fs::OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .create_new(true)
+                    .open(&path)
+                    .ok();
+                let _ = std::fs::remove_file(&path);
+                let file = file?;
+                file.set_len(len).ok()?;
+                let fd_path = PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()));
+                Some((file, fd_path))
+            })
+            .collect()
+    })
+}
+
 /// The pmem device's request queue (FLUSH requests, any chain the guest
 /// builds) and its config space. Input: mode (bit 0 set: descriptor
 /// addresses left unfolded; bit 1: a writable file, so FLUSH does fsync),
-/// the file length (2 bytes, + 1), two config operations (4 bytes), then
-/// guest memory: queue at 0 (avail ring 0x400, used ring 0x800).
+/// the file's length (one of four), the window's guest address (in 2 MiB
+/// steps above 4 GiB), two config operations (4 bytes), then guest memory:
+/// queue at 0 (avail ring 0x400, used ring 0x800).
 pub fn pmem_queue(data: &[u8]) {
     let Some((head, image)) = data.split_first_chunk::<7>() else {
         return;
@@ -306,18 +336,14 @@ pub fn pmem_queue(data: &[u8]) {
     if mode & 1 == 0 {
         fold_descriptors(&mem, 0, u64::from(QSIZE), MEM_SIZE as u64);
     }
-    let path = scratch_path("pmem");
-    let _cleanup = Cleanup(path.clone());
-    let file_len = u64::from(u16::from_le_bytes([head[1], head[2]])) + 1;
-    let made = std::fs::File::create(&path).and_then(|f| f.set_len(file_len));
-    if made.is_err() {
-        return;
-    }
-    let Ok(mut dev) = Pmem::new(&path, mode & 2 == 0) else {
+    let files = pmem_files();
+    let Some((_, path)) = files.get(usize::from(head[1]) % files.len().max(1)) else {
         return;
     };
-    // Where the device manager would place the window (above 4 GiB RAM).
-    dev.set_guest_addr(1 << 32);
+    let Ok(mut dev) = Pmem::new(path, mode & 2 == 0) else {
+        return;
+    };
+    dev.set_guest_addr((1 << 32) + (u64::from(head[2]) << 21));
     config_ops(&mut dev, &head[3..7]);
     let Ok(irq) = IrqTrigger::new() else {
         return;
