@@ -372,21 +372,26 @@ const MEM_REGION_SIZE: u64 = 2 * mem::backend::SLOT_SIZE;
 const MEM_QSIZE: u16 = 128;
 
 /// Stands in for KVM's memory slots: records which are registered, and
-/// fails the calls the input picks (a host out of memory or slots).
+/// fails the first call the input picks (a host out of memory or slots).
+/// Only one: a second failure while undoing the first would leave KVM and
+/// the device out of step whatever the device did.
 struct FuzzSlots {
     registered: Arc<Mutex<Vec<bool>>>,
-    calls: Mutex<u32>,
+    /// Calls so far, and whether one has failed.
+    calls: Mutex<(u32, bool)>,
     fail_mask: u8,
 }
 
 impl SlotControl for FuzzSlots {
     fn set_slot(&self, slot: u32, _guest: u64, size: u64, _host: u64) -> std::io::Result<()> {
-        let n = {
+        let fail = {
             let mut calls = self.calls.lock().unwrap_or_else(|e| e.into_inner());
-            *calls += 1;
-            *calls
+            calls.0 += 1;
+            let fail = !calls.1 && self.fail_mask & (1 << (calls.0 % 8)) != 0;
+            calls.1 |= fail;
+            fail
         };
-        if self.fail_mask & (1 << (n % 8)) != 0 {
+        if fail {
             return Err(std::io::Error::from_raw_os_error(libc::ENOMEM));
         }
         let i = slot.wrapping_sub(mem::backend::FIRST_SLOT) as usize;
@@ -403,9 +408,10 @@ impl SlotControl for FuzzSlots {
 /// the guest builds, and its config space. Input: mode (bit 0 set:
 /// descriptor addresses left unfolded; bit 1: the region is a clone's file
 /// mapping; bit 2: the driver did not ack UNPLUGGED_INACCESSIBLE), which
-/// KVM slot calls fail (a bit mask), the requested size in blocks, two
-/// config operations (4 bytes), then guest memory: queue at 0 (avail ring
-/// 0x800, used ring 0x1000). The hotplug region is real memory at 4 GiB.
+/// KVM slot call fails (a mask of call numbers mod 8), the requested size
+/// in blocks, two config operations (4 bytes), then guest memory: queue at
+/// 0 (avail ring 0x800, used ring 0x1000). The hotplug region is real
+/// memory at 4 GiB.
 ///
 /// Checked after the requests: every slot with a plugged block is
 /// registered with KVM and no other is (else the guest would lose plugged
@@ -432,7 +438,7 @@ pub fn mem_queue(data: &[u8]) {
     let registered = Arc::new(Mutex::new(vec![false; slots]));
     let fuzz_slots = FuzzSlots {
         registered: registered.clone(),
-        calls: Mutex::new(0),
+        calls: Mutex::new((0, false)),
         fail_mask: head[1],
     };
     let Ok(mut backend) = HotplugMemory::new(&mem, MEM_REGION, MEM_REGION_SIZE, fuzz_slots) else {
