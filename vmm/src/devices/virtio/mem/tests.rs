@@ -573,7 +573,7 @@ fn geometry_is_checked() {
 
 #[test]
 fn an_avail_index_past_the_ring_does_not_hang_the_queue() {
-    // Found by the mem_queue fuzz target (fuzz/corpus/mem_queue/avail_idx_past_ring):
+    // Found writing the mem_queue fuzz target (fuzz/corpus/mem_queue/avail_idx_past_ring):
     // enable_notification kept reporting work that pop could never return.
     let mut f = fixture();
     f.dev.set_requested(4 * MIB).unwrap();
@@ -591,7 +591,7 @@ fn an_avail_index_past_the_ring_does_not_hang_the_queue() {
 
 #[test]
 fn a_failed_slot_removal_keeps_the_slot_for_the_blocks_still_plugged() {
-    // Found by the mem_queue fuzz target (fuzz/corpus/mem_queue/failed_slot_removal):
+    // Caught by the mem_queue fuzz target's slot check (fuzz/corpus/mem_queue/failed_slot_removal):
     // the failed UNPLUG used to count its block out anyway, so unplugging
     // another block of the slot removed the slot under the first one.
     let mut f = fixture();
