@@ -303,7 +303,7 @@ impl ApiServer {
 
 /// `PUT /vm/start` takes no body, or `{"app": AppSpec, "image_base":
 /// "/path"?}` for a clone of a generic template.
-fn start_body(body: &[u8]) -> Result<(Option<AppSpec>, Option<PathBuf>), Response> {
+pub(crate) fn start_body(body: &[u8]) -> Result<(Option<AppSpec>, Option<PathBuf>), Response> {
     #[derive(serde::Deserialize)]
     #[serde(deny_unknown_fields)]
     struct Start {

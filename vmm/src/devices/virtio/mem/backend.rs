@@ -166,11 +166,24 @@ impl<S: SlotControl> HotplugMemory<S> {
     pub fn unplug(&mut self, offset: u64, len: u64) -> Result<(), BackendError> {
         debug_assert!(offset + len <= self.size);
         self.discard(offset, len)?;
+        // The counts change only once every slot left empty is removed: on
+        // a failure the device answers BUSY and keeps the blocks plugged,
+        // so the counts (and slots) must still include them, or a later
+        // unplug would remove a slot under blocks that are still plugged.
+        let mut removed = Vec::new();
+        for i in self.slot_range(offset, len) {
+            if self.plugged[i] <= Self::overlap(offset, len, i) {
+                if let Err(e) = self.register(i, false) {
+                    for j in removed {
+                        let _ = self.register(j, true);
+                    }
+                    return Err(e);
+                }
+                removed.push(i);
+            }
+        }
         for i in self.slot_range(offset, len) {
             self.plugged[i] = self.plugged[i].saturating_sub(Self::overlap(offset, len, i));
-            if self.plugged[i] == 0 {
-                self.register(i, false)?;
-            }
         }
         Ok(())
     }

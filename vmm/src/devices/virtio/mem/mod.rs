@@ -388,7 +388,9 @@ impl VirtioMem {
         let mem = act.mem.clone();
         let mut used = false;
         loop {
+            let mut popped = 0usize;
             while let Some(chain) = act.queue.pop_descriptor_chain(&mem) {
+                popped += 1;
                 let head = chain.head_index();
                 let len = self.process_chain(&mem, chain);
                 if let Err(e) = act.queue.add_used(&mem, head, len) {
@@ -397,7 +399,13 @@ impl VirtioMem {
                 used = true;
             }
             match act.queue.enable_notification(&mem) {
-                Ok(true) => continue,
+                Ok(true) if popped > 0 => continue,
+                // The avail index claims more entries than the ring holds:
+                // nothing can be popped, and retrying would spin forever.
+                Ok(true) => {
+                    warn!("virtio-mem: avail ring is inconsistent");
+                    break;
+                }
                 Ok(false) => break,
                 Err(e) => {
                     warn!("virtio-mem: queue: {e}");

@@ -581,3 +581,42 @@ fn geometry_is_checked() {
     ));
     assert!(HotplugMemory::new(&mem, REGION, REGION_SIZE * 2, slots).is_err());
 }
+
+#[test]
+fn an_avail_index_past_the_ring_does_not_hang_the_queue() {
+    // Found writing the mem_queue fuzz target (fuzz/corpus/mem_queue/avail_idx_past_ring):
+    // enable_notification kept reporting work that pop could never return.
+    let mut f = fixture();
+    f.dev.set_requested(4 * MIB).unwrap();
+    assert_eq!(f.resp_type(REQ_PLUG, REGION, 1), RESP_ACK);
+    f.mem
+        .write_obj(
+            f.driver.avail_idx.wrapping_add(1000),
+            GuestAddress(AVAIL + 2),
+        )
+        .unwrap();
+    f.dev.process_queue();
+    let used: u16 = f.mem.read_obj(GuestAddress(USED + 2)).unwrap();
+    assert_eq!(used, 1);
+}
+
+#[test]
+fn a_failed_slot_removal_keeps_the_slot_for_the_blocks_still_plugged() {
+    // Caught by the mem_queue fuzz target's slot check (fuzz/corpus/mem_queue/failed_slot_removal):
+    // the failed UNPLUG used to count its block out anyway, so unplugging
+    // another block of the slot removed the slot under the first one.
+    let mut f = fixture();
+    f.dev.set_requested(16 * MIB).unwrap();
+    assert_eq!(f.resp_type(REQ_PLUG, REGION, 1), RESP_ACK);
+    *f.slots.fail.lock().unwrap() = true;
+    assert_eq!(f.resp_type(REQ_UNPLUG, REGION, 1), RESP_BUSY);
+    *f.slots.fail.lock().unwrap() = false;
+    assert_eq!(f.resp_type(REQ_PLUG, REGION + BLOCK_SIZE, 1), RESP_ACK);
+    f.slot_calls();
+    assert_eq!(f.resp_type(REQ_UNPLUG, REGION + BLOCK_SIZE, 1), RESP_ACK);
+    assert_eq!(f.slot_calls(), vec![], "slot 0 still holds a plugged block");
+    assert_eq!(f.block_state(REGION, 1), STATE_PLUGGED);
+    // The retried UNPLUG of the first block empties the slot: now it goes.
+    assert_eq!(f.resp_type(REQ_UNPLUG, REGION, 1), RESP_ACK);
+    assert_eq!(f.slot_calls(), vec![(FIRST_SLOT, REGION, 0)]);
+}
