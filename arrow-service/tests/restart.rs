@@ -1,5 +1,6 @@
-//! Restart safety: `kill -9 arrowd` while clients create 20 instances, restart, and every
-//! instance is running and tracked or cleanly finished; no stray arrow-vmm. SIGTERM stops
+//! Restart safety: `kill -9 arrowd` while 100 clients create and start instances at once,
+//! restart, and every instance is running and tracked or cleanly finished, every instance
+//! a client was told about is still there; no stray arrow-vmm. SIGTERM stops
 //! arrowd without stopping instances; the next arrowd re-adopts them.
 
 mod common;
@@ -45,19 +46,26 @@ fn check_consistent(d: &Daemon) -> BTreeSet<(String, i32)> {
     running
 }
 
+/// Clients creating an instance at once, and how many records exist when arrowd is killed.
+const CLIENTS: usize = 100;
+const KILL_AT: usize = 30;
+
 #[test]
 fn kill_9_while_creating_then_restart_and_sigterm() {
     let mut d = Daemon::new();
     d.image("long", &["idle"]);
     let pid = d.child.as_ref().unwrap().id() as i32;
 
+    // IDs of the instances whose creation a client saw succeed.
+    let acked = std::sync::Mutex::new(Vec::new());
     std::thread::scope(|s| {
-        for _ in 0..4 {
-            let d = &d;
+        for _ in 0..CLIENTS {
+            let (d, acked) = (&d, &acked);
             s.spawn(move || {
-                for _ in 0..5 {
-                    // Requests after the kill fail to connect; that is expected.
-                    let _ = d.post("/instances", Some(json!({"image": "long", "start": true})));
+                // Requests after the kill fail to connect; that is expected.
+                if let Ok(v) = d.post("/instances", Some(json!({"image": "long", "start": true}))) {
+                    let id = v["id"].as_str().unwrap_or_default().to_owned();
+                    acked.lock().unwrap().push(id);
                 }
             });
         }
@@ -66,7 +74,7 @@ fn kill_9_while_creating_then_restart_and_sigterm() {
             .get("/instances?all=true")
             .map(|v| v.as_array().unwrap().len())
             .unwrap_or(0)
-            < 8
+            < KILL_AT
         {
             assert!(
                 start.elapsed() < common::TIMEOUT,
@@ -89,7 +97,19 @@ fn kill_9_while_creating_then_restart_and_sigterm() {
         .map(|i| i["state"].as_str().unwrap().to_owned())
         .collect();
     eprintln!("after kill -9 and restart: {total} instances, states {states:?}");
-    assert!((8..=20).contains(&total), "{total}");
+    assert!((KILL_AT..=CLIENTS).contains(&total), "{total}");
+    let ids: BTreeSet<String> = instances(&d)
+        .iter()
+        .map(|i| i["id"].as_str().unwrap().to_owned())
+        .collect();
+    let acked = acked.into_inner().unwrap();
+    eprintln!("{} creates answered before the kill", acked.len());
+    for id in &acked {
+        assert!(
+            ids.contains(id),
+            "instance {id} was created (201) but is gone"
+        );
+    }
     assert!(d.log().contains("recovery done"), "{}", d.log());
 
     // SIGTERM: arrowd stops, the instances keep running, the next arrowd adopts them.
