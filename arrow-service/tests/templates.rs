@@ -312,3 +312,76 @@ fn templates_and_clones_survive_kill_9_of_arrowd() {
     }
     assert!(d.vmms().is_empty(), "nothing left running");
 }
+
+/// Unmounts the small filesystem when the test ends, however it ends.
+struct Mounted(std::path::PathBuf);
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+#[test]
+fn a_template_whose_snapshot_does_not_fit_on_disk_fails_and_is_never_used() {
+    common::require_kvm();
+    let d = Daemon::new();
+    d.image("cloner", &["cloneidle"]);
+    // Templates live on a 16 KiB filesystem: the snapshot's memory file does not fit.
+    let tdir = d.dir.path().join("state/templates");
+    std::fs::create_dir_all(&tdir).unwrap();
+    let st = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=16k", "arrow-test-full"])
+        .arg(&tdir)
+        .status()
+        .expect("run mount");
+    assert!(
+        st.success(),
+        "cannot mount a small tmpfs on {} (the test needs root): {st}",
+        tdir.display()
+    );
+    let _mounted = Mounted(tdir.clone());
+
+    let (code, msg) = d
+        .post(
+            "/templates",
+            Some(json!({"name": "tpl", "image": "cloner"})),
+        )
+        .unwrap_err();
+    assert_eq!(code, 500, "{msg}");
+    assert!(
+        msg.contains("No space left") || msg.contains("ENOSPC") || msg.contains("space"),
+        "the error says the disk is full: {msg}"
+    );
+    let t = d.get("/templates/tpl").unwrap();
+    assert_eq!(t["state"], "failed", "{t}");
+    // Nothing half-written is left as a snapshot.
+    let left: Vec<_> = std::fs::read_dir(&tdir)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name() != ".build")
+        .flat_map(|e| std::fs::read_dir(e.path()).into_iter().flatten())
+        .filter_map(|e| e.ok().map(|e| e.file_name()))
+        .collect();
+    assert!(left.is_empty(), "snapshot files left behind: {left:?}");
+    // Never used: neither explicitly nor by a matching start, which cold-boots.
+    let (code, msg) = d
+        .post(
+            "/instances",
+            Some(json!({"template": "tpl", "start": true})),
+        )
+        .unwrap_err();
+    assert!((400..500).contains(&code), "{code} {msg}");
+    let cold = run_detached(&d, &["cloner"]);
+    assert!(
+        d.wait_state(&cold, "running")["clone"].is_null(),
+        "a failed template is not matched"
+    );
+    // arrowd still serves, and removing the failed template works.
+    let out = d.actl(&["template", "rm", "tpl"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(d.get("/templates").unwrap().as_array().unwrap().is_empty());
+}
