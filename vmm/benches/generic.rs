@@ -183,28 +183,29 @@ fn main() {
         .expect("image slot");
     let slot_arg = format!("{},ro", slot.display());
     let echo_app = "arrow.app=/vsock-echo -- --port 5000";
+    // `arrow-vmm run` of the kernel and initrd with `cmdline` (+ `extra` arguments).
+    let boot = |cmdline: &str, extra: &[&str], tag: &str| {
+        let mut args = vec![
+            "run",
+            "--kernel",
+            k,
+            "--initrd",
+            i,
+            "--cmdline",
+            cmdline,
+            "--vsock-cid",
+            "3",
+        ];
+        args.extend_from_slice(extra);
+        spawn(&bin, &args, dir, tag)
+    };
 
     // (a) cold boots, spawn → APP_STARTED.
     let mut cold = Vec::new();
     for n in 0..cold_runs {
         let cmd = format!("{CMDLINE} {echo_app}");
         let t = Instant::now();
-        let mut v = spawn(
-            &bin,
-            &[
-                "run",
-                "--kernel",
-                k,
-                "--initrd",
-                i,
-                "--cmdline",
-                &cmd,
-                "--vsock-cid",
-                "3",
-            ],
-            dir,
-            &format!("cold{n}"),
-        );
+        let mut v = boot(&cmd, &[], &format!("cold{n}"));
         let (_, wall) = wait_field(&mut v, "app_started_ms", t);
         cold.push(wall.as_secs_f64() * 1e3);
         eprintln!("generic bench: cold boot {n}: APP_STARTED after {wall:.1?}");
@@ -214,46 +215,14 @@ fn main() {
     let generic = dir.join("generic");
     let cmd = format!("{CMDLINE} arrow.wait_app=1");
     let t = Instant::now();
-    let mut v = spawn(
-        &bin,
-        &[
-            "run",
-            "--kernel",
-            k,
-            "--initrd",
-            i,
-            "--cmdline",
-            &cmd,
-            "--vsock-cid",
-            "3",
-            "--pmem",
-            &slot_arg,
-        ],
-        dir,
-        "gtpl",
-    );
+    let mut v = boot(&cmd, &["--pmem", &slot_arg], "gtpl");
     let (_, generic_boot) = wait_field(&mut v, "kernel_ready_ms", t);
     snapshot(&mut v, &generic);
     drop(v);
     let image_tpl = dir.join("image");
     let cmd = format!("{CMDLINE} {echo_app}");
     let t = Instant::now();
-    let mut v = spawn(
-        &bin,
-        &[
-            "run",
-            "--kernel",
-            k,
-            "--initrd",
-            i,
-            "--cmdline",
-            &cmd,
-            "--vsock-cid",
-            "3",
-        ],
-        dir,
-        "itpl",
-    );
+    let mut v = boot(&cmd, &[], "itpl");
     let (_, image_boot) = wait_field(&mut v, "app_ready_ms", t);
     std::thread::sleep(Duration::from_secs(2));
     snapshot(&mut v, &image_tpl);
