@@ -37,14 +37,7 @@ fn hello_app_through_cri_on_the_real_kernel() {
     assert_eq!((st.exit_code, st.reason.as_str()), (3, "Error"), "{st:?}");
     // The log copy finishes right after the instance.
     let path = logs.join("hello/0.log");
-    let start = Instant::now();
-    let text = loop {
-        let text = std::fs::read_to_string(&path).unwrap_or_default();
-        if text.contains(" stdout F exit 3") || start.elapsed() > Duration::from_secs(30) {
-            break text;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let text = CriClient::wait_log(&path, " stdout F exit 3");
     for want in [
         " stdout F hello from Arrow",
         " stdout F argv[1]=--exit",

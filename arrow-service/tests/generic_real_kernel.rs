@@ -269,14 +269,7 @@ fn cri_start_container_runs_from_an_explicitly_made_generic_template() {
     let st = c.wait_state(&ctr, ContainerState::ContainerExited);
     assert_eq!(st.exit_code, 3, "{st:?}");
     let path = logs.join("hello/0.log");
-    let start = Instant::now();
-    let text = loop {
-        let text = std::fs::read_to_string(&path).unwrap_or_default();
-        if text.contains(" stdout F exit 3") || start.elapsed() > Duration::from_secs(30) {
-            break text;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let text = CriClient::wait_log(&path, " stdout F exit 3");
     for want in [
         " stdout F hello from Arrow",
         " stdout F argv[1]=--exit",

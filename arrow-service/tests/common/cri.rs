@@ -171,4 +171,17 @@ impl CriClient {
         .unwrap();
         ctr
     }
+
+    /// The CRI log at `path` once it holds `last` (the copy finishes right after
+    /// the instance), or whatever it holds after 30 s.
+    pub fn wait_log(path: &Path, last: &str) -> String {
+        let start = std::time::Instant::now();
+        loop {
+            let text = std::fs::read_to_string(path).unwrap_or_default();
+            if text.contains(last) || start.elapsed() > std::time::Duration::from_secs(30) {
+                return text;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    }
 }
