@@ -77,6 +77,7 @@ impl Runtime {
         &mut self,
         app: Option<AppSpec>,
         image_base: Option<&Path>,
+        fs: &[crate::devices::virtio::fs::FsConfig],
     ) -> Result<serde_json::Value, Response> {
         if self.lifecycle.stopping() {
             return Err(Response::error(409, "the VM is stopping"));
@@ -108,7 +109,11 @@ impl Runtime {
         let Some(pending) = self.pending.take() else {
             return Err(Response::error(409, "the VM is not pooled"));
         };
-        if let Err(e) = pending.load(self) {
+        if let Err(e) = crate::devices::virtio::fs::validate_configs(fs, 0) {
+            self.pending = Some(pending);
+            return Err(Response::error(400, e));
+        }
+        if let Err(e) = pending.load(self, fs) {
             let msg = format!("cannot start the pooled VM: {e}");
             self.lifecycle
                 .request_stop(StopReason::VmmError(msg.clone()));

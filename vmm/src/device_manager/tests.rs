@@ -57,6 +57,7 @@ fn vsock_is_attached_in_the_first_slot_and_announced() {
         clone: true,
         vsock_uds: Some(dir.path().join("v2.sock")),
         vsock_cid: None,
+        ..Default::default()
     };
     assert!(matches!(
         dm2.restore_devices(&vm2, &mem(), &saved, &clone),
