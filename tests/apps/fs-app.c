@@ -1,7 +1,7 @@
 /*
  * Test app for the vhost-user-fs end-to-end test: a static binary run as
- * PID 1 by ainit, with a host directory shared through virtio-fs (tag
- * "myfs") at /data.
+ * PID 1 by ainit, with a host directory shared through virtio-fs at /data
+ * (tag argv[1], default "myfs").
  *
  * If ainit did not mount it (a kernel without `arrow.vol=` support), the app
  * mounts it itself. It prints the host's /data/hello.txt, writes
@@ -20,8 +20,9 @@
 
 #define FUSE_SUPER_MAGIC 0x65735546
 
-int main(void)
+int main(int argc, char **argv)
 {
+    const char *tag = argc > 1 ? argv[1] : "myfs";
     struct statfs fs;
     char buf[256];
     ssize_t n;
@@ -31,11 +32,11 @@ int main(void)
         printf("FS-APP: /data mounted by ainit\n");
     } else {
         mkdir("/data", 0755);
-        if (mount("myfs", "/data", "virtiofs", MS_NOSUID | MS_NODEV, NULL) != 0) {
+        if (mount(tag, "/data", "virtiofs", MS_NOSUID | MS_NODEV, NULL) != 0) {
             printf("FS-APP: mount failed errno=%d\n", errno);
             return 10;
         }
-        printf("FS-APP: /data mounted by the app\n");
+        printf("FS-APP: /data (%s) mounted by the app\n", tag);
     }
     fd = open("/data/hello.txt", O_RDONLY);
     if (fd < 0) {

@@ -139,3 +139,182 @@ fn backend_death_stops_the_vm_with_the_reason() {
         explain(&run)
     );
 }
+
+/// Waits for `child` under a timeout; returns its output.
+fn finish(mut child: std::process::Child) -> std::process::Output {
+    let t = Instant::now();
+    while child.try_wait().expect("wait").is_none() {
+        if t.elapsed() > Duration::from_secs(240) {
+            let _ = child.kill();
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.wait_with_output().expect("output")
+}
+
+fn text(o: &std::process::Output) -> String {
+    format!(
+        "exit {:?}\n--- console ---\n{}\n--- stderr ---\n{}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// Boots a generic template with one vhost-user-fs slot (vol0, no
+/// backend) and snapshots it at the app wait point.
+fn template_with_slot(dir: &Path, initrd: &Path) -> PathBuf {
+    use arrow_e2e::{arrow_vmm, control_api, kernel};
+    let sock = dir.join("tpl.sock");
+    let tpl = dir.join("template");
+    let mut child = Command::new(arrow_vmm())
+        .args(["run", "--kernel"])
+        .arg(kernel())
+        .arg("--initrd")
+        .arg(initrd)
+        .arg("--cmdline")
+        .arg(cmdline("arrow.wait_app=1"))
+        .args(["--memory", "128M", "--fs-slots", "1", "--console"])
+        .arg(dir.join("tpl.log"))
+        .arg("--api-sock")
+        .arg(&sock)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn template");
+    let t = Instant::now();
+    loop {
+        let (st, v) = control_api(&sock, "GET", "/vm", "");
+        let v: serde_json::Value = serde_json::from_str(&v).unwrap_or_default();
+        if st == 200 && v["kernel_ready_ms"].is_u64() {
+            break;
+        }
+        if let Ok(Some(s)) = child.try_wait() {
+            panic!(
+                "the template exited ({s}) before KERNEL_READY\n{}",
+                std::fs::read_to_string(dir.join("tpl.log")).unwrap_or_default()
+            );
+        }
+        assert!(t.elapsed() < Duration::from_secs(240), "no KERNEL_READY");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(control_api(&sock, "PUT", "/vm/pause", "").0, 200);
+    let body = serde_json::json!({ "dir": tpl }).to_string();
+    let (st, v) = control_api(&sock, "PUT", "/vm/snapshot", &body);
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(control_api(&sock, "PUT", "/vm/shutdown", "").0, 200);
+    let o = finish(child);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    tpl
+}
+
+#[test]
+fn generic_template_clones_get_their_own_volume_in_a_slot() {
+    use arrow_e2e::{arrow_vmm, control_api};
+    let _one = one_guest_at_a_time();
+    let s = setup();
+    let dir = s._dir.path();
+    let tpl = template_with_slot(dir, &s.initrd);
+    let spec = dir.join("spec.json");
+    let app = serde_json::json!({"app": "/app", "args": ["vol0"], "hostname": "clone"});
+    std::fs::write(&spec, app.to_string()).unwrap();
+
+    // Clone 1 (restore --clone --fs vol0=SOCKET): its own share.
+    let fsd = virtiofsd(&s.share, &s.socket);
+    let child = Command::new(arrow_vmm())
+        .args(["restore", "--clone", "--from"])
+        .arg(&tpl)
+        .arg("--app-spec")
+        .arg(&spec)
+        .arg("--fs")
+        .arg(format!("vol0={}", s.socket.display()))
+        .args(["--log-level", "info"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn clone");
+    let o = finish(child);
+    drop(fsd);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert!(
+        text(&o).contains("FS-APP: read hello from the host"),
+        "{}",
+        text(&o)
+    );
+    assert!(s.share.join("from-guest.txt").exists());
+    if let Some(l) = text(&o)
+        .lines()
+        .find(|l| l.contains("converted to shared memory"))
+    {
+        eprintln!("clone 1 (restore --fs): {l}");
+    }
+
+    // Clone 2, pooled: the backend comes with PUT /vm/start.
+    let share2 = dir.join("share2");
+    std::fs::create_dir(&share2).unwrap();
+    std::fs::write(share2.join("hello.txt"), "hello from share two\n").unwrap();
+    let socket2 = dir.join("fs2.sock");
+    let _fsd2 = virtiofsd(&share2, &socket2);
+    let api = dir.join("pool.sock");
+    let child = Command::new(arrow_vmm())
+        .args(["restore", "--clone", "--pool", "--from"])
+        .arg(&tpl)
+        .arg("--api-sock")
+        .arg(&api)
+        .args(["--log-level", "info"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn pooled clone");
+    let t = Instant::now();
+    while control_api(&api, "GET", "/vm", "").0 != 200 {
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "pooled VM never listened"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let body = serde_json::json!({"app": app, "fs": [{"tag": "vol0", "socket": socket2}]});
+    let (st, v) = control_api(&api, "PUT", "/vm/start", &body.to_string());
+    assert_eq!(st, 200, "{v}");
+    let o = finish(child);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert!(
+        text(&o).contains("FS-APP: read hello from share two"),
+        "{}",
+        text(&o)
+    );
+    assert!(share2.join("from-guest.txt").exists());
+    if let Some(l) = text(&o)
+        .lines()
+        .find(|l| l.contains("converted to shared memory"))
+    {
+        eprintln!("clone 2 (pooled): {l}");
+    }
+
+    // Naming a tag the template does not have is refused before it runs.
+    let o = finish(
+        Command::new(arrow_vmm())
+            .args(["restore", "--clone", "--from"])
+            .arg(&tpl)
+            .arg("--app-spec")
+            .arg(&spec)
+            .arg("--fs")
+            .arg(format!("nosuch={}", s.socket.display()))
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn clone"),
+    );
+    assert_eq!(o.status.code(), Some(125), "{}", text(&o));
+    assert!(
+        text(&o).contains("no vhost-user-fs device with tag nosuch"),
+        "{}",
+        text(&o)
+    );
+}
