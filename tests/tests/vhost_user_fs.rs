@@ -9,42 +9,16 @@
 //! 2. virtiofsd dies under a running guest: arrow-vmm stops with exit code
 //!    125 and says which volume's backend closed — no hang, no crash.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
+use std::path::PathBuf;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
+use arrow_e2e::vfs::{conversion_cost, finish, template_with_slots, text, virtiofsd};
 use arrow_e2e::{
     boot_with_args, cmdline, explain, initrd, kvm_available, one_guest_at_a_time, static_c_app,
 };
 
 const MARKER: &str = "FS-APP: wrote";
-
-struct Virtiofsd(Child);
-
-impl Drop for Virtiofsd {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn virtiofsd(shared: &Path, socket: &Path) -> Virtiofsd {
-    let bin = shadowfs::tools::find_or_install_virtiofsd().expect("virtiofsd");
-    let child = Command::new(bin)
-        .arg("--socket-path")
-        .arg(socket)
-        .arg("--shared-dir")
-        .arg(shared)
-        .args(["--sandbox", "namespace", "--cache", "never"])
-        .spawn()
-        .expect("start virtiofsd");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !socket.exists() {
-        assert!(Instant::now() < deadline, "virtiofsd did not listen");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    Virtiofsd(child)
-}
 
 struct Setup {
     _dir: tempfile::TempDir,
@@ -140,83 +114,13 @@ fn backend_death_stops_the_vm_with_the_reason() {
     );
 }
 
-/// Waits for `child` under a timeout; returns its output.
-fn finish(mut child: std::process::Child) -> std::process::Output {
-    let t = Instant::now();
-    while child.try_wait().expect("wait").is_none() {
-        if t.elapsed() > Duration::from_secs(240) {
-            let _ = child.kill();
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    child.wait_with_output().expect("output")
-}
-
-fn text(o: &std::process::Output) -> String {
-    format!(
-        "exit {:?}\n--- console ---\n{}\n--- stderr ---\n{}",
-        o.status.code(),
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
-/// Boots a generic template with one vhost-user-fs slot (vol0, no
-/// backend) and snapshots it at the app wait point.
-fn template_with_slot(dir: &Path, initrd: &Path) -> PathBuf {
-    use arrow_e2e::{arrow_vmm, control_api, kernel};
-    let sock = dir.join("tpl.sock");
-    let tpl = dir.join("template");
-    let mut child = Command::new(arrow_vmm())
-        .args(["run", "--kernel"])
-        .arg(kernel())
-        .arg("--initrd")
-        .arg(initrd)
-        .arg("--cmdline")
-        .arg(cmdline("arrow.wait_app=1"))
-        .args(["--memory", "128M", "--fs-slots", "1", "--console"])
-        .arg(dir.join("tpl.log"))
-        .arg("--api-sock")
-        .arg(&sock)
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("spawn template");
-    let t = Instant::now();
-    loop {
-        let (st, v) = control_api(&sock, "GET", "/vm", "");
-        let v: serde_json::Value = serde_json::from_str(&v).unwrap_or_default();
-        if st == 200 && v["kernel_ready_ms"].is_u64() {
-            break;
-        }
-        if let Ok(Some(s)) = child.try_wait() {
-            panic!(
-                "the template exited ({s}) before KERNEL_READY\n{}",
-                std::fs::read_to_string(dir.join("tpl.log")).unwrap_or_default()
-            );
-        }
-        assert!(t.elapsed() < Duration::from_secs(240), "no KERNEL_READY");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    assert_eq!(control_api(&sock, "PUT", "/vm/pause", "").0, 200);
-    let body = serde_json::json!({ "dir": tpl }).to_string();
-    let (st, v) = control_api(&sock, "PUT", "/vm/snapshot", &body);
-    assert_eq!(st, 200, "{v}");
-    assert_eq!(control_api(&sock, "PUT", "/vm/shutdown", "").0, 200);
-    let o = finish(child);
-    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
-    tpl
-}
-
 #[test]
 fn generic_template_clones_get_their_own_volume_in_a_slot() {
     use arrow_e2e::{arrow_vmm, control_api};
     let _one = one_guest_at_a_time();
     let s = setup();
     let dir = s._dir.path();
-    let tpl = template_with_slot(dir, &s.initrd);
+    let tpl = template_with_slots(dir, &s.initrd, 1);
     let spec = dir.join("spec.json");
     let app = serde_json::json!({"app": "/app", "args": ["vol0"], "hostname": "clone"});
     std::fs::write(&spec, app.to_string()).unwrap();
@@ -231,6 +135,7 @@ fn generic_template_clones_get_their_own_volume_in_a_slot() {
         .arg("--fs")
         .arg(format!("vol0={}", s.socket.display()))
         .args(["--log-level", "info"])
+        .env("NO_COLOR", "1")
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
@@ -265,6 +170,7 @@ fn generic_template_clones_get_their_own_volume_in_a_slot() {
         .arg("--api-sock")
         .arg(&api)
         .args(["--log-level", "info"])
+        .env("NO_COLOR", "1")
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
@@ -278,6 +184,11 @@ fn generic_template_clones_get_their_own_volume_in_a_slot() {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
+    // A tag the template does not have: 400, and the VM stays pooled.
+    let bad = serde_json::json!({"app": app, "fs": [{"tag": "vol7", "socket": socket2}]});
+    let (st, v) = control_api(&api, "PUT", "/vm/start", &bad.to_string());
+    assert_eq!(st, 400, "{v}");
+    assert!(v.contains("vol7"), "{v}");
     let body = serde_json::json!({"app": app, "fs": [{"tag": "vol0", "socket": socket2}]});
     let (st, v) = control_api(&api, "PUT", "/vm/start", &body.to_string());
     assert_eq!(st, 200, "{v}");

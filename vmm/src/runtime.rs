@@ -89,6 +89,15 @@ impl Runtime {
                 "the VM is not pooled: it was started already (GET /vm shows its state)",
             ));
         };
+        if let Some(p) = &self.pending {
+            // Volumes are checked before anything is loaded (400, still pooled).
+            let mut all = p.fs.clone();
+            all.extend_from_slice(fs);
+            crate::devices::virtio::fs::validate_configs(&all, 0)
+                .map_err(|e| Response::error(400, e))?;
+            crate::device_manager::DeviceManager::check_fs_restore(&p.virtio, &all)
+                .map_err(|e| Response::error(400, e.to_string()))?;
+        }
         if let Some(mut app) = app {
             app.image_base |= image_base.is_some();
             let encoded = app
@@ -109,10 +118,6 @@ impl Runtime {
         let Some(pending) = self.pending.take() else {
             return Err(Response::error(409, "the VM is not pooled"));
         };
-        if let Err(e) = crate::devices::virtio::fs::validate_configs(fs, 0) {
-            self.pending = Some(pending);
-            return Err(Response::error(400, e));
-        }
         if let Err(e) = pending.load(self, fs) {
             let msg = format!("cannot start the pooled VM: {e}");
             self.lifecycle

@@ -178,7 +178,7 @@ impl SharedMemory {
             elapsed: started.elapsed(),
         };
         tracing::info!(
-            copied_mib = copied >> 20,
+            copied_kib = copied >> 10,
             ms = stats.elapsed.as_secs_f64() * 1e3,
             "clone RAM converted to shared memory for vhost-user backends"
         );

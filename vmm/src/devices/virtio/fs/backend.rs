@@ -50,7 +50,7 @@ pub enum BackendError {
     },
     #[error("the backend lacks the virtio features {0:#x} the guest uses")]
     Features(u64),
-    #[error("queue {index}: ring address {addr:#x} is not in guest memory")]
+    #[error("queue {index}: the ring at {addr:#x} is not inside one region of guest memory")]
     RingAddress { index: usize, addr: u64 },
     #[error("guest memory is not shared (a vhost-user backend needs a memfd)")]
     NotShared,
@@ -163,19 +163,22 @@ impl Backend {
             .collect();
         f.set_mem_table(&regions).map_err(req("SET_MEM_TABLE"))?;
         for (index, ((v, kick), call)) in vrings.iter().zip(kicks).zip(calls).enumerate() {
-            // vhost-user ring addresses are this process's addresses.
-            let host = |addr: u64| {
-                mem.get_host_address(GuestAddress(addr))
-                    .map(|p| p as u64)
+            // vhost-user ring addresses are this process's addresses; each
+            // ring must lie wholly inside one RAM region (the transport
+            // checked its ends, not that no region boundary is in between).
+            let host = |addr: u64, len: usize| {
+                mem.get_slice(GuestAddress(addr), len)
+                    .map(|s| s.ptr_guard().as_ptr() as u64)
                     .map_err(|_| BackendError::RingAddress { index, addr })
             };
+            let n = usize::from(v.size);
             let config = VringConfigData {
                 queue_max_size: v.max_size,
                 queue_size: v.size,
                 flags: 0,
-                desc_table_addr: host(v.desc_table)?,
-                used_ring_addr: host(v.used_ring)?,
-                avail_ring_addr: host(v.avail_ring)?,
+                desc_table_addr: host(v.desc_table, 16 * n)?,
+                used_ring_addr: host(v.used_ring, 6 + 8 * n)?,
+                avail_ring_addr: host(v.avail_ring, 6 + 2 * n)?,
                 log_addr: None,
             };
             f.set_vring_num(index, v.size)

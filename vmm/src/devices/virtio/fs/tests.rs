@@ -407,3 +407,49 @@ fn a_slot_activates_without_backend_and_hands_its_rings_over_on_connect() {
     let qs = dev.lock().unwrap().active_queues().unwrap();
     assert_eq!((qs[1].next_avail, qs[1].next_used), (1, 1));
 }
+
+#[test]
+fn a_ring_across_a_region_boundary_is_refused_with_the_reason() {
+    let tmp = tempfile::tempdir().unwrap();
+    let fsd = Virtiofsd::start(tmp.path(), &tmp.path().join("fs.sock"));
+    // Two RAM regions back to back: both ends of a ring may be in guest
+    // memory while it straddles the two mappings.
+    let (mem, shared) =
+        SharedMemory::create(&[(GuestAddress(0), 1 << 20), (GuestAddress(1 << 20), 1 << 20)])
+            .unwrap();
+    let lc = lifecycle();
+    let mut dev = VhostUserFs::new("x", lc.clone()).unwrap();
+    dev.connect(&fsd.socket, Arc::new(shared)).unwrap();
+    let dev = Arc::new(Mutex::new(dev));
+    let mut t = MmioTransport::new(mem, dev.clone()).unwrap();
+    w(&mut t, 0x70, status::ACKNOWLEDGE | status::DRIVER);
+    w(&mut t, 0x24, 1);
+    w(&mut t, 0x20, 1);
+    w(
+        &mut t,
+        0x70,
+        status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK,
+    );
+    for q in 0..2u32 {
+        let base = RINGS + u64::from(q) * 0x4000;
+        w(&mut t, 0x30, q);
+        w(&mut t, 0x38, 16);
+        // Queue 1's descriptor table: 256 bytes from 1 MiB - 128.
+        let desc = if q == 1 { (1 << 20) - 128 } else { base };
+        w(&mut t, 0x80, desc as u32);
+        w(&mut t, 0x90, (base + 0x1000) as u32);
+        w(&mut t, 0xa0, (base + 0x2000) as u32);
+        w(&mut t, 0x44, 1);
+    }
+    w(
+        &mut t,
+        0x70,
+        status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK | status::DRIVER_OK,
+    );
+    assert_eq!(r(&mut t, 0x70) & status::DRIVER_OK, 0);
+    let reason = format!("{:?}", lc.reason().expect("the VM is stopped"));
+    assert!(
+        reason.contains("vhost-user-fs x") && reason.contains("not inside one region"),
+        "{reason}"
+    );
+}
