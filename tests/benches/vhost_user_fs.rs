@@ -58,6 +58,9 @@ fn main() {
         with.push(t.as_secs_f64() * 1e3);
     }
     println!(
+        "cold boot -> APP_STARTED (ms): without fs {without:.0?}, with one fs device {with:.0?}"
+    );
+    println!(
         "cold boot -> APP_STARTED, median of {n}: without fs {:.0} ms, with one fs device {:.0} ms",
         median(&mut without),
         median(&mut with)
@@ -93,6 +96,7 @@ fn main() {
         ms.push(m);
     }
     let max = |v: &[f64]| v.iter().cloned().fold(0.0, f64::max);
+    println!("clone RAM -> memfd: KiB copied {kib:?}, ms {ms:.1?}");
     println!(
         "clone RAM -> memfd, 128 MiB template, {} clones: {:.1} MiB copied (median), {:.1} ms median, {:.1} ms max",
         kib.len(),
