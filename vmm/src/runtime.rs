@@ -159,6 +159,10 @@ impl Runtime {
                     "flushes": d.flushes(),
                 })
             }).collect::<Vec<_>>(),
+            "fs": self.devices.fs().iter().map(|f| {
+                let d = lock(&f.device);
+                json!({ "tag": d.tag(), "socket": d.socket() })
+            }).collect::<Vec<_>>(),
             "memory": self.memory(),
         })
     }
