@@ -504,6 +504,7 @@ impl Vm {
             return Err(VmError::NoVcpus);
         }
         let vm = Arc::new(create_vm(&kvm)?);
+        crate::devices::virtio::fs::validate_configs(&config.fs, 0).map_err(VmError::Fs)?;
         if !config.pool {
             DeviceManager::check_fs_restore(&state.devices.virtio, &config.fs)
                 .map_err(|e| VmError::Restore(e.to_string()))?;
