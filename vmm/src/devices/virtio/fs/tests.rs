@@ -453,3 +453,32 @@ fn a_ring_across_a_region_boundary_is_refused_with_the_reason() {
         "{reason}"
     );
 }
+
+#[test]
+fn a_driver_reset_and_reprobe_works_with_the_same_backend() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("share");
+    std::fs::create_dir(&dir).unwrap();
+    let fsd = Virtiofsd::start(&dir, &tmp.path().join("fs.sock"));
+    let (mem, shared) = SharedMemory::create(&[(GuestAddress(0), 1 << 20)]).unwrap();
+    let lc = lifecycle();
+    let mut dev = VhostUserFs::new("r", lc.clone()).unwrap();
+    dev.connect(&fsd.socket, Arc::new(shared)).unwrap();
+    let dev = Arc::new(Mutex::new(dev));
+    let mut t = MmioTransport::new(mem.clone(), dev.clone()).unwrap();
+    let mut init = Vec::new();
+    init.extend_from_slice(&7u32.to_le_bytes());
+    init.extend_from_slice(&31u32.to_le_bytes());
+    init.extend_from_slice(&[0u8; 56]);
+    for round in 0..2u64 {
+        // A fresh driver: rings zeroed, status from 0.
+        mem.write_slice(&[0u8; 0xc000], GuestAddress(RINGS))
+            .unwrap();
+        w(&mut t, 0x70, 0);
+        let st = driver_probe(&mut t, QSIZE);
+        assert_ne!(st & status::DRIVER_OK, 0, "round {round}: {st:#x}");
+        let reply = fuse_call(&mut t, &dev, &mem, 0, &fuse_in(26, 40 + round, 0, &init));
+        assert_eq!(fuse_out(&reply).1, 40 + round, "round {round}");
+    }
+    assert!(lc.reason().is_none(), "{:?}", lc.reason());
+}
