@@ -28,9 +28,21 @@ fn store() -> Option<&'static (Store, PathBuf)> {
         .get_or_init(|| {
             let dir = std::env::temp_dir().join(format!("arrow-fuzz-store-{}", std::process::id()));
             let store = Store::open(dir.join("store")).ok()?;
+            // libFuzzer ends the process with exit() after -runs or
+            // -max_total_time: remove the store then too, not only when the
+            // corpus replay calls `cleanup`. (A crash still leaves it, beside
+            // the crash input that explains it.)
+            // SAFETY: `remove_store_at_exit` is an `extern "C" fn()` that
+            // neither unwinds nor calls exit; registering it has no other effect.
+            let _ = unsafe { libc::atexit(remove_store_at_exit) };
             Some((store, dir))
         })
         .as_ref()
+}
+
+extern "C" fn remove_store_at_exit() {
+    // A panic must not unwind into libc.
+    let _ = std::panic::catch_unwind(cleanup);
 }
 
 /// Removes the store of this process (the corpus replay calls it last).
