@@ -1,7 +1,7 @@
 //! Entry points of the coverage-guided fuzz targets for image parsing
 //! (`fuzz/`, libFuzzer): OCI import, cpio archives, specs and manifests from
 //! files nobody checked. The corpora in `fuzz/corpus/<target>/` are replayed
-//! by `asdk/tests/fuzz_corpus.rs` in every `cargo test`; see docs/fuzzing.md.
+//! by `tests/tests/fuzz_corpus.rs` in every `cargo test`; see docs/fuzzing.md.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
