@@ -20,6 +20,7 @@
 mod vsock_guest;
 
 use std::os::unix::net::UnixListener;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use vsock_guest::*;
@@ -32,8 +33,9 @@ fn fail(guest: Option<&Guest>, what: &str, e: String) -> ! {
     panic!("{what}: {e}\n---- guest console ----\n{console}\n-----------------------");
 }
 
-#[test]
-fn vsock_host_and_guest_initiated_megabyte_echo() {
+/// KVM checked, the guest kernel, a scratch directory with the initrd, and
+/// the path for the guest's vsock socket.
+fn prepare() -> (tempfile::TempDir, PathBuf, PathBuf, PathBuf) {
     if let Err(e) = check_kvm() {
         fail(None, "this test boots a real guest", e);
     }
@@ -41,6 +43,12 @@ fn vsock_host_and_guest_initiated_megabyte_echo() {
     let dir = tempfile::tempdir().unwrap();
     let initrd = initrd(dir.path()).unwrap_or_else(|e| fail(None, "building the initrd", e));
     let uds = dir.path().join("v.sock");
+    (dir, kernel, initrd, uds)
+}
+
+#[test]
+fn vsock_host_and_guest_initiated_megabyte_echo() {
+    let (dir, kernel, initrd, uds) = prepare();
     let dial_listener = UnixListener::bind(side_path(&uds, DIAL_PORT)).unwrap();
 
     let vmm = Vmm::Arrow(env!("CARGO_BIN_EXE_arrow-vmm").into());
@@ -166,13 +174,7 @@ fn vsock_host_and_guest_initiated_megabyte_echo() {
 fn a_guest_spinning_connections_is_held_to_the_limit() {
     const SPIN_PORT: u32 = 7000;
     const SPINS: u32 = 300;
-    if let Err(e) = check_kvm() {
-        fail(None, "this test boots a real guest", e);
-    }
-    let kernel = kernel().unwrap_or_else(|e| fail(None, "guest kernel unavailable", e));
-    let dir = tempfile::tempdir().unwrap();
-    let initrd = initrd(dir.path()).unwrap_or_else(|e| fail(None, "building the initrd", e));
-    let uds = dir.path().join("v.sock");
+    let (_dir, kernel, initrd, uds) = prepare();
     // The host side accepts everything and never reads.
     let listener = UnixListener::bind(side_path(&uds, SPIN_PORT)).unwrap();
     let held = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
