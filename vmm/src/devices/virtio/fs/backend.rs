@@ -204,7 +204,7 @@ impl Backend {
     pub fn stop(&mut self, queues: usize) {
         for i in 0..queues {
             if let Err(e) = self.frontend.get_vring_base(i) {
-                tracing::warn!(socket = %self.socket.display(), "vhost-user GET_VRING_BASE {i}: {e}");
+                crate::limited_warn!(socket = %self.socket.display(), "vhost-user GET_VRING_BASE {i}: {e}");
             }
         }
     }

@@ -2,8 +2,9 @@
 //! (used buffers -> guest interrupt) and a hang-up of its socket (-> the
 //! VM stops with the reason).
 
+use crate::limited_warn as warn;
 use event_manager::{EventOps, Events, MutEventSubscriber};
-use tracing::{error, warn};
+use tracing::error;
 use vmm_sys_util::epoll::EventSet;
 
 use super::{VhostUserFs, NUM_QUEUES};

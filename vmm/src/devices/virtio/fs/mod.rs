@@ -33,8 +33,9 @@ mod tests;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use crate::limited_warn as warn;
 use serde::{Deserialize, Serialize};
-use tracing::{debug, info, warn};
+use tracing::{debug, info};
 use virtio_queue::{Queue, QueueT};
 use vmm_sys_util::eventfd::EventFd;
 
