@@ -182,7 +182,14 @@ fn plain_echo_server(server: &Client) -> SocketAddr {
 
 fn main() {
     let st = std::process::Command::new(env!("CARGO"))
-        .args(["build", "--release", "-p", "arrow-vmm", "--bin", "arrow-vmm"])
+        .args([
+            "build",
+            "--release",
+            "-p",
+            "arrow-vmm",
+            "--bin",
+            "arrow-vmm",
+        ])
         .current_dir(common::repo_root())
         .status()
         .expect("cargo build --release -p arrow-vmm");
@@ -218,7 +225,11 @@ fn main() {
         down.push(t.elapsed().as_micros() as u64);
     }
     rows.push(summary("RunPodSandbox (netns + CNI ADD)", "µs", &mut up));
-    rows.push(summary("StopPodSandbox + RemovePodSandbox (DEL)", "µs", &mut down));
+    rows.push(summary(
+        "StopPodSandbox + RemovePodSandbox (DEL)",
+        "µs",
+        &mut down,
+    ));
 
     // One pod with the echo app, reachable at its pod IP and at a host port.
     let host_port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -270,7 +281,10 @@ fn main() {
         conn_p50.push(row["p50"].as_u64().unwrap_or(0));
         rows.push(row);
         let mbs = throughput(connect(), mib);
-        println!("{:<44} MiB/s {mbs:>8.1}", format!("{name}: echo throughput"));
+        println!(
+            "{:<44} MiB/s {mbs:>8.1}",
+            format!("{name}: echo throughput")
+        );
         rows.push(json!({"name": format!("{name}: echo throughput"), "unit": "MiB/s", "value": mbs, "mib": mib}));
         tput.push(mbs);
     }

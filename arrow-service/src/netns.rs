@@ -111,13 +111,12 @@ where
     .map_err(|_| NetnsError::Thread(path.to_owned()))?
 }
 
+/// One listener bound in a namespace, or why its address could not be bound.
+pub type Bound = Result<std::net::TcpListener, (std::net::SocketAddr, std::io::Error)>;
+
 /// Binds TCP listeners on `addrs` inside the namespace at `path` (non-blocking, ready for
-/// `tokio::net::TcpListener::from_std`). The first failure is returned with its address.
-pub fn bind_tcp(
-    path: &Path,
-    addrs: Vec<std::net::SocketAddr>,
-) -> Result<Vec<Result<std::net::TcpListener, (std::net::SocketAddr, std::io::Error)>>, NetnsError>
-{
+/// `tokio::net::TcpListener::from_std`), one result per address.
+pub fn bind_tcp(path: &Path, addrs: Vec<std::net::SocketAddr>) -> Result<Vec<Bound>, NetnsError> {
     run_in(path, move || {
         addrs
             .into_iter()
