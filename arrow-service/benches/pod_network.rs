@@ -8,12 +8,16 @@
 //!      vsock → vsock-echo in the microVM;
 //!   2. host port export → guest: host 127.0.0.1:hostPort → arrowd's host relay → vsock →
 //!      the same app;
-//!   3. plain TCP: client namespace → bridge → an echo server (a host thread) listening in
-//!      another namespace on the same bridge — what the relay adds is 1 − 3.
+//!   3. the relay alone: client namespace → bridge → arrowd's relay code
+//!      (`proxy::serve`, a listener bound in another namespace) → a host Unix socket that
+//!      answers `CONNECT` like the VMM and echoes (no guest) — the relay's own cost;
+//!   4. plain TCP: client namespace → bridge → an echo server (a host thread) listening in
+//!      another namespace on the same bridge — what the relay adds is 3 − 4.
 //!
 //! `cargo bench -p arrow-service --bench pod_network` (ARROW_BENCH_RTT: round trips per
-//! path, default 2000; ARROW_BENCH_MIB: throughput volume, default 32). Prints a table and
-//! writes target/bench-results/pod_network.json.
+//! path, default 2000; ARROW_BENCH_MIB: throughput volume through the guest, default 2;
+//! 64 MiB on the host-only paths). Prints a table and writes
+//! target/bench-results/pod_network.json.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -180,6 +184,38 @@ fn plain_echo_server(server: &Client) -> SocketAddr {
     addr
 }
 
+/// A Unix socket that answers `CONNECT <port>` with `OK 1` and then echoes, like the
+/// VMM's vsock socket in front of vsock-echo.
+fn fake_vmm(uds: &std::path::Path) {
+    let l = std::os::unix::net::UnixListener::bind(uds).unwrap();
+    std::thread::spawn(move || {
+        for s in l.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut s = s;
+                let mut line = Vec::new();
+                let mut b = [0u8; 1];
+                while s.read_exact(&mut b).is_ok() && b[0] != b'\n' {
+                    line.push(b[0]);
+                }
+                if !line.starts_with(b"CONNECT ") || s.write_all(b"OK 1\n").is_err() {
+                    return;
+                }
+                let mut buf = vec![0u8; 16384];
+                loop {
+                    match s.read(&mut buf) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => {
+                            if s.write_all(&buf[..n]).is_err() {
+                                return;
+                            }
+                        }
+                    }
+                }
+            });
+        }
+    });
+}
+
 fn main() {
     let st = std::process::Command::new(env!("CARGO"))
         .args([
@@ -195,7 +231,7 @@ fn main() {
         .expect("cargo build --release -p arrow-vmm");
     assert!(st.success());
     let n_rtt = env_or("ARROW_BENCH_RTT", 2000);
-    let mib = env_or("ARROW_BENCH_MIB", 32);
+    let mib = env_or("ARROW_BENCH_MIB", 2);
     let net = TestNet::new('b', 3);
     net.write_config(None);
     let mut args = net.args();
@@ -259,19 +295,39 @@ fn main() {
     .unwrap();
     client.echo(pod_addr, Duration::from_secs(180));
     let plain = plain_echo_server(&server);
+    // The relay alone, in the server namespace on port PORT + 1.
+    let uds = net.dir.path().join("fake-vmm.sock");
+    fake_vmm(&uds);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let relay = SocketAddr::new(server.ip, PORT + 1);
+    let bound = arrow_service::netns::bind_tcp(&server.path, vec![relay])
+        .unwrap()
+        .into_iter()
+        .map(|b| (b.unwrap(), u32::from(PORT)))
+        .collect();
+    let _relay = {
+        let _g = rt.enter();
+        arrow_service::proxy::serve("bench", bound, &uds).unwrap()
+    };
 
     let host = || TcpStream::connect(("127.0.0.1", host_port)).unwrap();
     let pod_c = || client.connect(pod_addr, Duration::from_secs(10)).unwrap();
     let plain_c = || client.connect(plain, Duration::from_secs(10)).unwrap();
-    let paths: [(&str, &dyn Fn() -> TcpStream); 3] = [
-        ("pod IP → guest (relay in pod netns)", &pod_c),
-        ("host port → guest (host relay)", &host),
-        ("plain TCP server in a netns", &plain_c),
+    let relay_c = || client.connect(relay, Duration::from_secs(10)).unwrap();
+    let paths: [(&str, &dyn Fn() -> TcpStream, usize); 4] = [
+        ("pod IP → guest (relay in pod netns)", &pod_c, mib),
+        ("host port → guest (host relay)", &host, mib),
+        ("relay alone (netns → Unix echo)", &relay_c, 64),
+        ("plain TCP server in a netns", &plain_c, 64),
     ];
     let mut p50 = Vec::new();
     let mut conn_p50 = Vec::new();
     let mut tput = Vec::new();
-    for (name, connect) in paths {
+    for (name, connect, mib) in paths {
         let mut v = rtt(connect(), n_rtt);
         let row = summary(&format!("{name}: 64 B round trip"), "µs", &mut v);
         p50.push(row["p50"].as_u64().unwrap_or(0));
@@ -291,11 +347,12 @@ fn main() {
     let ratio = |a: u64, b: u64| a as f64 / b.max(1) as f64;
     let ratios = json!({
         "rtt_pod_over_host": ratio(p50[0], p50[1]),
-        "rtt_pod_over_plain": ratio(p50[0], p50[2]),
+        "rtt_pod_over_plain": ratio(p50[0], p50[3]),
+        "rtt_relay_over_plain": ratio(p50[2], p50[3]),
         "connect_pod_over_host": ratio(conn_p50[0], conn_p50[1]),
-        "connect_pod_over_plain": ratio(conn_p50[0], conn_p50[2]),
+        "connect_relay_over_plain": ratio(conn_p50[2], conn_p50[3]),
         "throughput_pod_over_host": tput[0] / tput[1],
-        "throughput_pod_over_plain": tput[0] / tput[2],
+        "throughput_relay_over_plain": tput[2] / tput[3],
     });
     println!("ratios (p50 / MiB/s): {ratios}");
     rmp(&c, &pod);
