@@ -67,7 +67,7 @@ fn network_ready(c: &CriClient) -> RuntimeCondition {
 fn sandboxes_get_pod_ips_release_them_and_fail_cleanly() {
     let net = TestNet::new('s', 1);
     let args = net.args();
-    let d = Daemon::with_args(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let mut d = Daemon::with_args(&args.iter().map(String::as_str).collect::<Vec<_>>());
     let c = CriClient::connect(&d.cri_socket());
 
     // No configuration yet: NetworkReady is false with the reason.
@@ -175,4 +175,33 @@ fn sandboxes_get_pod_ips_release_them_and_fail_cleanly() {
     let e = runp(&c, "missing", false).unwrap_err();
     assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{e:?}");
     assert!(net.namespaces().is_empty());
+
+    // arrowd stopped during RunPodSandbox, after ADD but before the sandbox was recorded:
+    // the restarted arrowd runs DEL and removes the namespace.
+    net.write_config(None);
+    let ns = net.netns_dir.join("arrow-orphan");
+    arrow_service::netns::create(&ns).unwrap();
+    let store =
+        arrow_service::cri::store::CriStore::open(&d.dir.path().join("state/arrowd.db")).unwrap();
+    store
+        .put_network(&arrow_service::cri::store::NetworkRecord {
+            sandbox_id: "0123456789abcdef".into(),
+            netns: ns.display().to_string(),
+            config: arrow_service::cni::config::load(&net.conf_dir)
+                .unwrap()
+                .to_json(),
+            result: serde_json::Value::Null,
+        })
+        .unwrap();
+    d.signal(libc::SIGKILL);
+    d.start();
+    let start = std::time::Instant::now();
+    while ns.exists() || store.network("0123456789abcdef").unwrap().is_some() {
+        assert!(
+            start.elapsed() < common::TIMEOUT,
+            "the orphan network stayed: {}",
+            d.log()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
 }

@@ -110,6 +110,7 @@ impl Cri {
         });
         cri.resume_logs()?;
         cri.resume_pod_ports()?;
+        cri.collect_orphan_networks()?;
         Ok(cri)
     }
 

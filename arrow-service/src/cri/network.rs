@@ -321,6 +321,30 @@ impl Cri {
         Ok(())
     }
 
+    /// After an arrowd restart: networks whose sandbox was never recorded (arrowd stopped
+    /// during RunPodSandbox) are torn down (DEL, namespace removed) in the background.
+    pub(super) fn collect_orphan_networks(self: &Arc<Self>) -> crate::error::Result<()> {
+        let orphans = self.store.orphan_networks()?;
+        if orphans.is_empty() {
+            return Ok(());
+        }
+        let cri = Arc::clone(self);
+        tokio::spawn(async move {
+            for id in orphans {
+                match cri
+                    .teardown_network(&id, &PodSandboxConfig::default(), &[])
+                    .await
+                {
+                    Ok(()) => {
+                        tracing::info!(sandbox = %id, "released the network of a sandbox that was never created")
+                    }
+                    Err(e) => tracing::warn!(sandbox = %id, "{}", e.message()),
+                }
+            }
+        });
+        Ok(())
+    }
+
     /// CRI Status's NetworkReady: a CNI configuration that loads and whose plugins exist.
     pub(super) fn network_condition(&self) -> (bool, String, String) {
         match self.cni.network() {

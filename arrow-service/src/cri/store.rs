@@ -300,6 +300,17 @@ impl CriStore {
             .optional()?)
     }
 
+    /// Sandbox IDs that have a network row but no sandbox row (arrowd stopped between
+    /// CNI ADD and recording the sandbox).
+    pub fn orphan_networks(&self) -> Result<Vec<String>> {
+        let conn = self.lock();
+        let mut stmt = conn.prepare(
+            "SELECT sandbox_id FROM cri_networks WHERE sandbox_id NOT IN (SELECT id FROM cri_sandboxes)",
+        )?;
+        let rows = stmt.query_map([], |r| r.get(0))?;
+        Ok(rows.collect::<rusqlite::Result<Vec<String>>>()?)
+    }
+
     /// Forgets a sandbox's network (after DEL and the namespace's removal).
     pub fn delete_network(&self, sandbox_id: &str) -> Result<()> {
         self.lock().execute(
@@ -361,6 +372,12 @@ mod tests {
             result: serde_json::Value::Null,
         };
         s.put_network(&n).unwrap();
+        let orphan = NetworkRecord {
+            sandbox_id: "dead".into(),
+            ..n.clone()
+        };
+        s.put_network(&orphan).unwrap();
+        assert_eq!(s.orphan_networks().unwrap(), ["dead"]);
         let back = s.network("abc2").unwrap().unwrap();
         assert_eq!(
             (back.netns.as_str(), &back.config, &back.result),
