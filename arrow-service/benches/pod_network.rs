@@ -63,6 +63,7 @@ fn summary(name: &str, unit: &str, v: &mut [u64]) -> Value {
 }
 
 fn pod_config(name: &str, host_port: u16) -> PodSandboxConfig {
+    let logs = std::env::temp_dir().join(format!("arrow-pod-network-bench-{}", std::process::id()));
     PodSandboxConfig {
         metadata: Some(PodSandboxMetadata {
             name: name.to_owned(),
@@ -70,6 +71,7 @@ fn pod_config(name: &str, host_port: u16) -> PodSandboxConfig {
             namespace: "bench".to_owned(),
             attempt: 0,
         }),
+        log_directory: logs.display().to_string(),
         port_mappings: vec![PortMapping {
             protocol: Protocol::Tcp as i32,
             container_port: i32::from(PORT),
@@ -356,6 +358,9 @@ fn main() {
     });
     println!("ratios (p50 / MiB/s): {ratios}");
     rmp(&c, &pod);
+    let _ = std::fs::remove_dir_all(
+        std::env::temp_dir().join(format!("arrow-pod-network-bench-{}", std::process::id())),
+    );
     let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("../bench-results");
     std::fs::create_dir_all(&out).unwrap();
     let file = out.join("pod_network.json");

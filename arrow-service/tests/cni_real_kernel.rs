@@ -28,7 +28,7 @@ fn free_port() -> u16 {
         .port()
 }
 
-fn runp(c: &CriClient, name: &str, host_port: u16) -> String {
+fn runp(c: &CriClient, name: &str, host_port: u16, logs: &std::path::Path) -> String {
     let config = PodSandboxConfig {
         metadata: Some(PodSandboxMetadata {
             name: name.to_owned(),
@@ -37,6 +37,7 @@ fn runp(c: &CriClient, name: &str, host_port: u16) -> String {
             attempt: 0,
         }),
         hostname: name.to_owned(),
+        log_directory: logs.display().to_string(),
         // What kubelet sends for `ports: [{containerPort: 5000, hostPort: …}]`.
         port_mappings: vec![PortMapping {
             protocol: Protocol::Tcp as i32,
@@ -103,7 +104,8 @@ fn pods_are_reachable_at_their_pod_ip_over_vsock() {
 
     // Pod A: a cold boot. Its pod port opens only once the app reported APP_READY.
     let host_port = free_port();
-    let a = runp(&c, "a", host_port);
+    let logs = d.dir.path().join("pods");
+    let a = runp(&c, "a", host_port, &logs);
     let addr_a = pod_ip(&c, &a);
     let ctr_a = start_echo(&c, &a);
     let early = client.connect(addr_a, Duration::from_secs(2));
@@ -144,7 +146,7 @@ fn pods_are_reachable_at_their_pod_ip_over_vsock() {
     // own namespace, IP and relay (the template had none).
     let out = d.actl(&["template", "create", "--name", "echo", "vsock-echo"]);
     assert!(out.status.success(), "{}\n{}", stderr(&out), d.log());
-    let b = runp(&c, "b", 0);
+    let b = runp(&c, "b", 0, &logs);
     let addr_b = pod_ip(&c, &b);
     assert_ne!(addr_a.ip(), addr_b.ip());
     let ctr_b = start_echo(&c, &b);
