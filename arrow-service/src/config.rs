@@ -119,6 +119,16 @@ pub struct Config {
     #[arg(long, env = "ARROWD_GENERIC_VCPUS", default_value_t = asdk::spec::DEFAULT_VCPUS,
           value_parser = clap::value_parser!(u8).range(1..=asdk::spec::MAX_VCPUS as i64))]
     pub generic_vcpus: u8,
+    /// CNI network configuration directory: the first .conflist/.conf/.json file in it
+    /// gives pod sandboxes their network namespace and pod IP (docs/cri.md).
+    #[arg(long, env = "ARROWD_CNI_CONF_DIR", default_value = crate::cni::DEFAULT_CONF_DIR)]
+    pub cni_conf_dir: PathBuf,
+    /// CNI plugin directories, `:`-separated (as CNI_PATH).
+    #[arg(long, env = "ARROWD_CNI_BIN_DIR", default_value = crate::cni::DEFAULT_BIN_DIRS)]
+    pub cni_bin_dir: String,
+    /// Where pod sandboxes' network namespaces are pinned (`ip netns` lists /run/netns).
+    #[arg(long, env = "ARROWD_NETNS_DIR", default_value = "/run/netns")]
+    pub netns_dir: PathBuf,
     /// arrowd's log level (error, warn, info, debug, trace); RUST_LOG overrides it.
     #[arg(long, env = "ARROWD_LOG", default_value = "info")]
     pub log_level: String,

@@ -81,6 +81,28 @@ pub async fn start(instance: &str, ports: &[PortMapping], vsock_uds: &Path) -> R
     Ok(proxies)
 }
 
+/// Forwards connections on already bound listeners (e.g. bound inside a pod's network
+/// namespace: a socket keeps its namespace) to the guest vsock ports paired with them.
+pub fn serve(
+    instance: &str,
+    listeners: Vec<(std::net::TcpListener, u32)>,
+    vsock_uds: &Path,
+) -> Result<Proxies> {
+    let mut proxies = Proxies::default();
+    for (l, guest_port) in listeners {
+        let listener = l
+            .set_nonblocking(true)
+            .and_then(|()| TcpListener::from_std(l))
+            .map_err(|e| Error::Internal(format!("cannot watch a pod listener: {e}")))?;
+        let uds = vsock_uds.to_owned();
+        let instance = instance.to_owned();
+        proxies.tasks.push(tokio::spawn(async move {
+            accept_loop(listener, uds, guest_port, instance).await;
+        }));
+    }
+    Ok(proxies)
+}
+
 async fn accept_loop(listener: TcpListener, uds: PathBuf, guest_port: u32, instance: String) {
     loop {
         match listener.accept().await {
@@ -101,7 +123,27 @@ async fn accept_loop(listener: TcpListener, uds: PathBuf, guest_port: u32, insta
     }
 }
 
+/// Relays one connection. When the guest cannot be reached on `guest_port` (not running,
+/// nothing listening there), the client's connection is reset rather than left open.
 async fn forward(mut tcp: TcpStream, uds: &Path, guest_port: u32) -> std::io::Result<()> {
+    let unix = match open(uds, guest_port).await {
+        Ok(u) => u,
+        Err(e) => {
+            // SO_LINGER 0: the close sends RST, so the client sees "connection reset".
+            let _ = tcp.set_zero_linger();
+            return Err(e);
+        }
+    };
+    // Bytes the guest sent right after OK are in the BufReader's buffer: copy them first.
+    let buffered = unix.buffer().to_vec();
+    tcp.write_all(&buffered).await?;
+    let mut unix = unix.into_inner();
+    tokio::io::copy_bidirectional(&mut tcp, &mut unix).await?;
+    Ok(())
+}
+
+/// Connects to the VMM's vsock socket and asks for `guest_port` (`CONNECT` → `OK`).
+async fn open(uds: &Path, guest_port: u32) -> std::io::Result<BufReader<UnixStream>> {
     let unix = UnixStream::connect(uds).await?;
     let mut unix = BufReader::new(unix);
     unix.get_mut()
@@ -120,12 +162,7 @@ async fn forward(mut tcp: TcpStream, uds: &Path, guest_port: u32) -> std::io::Re
             line.trim_end()
         )));
     }
-    // Bytes the guest sent right after OK are in the BufReader's buffer: copy them first.
-    let buffered = unix.buffer().to_vec();
-    tcp.write_all(&buffered).await?;
-    let mut unix = unix.into_inner();
-    tokio::io::copy_bidirectional(&mut tcp, &mut unix).await?;
-    Ok(())
+    Ok(unix)
 }
 
 #[cfg(test)]

@@ -78,8 +78,16 @@ fn crictl_flow_runp_create_start_logs_stop_rm() {
         .call(c.runtime().status(StatusRequest::default()))
         .unwrap();
     let conds = st.status.unwrap().conditions;
-    assert!(conds.iter().all(|c| c.status), "{conds:?}");
-    assert!(conds.iter().any(|c| c.r#type == "NetworkReady"));
+    let cond = |t: &str| conds.iter().find(|c| c.r#type == t).unwrap();
+    assert!(cond("RuntimeReady").status, "{conds:?}");
+    // This daemon has no CNI configuration: no pod network, and Status says why.
+    let net = cond("NetworkReady");
+    assert!(!net.status, "{conds:?}");
+    assert_eq!(net.reason, "NetworkPluginNotReady");
+    assert!(
+        net.message.contains("no CNI network configuration in"),
+        "{net:?}"
+    );
 
     // crictl images / inspecti / pull of a local image.
     let imgs = c

@@ -273,6 +273,7 @@ impl Cri {
         if !c.log_path.is_empty() {
             self.spawn_log(&c.id, &c.instance_id, &c.log_path, 0);
         }
+        self.spawn_pod_ports(&c);
         tracing::info!(container = %c.id, instance = %c.instance_id, "container started");
         Ok(())
     }
@@ -317,6 +318,7 @@ impl Cri {
             Ok(()) | Err(Error::NotFound(_)) => {}
             Err(e) => return Err(status(e)),
         }
+        self.close_pod_ports(&c.id);
         self.logs
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -393,8 +395,11 @@ impl Cri {
         let st = self.container_status_of(&c)?;
         let info = if verbose {
             let inst = self.sup.inspect(&c.instance_id).ok();
+            let pod_ports = self.pod_ports_state(&c.id);
             super::info(serde_json::json!({
                 "sandboxID": c.sandbox_id,
+                "appReady": pod_ports.as_ref().map(|p| p.0),
+                "podPorts": pod_ports.map(|p| p.1),
                 "instance": inst,
                 "config": c.config,
             }))

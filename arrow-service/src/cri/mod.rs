@@ -6,6 +6,7 @@
 mod container;
 mod image;
 pub mod log;
+mod network;
 mod sandbox;
 mod service;
 mod stats;
@@ -37,6 +38,12 @@ pub struct Cri {
     logs: Mutex<HashMap<String, Arc<log::LogSink>>>,
     /// Serializes CreateContainer/RunPodSandbox checks with their inserts.
     create: tokio::sync::Mutex<()>,
+    /// The node's CNI configuration and plugins.
+    cni: crate::cni::Cni,
+    /// Where sandboxes' network namespaces are pinned.
+    netns_dir: std::path::PathBuf,
+    /// Pod-IP listeners of running containers, by container ID.
+    pod_ports: Mutex<HashMap<String, network::PodPorts>>,
 }
 
 /// An arrowd error as a gRPC status.
@@ -84,18 +91,26 @@ fn info(value: serde_json::Value) -> HashMap<String, String> {
 }
 
 impl Cri {
-    /// Opens the CRI tables in arrowd's database and resumes the log copies of running
-    /// containers (after an arrowd restart).
+    /// Opens the CRI tables in arrowd's database and resumes the log copies and pod ports
+    /// of running containers (after an arrowd restart).
     pub fn new(sup: Arc<Supervisor>) -> crate::error::Result<Arc<Cri>> {
         let store = CriStore::open(&sup.config().db_path())?;
+        let cfg = sup.config();
+        let cni = crate::cni::Cni::new(cfg.cni_conf_dir.clone(), &cfg.cni_bin_dir);
+        let netns_dir = cfg.netns_dir.clone();
         let cri = Arc::new_cyclic(|me| Cri {
             me: me.clone(),
             sup,
             store,
             logs: Mutex::new(HashMap::new()),
             create: tokio::sync::Mutex::new(()),
+            cni,
+            netns_dir,
+            pod_ports: Mutex::new(HashMap::new()),
         });
         cri.resume_logs()?;
+        cri.resume_pod_ports()?;
+        cri.collect_orphan_networks()?;
         Ok(cri)
     }
 

@@ -1,8 +1,9 @@
-//! Pod sandboxes: records only (no VM: the image is not known before CreateContainer).
-//! Stopping a sandbox stops its containers; removing it removes them.
+//! Pod sandboxes: a record and, through CNI, a network namespace with the pod IP (no VM:
+//! the image is not known before CreateContainer). Stopping a sandbox stops its
+//! containers and releases its network; removing it removes them.
 
 use k8s_cri::v1::{
-    LinuxPodSandboxStatus, Namespace, PodSandbox, PodSandboxConfig, PodSandboxFilter,
+    LinuxPodSandboxStatus, Namespace, PodIp, PodSandbox, PodSandboxConfig, PodSandboxFilter,
     PodSandboxNetworkStatus, PodSandboxState, PodSandboxStatus, PodSandboxStatusResponse,
 };
 use tonic::Status;
@@ -66,14 +67,19 @@ impl Cri {
                 ))
             })?;
         }
+        let id = new_id()?;
+        self.setup_network(&id, &config).await?;
         let rec = SandboxRecord {
-            id: new_id()?,
+            id,
             config,
             runtime_handler: handler,
             ready: true,
             created_at: now_ns(),
         };
-        self.store.insert_sandbox(&rec).map_err(status)?;
+        if let Err(e) = self.store.insert_sandbox(&rec) {
+            let _ = self.teardown_network(&rec.id, &rec.config, &[]).await;
+            return Err(status(e));
+        }
         tracing::info!(sandbox = %rec.id, name = %md.name, namespace = %md.namespace, "pod sandbox created");
         Ok(rec.id)
     }
@@ -87,14 +93,22 @@ impl Cri {
             Err(Error::NotFound(_)) => return Ok(()),
             Err(e) => return Err(status(e)),
         };
-        for c in self.store.containers().map_err(status)? {
-            if c.sandbox_id == sb.id {
-                self.stop_container_record(&c, 0).await?;
-            }
+        let containers: Vec<_> = self
+            .store
+            .containers()
+            .map_err(status)?
+            .into_iter()
+            .filter(|c| c.sandbox_id == sb.id)
+            .collect();
+        for c in &containers {
+            self.stop_container_record(c, 0).await?;
         }
         self.store
             .set_sandbox_ready(&sb.id, false)
             .map_err(status)?;
+        // The pod IP is released at stop, as kubelet expects.
+        self.teardown_network(&sb.id, &sb.config, &containers)
+            .await?;
         tracing::info!(sandbox = %sb.id, "pod sandbox stopped");
         Ok(())
     }
@@ -106,11 +120,18 @@ impl Cri {
             Err(Error::NotFound(_)) => return Ok(()),
             Err(e) => return Err(status(e)),
         };
-        for c in self.store.containers().map_err(status)? {
-            if c.sandbox_id == sb.id {
-                self.remove_container_record(&c).await?;
-            }
+        let containers: Vec<_> = self
+            .store
+            .containers()
+            .map_err(status)?
+            .into_iter()
+            .filter(|c| c.sandbox_id == sb.id)
+            .collect();
+        for c in &containers {
+            self.remove_container_record(c).await?;
         }
+        self.teardown_network(&sb.id, &sb.config, &containers)
+            .await?;
         self.store.delete_sandbox(&sb.id).map_err(status)?;
         tracing::info!(sandbox = %sb.id, "pod sandbox removed");
         Ok(())
@@ -136,14 +157,26 @@ impl Cri {
             .as_ref()
             .and_then(|l| l.security_context.as_ref())
             .and_then(|s| s.namespace_options.clone());
+        let net = self.store.network(&sb.id).map_err(status)?;
+        let ips = net
+            .as_ref()
+            .map(super::network::pod_ips)
+            .unwrap_or_default();
         let st = PodSandboxStatus {
             id: sb.id.clone(),
             metadata: sb.config.metadata.clone(),
             state: state(&sb),
             created_at: sb.created_at,
-            // Instances have no network interface: apps are reached through host ports
-            // that arrowd forwards to guest vsock ports, so there is no pod IP.
-            network: Some(PodSandboxNetworkStatus::default()),
+            // The pod IPs CNI gave the sandbox's namespace (arrowd serves the containers'
+            // ports there); none for host-network sandboxes or without CNI.
+            network: Some(PodSandboxNetworkStatus {
+                ip: ips.first().map(|i| i.to_string()).unwrap_or_default(),
+                additional_ips: ips
+                    .iter()
+                    .skip(1)
+                    .map(|i| PodIp { ip: i.to_string() })
+                    .collect(),
+            }),
             linux: Some(LinuxPodSandboxStatus {
                 namespaces: Some(Namespace { options: ns_opts }),
             }),
@@ -155,6 +188,8 @@ impl Cri {
             info(serde_json::json!({
                 "config": sb.config,
                 "runtime": "arrow: a pod sandbox is a record; each container is one microVM",
+                "netns": net.as_ref().map(|n| n.netns.clone()),
+                "cniResult": net.as_ref().map(|n| n.result.clone()),
             }))
         } else {
             Default::default()

@@ -251,16 +251,17 @@ impl RuntimeService for Cri {
         &self,
         _: Request<UpdateRuntimeConfigRequest>,
     ) -> R<UpdateRuntimeConfigResponse> {
-        // The pod CIDR has no use: instances have no network interface.
+        // The pod CIDR is the CNI configuration's business (host-local ranges).
         ok(UpdateRuntimeConfigResponse {})
     }
 
     async fn status(&self, _: Request<StatusRequest>) -> R<StatusResponse> {
+        let (status, reason, message) = self.network_condition();
         let network = RuntimeCondition {
             r#type: "NetworkReady".to_owned(),
-            status: true,
-            reason: String::new(),
-            message: "no pod network: instances have no network interface; hostPorts are forwarded to the app's vsock ports".to_owned(),
+            status,
+            reason,
+            message,
         };
         ok(StatusResponse {
             status: Some(RuntimeStatus {

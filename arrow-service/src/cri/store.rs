@@ -30,6 +30,12 @@ CREATE TABLE IF NOT EXISTS cri_containers (
     log_offset INTEGER NOT NULL DEFAULT 0,
     created_at INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS cri_networks (
+    sandbox_id TEXT PRIMARY KEY,
+    netns TEXT NOT NULL,
+    config TEXT NOT NULL,
+    result TEXT NOT NULL
+);
 ";
 
 /// A pod sandbox.
@@ -66,6 +72,19 @@ pub struct ContainerRecord {
     pub log_offset: u64,
     /// ns since the epoch.
     pub created_at: i64,
+}
+
+/// A sandbox's pod network: its pinned namespace and what CNI ADD used and returned
+/// (DEL repeats the same configuration with that result).
+#[derive(Debug, Clone)]
+pub struct NetworkRecord {
+    pub sandbox_id: String,
+    /// Path of the pinned network namespace.
+    pub netns: String,
+    /// The network configuration ADD ran (a .conflist as JSON).
+    pub config: serde_json::Value,
+    /// ADD's result (`Null` while ADD has not finished).
+    pub result: serde_json::Value,
 }
 
 /// The CRI tables.
@@ -248,6 +267,59 @@ impl CriStore {
         Ok(())
     }
 
+    /// Records (or replaces) a sandbox's network.
+    pub fn put_network(&self, n: &NetworkRecord) -> Result<()> {
+        self.lock().execute(
+            "INSERT OR REPLACE INTO cri_networks (sandbox_id, netns, config, result) VALUES (?1, ?2, ?3, ?4)",
+            params![n.sandbox_id, n.netns, n.config.to_string(), n.result.to_string()],
+        )?;
+        Ok(())
+    }
+
+    /// A sandbox's network, if it has one.
+    pub fn network(&self, sandbox_id: &str) -> Result<Option<NetworkRecord>> {
+        Ok(self
+            .lock()
+            .query_row(
+                "SELECT netns, config, result FROM cri_networks WHERE sandbox_id = ?1",
+                [sandbox_id],
+                |r| {
+                    let parse = |i: usize| -> rusqlite::Result<serde_json::Value> {
+                        let t: String = r.get(i)?;
+                        serde_json::from_str(&t)
+                            .map_err(|e| bad(format!("stored CNI data is not valid JSON: {e}")))
+                    };
+                    Ok(NetworkRecord {
+                        sandbox_id: sandbox_id.to_owned(),
+                        netns: r.get(0)?,
+                        config: parse(1)?,
+                        result: parse(2)?,
+                    })
+                },
+            )
+            .optional()?)
+    }
+
+    /// Sandbox IDs that have a network row but no sandbox row (arrowd stopped between
+    /// CNI ADD and recording the sandbox).
+    pub fn orphan_networks(&self) -> Result<Vec<String>> {
+        let conn = self.lock();
+        let mut stmt = conn.prepare(
+            "SELECT sandbox_id FROM cri_networks WHERE sandbox_id NOT IN (SELECT id FROM cri_sandboxes)",
+        )?;
+        let rows = stmt.query_map([], |r| r.get(0))?;
+        Ok(rows.collect::<rusqlite::Result<Vec<String>>>()?)
+    }
+
+    /// Forgets a sandbox's network (after DEL and the namespace's removal).
+    pub fn delete_network(&self, sandbox_id: &str) -> Result<()> {
+        self.lock().execute(
+            "DELETE FROM cri_networks WHERE sandbox_id = ?1",
+            [sandbox_id],
+        )?;
+        Ok(())
+    }
+
     fn find<T>(
         &self,
         table: &str,
@@ -293,6 +365,26 @@ mod tests {
         assert!(matches!(s.sandbox("a%"), Err(Error::NotFound(_))));
         s.set_sandbox_ready("abc2", false).unwrap();
         assert!(!s.sandbox("abc2").unwrap().ready);
+        let n = NetworkRecord {
+            sandbox_id: "abc2".into(),
+            netns: "/run/netns/x".into(),
+            config: serde_json::json!({"name": "pods"}),
+            result: serde_json::Value::Null,
+        };
+        s.put_network(&n).unwrap();
+        let orphan = NetworkRecord {
+            sandbox_id: "dead".into(),
+            ..n.clone()
+        };
+        s.put_network(&orphan).unwrap();
+        assert_eq!(s.orphan_networks().unwrap(), ["dead"]);
+        let back = s.network("abc2").unwrap().unwrap();
+        assert_eq!(
+            (back.netns.as_str(), &back.config, &back.result),
+            ("/run/netns/x", &n.config, &n.result)
+        );
+        s.delete_network("abc2").unwrap();
+        assert!(s.network("abc2").unwrap().is_none());
         s.delete_sandbox("abc1").unwrap();
         assert_eq!(s.sandbox("abc").unwrap().id, "abc2");
     }

@@ -8,6 +8,7 @@ pub(crate) mod lifecycle;
 mod logs;
 mod memory;
 mod monitor;
+mod readiness;
 mod recover;
 
 use std::collections::{HashMap, HashSet};

@@ -16,7 +16,7 @@ use crate::db::Record;
 use crate::supervisor::{Supervisor, API_SOCK, VSOCK_SOCK};
 
 /// One bounded request to an arrow-vmm control socket; the JSON answer or why not.
-pub(super) async fn vmm_api(
+pub(crate) async fn vmm_api(
     sock: &Path,
     method: Method,
     path: &str,

@@ -4,7 +4,7 @@
 //! ready. See `docs/arrowd.md` (Templates).
 
 mod build;
-mod clone;
+pub(crate) mod clone;
 pub mod db;
 pub mod generic;
 mod generic_build;

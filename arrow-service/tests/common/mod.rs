@@ -2,6 +2,7 @@
 //! `arrow-vmm` with the freestanding test guest (vmm/tests/guests) as its kernel.
 #![allow(dead_code)]
 
+pub mod cni;
 pub mod cri;
 
 use std::path::{Path, PathBuf};
@@ -188,6 +189,14 @@ impl Daemon {
             .any(|a| a.starts_with("--generic-template"))
         {
             cmd.arg("--generic-template=false");
+        }
+        // The host's CNI configuration (if any) stays out of tests that do not bring one.
+        if !self.extra.iter().any(|a| a == "--cni-conf-dir") {
+            cmd.arg("--cni-conf-dir")
+                .arg(self.dir.path().join("no-cni"));
+        }
+        if !self.extra.iter().any(|a| a == "--netns-dir") {
+            cmd.arg("--netns-dir").arg(self.dir.path().join("netns"));
         }
         let child = cmd
             .args(&self.extra)
