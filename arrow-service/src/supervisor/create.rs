@@ -223,6 +223,16 @@ impl Supervisor {
             check_name(n, "instance")?;
         }
         self.check_ports(&req.ports)?;
+        crate::volumes::spec::validate(&req.volumes, &self.cfg.state_dir)
+            .map_err(Error::Invalid)?;
+        if let (Some(t), false) = (&template, req.volumes.is_empty()) {
+            if !t.spec.generic {
+                return Err(Error::Invalid(format!(
+                    "template {} cannot start an instance with volumes: a per-image template's snapshot was taken without them; leave out template (the instance then cold-boots, or starts from the generic template)",
+                    t.name
+                )));
+            }
+        }
         let rootfs = match (&req.storage, req.initrd) {
             (Some(_), true) => return Err(Error::Invalid(
                 "a persistent writable layer (storage) needs the shadowfs root: drop \"initrd\""
@@ -280,6 +290,7 @@ impl Supervisor {
             }),
             core_dumps: req.core_dumps,
             rootfs,
+            volumes: req.volumes.clone(),
         };
         if template.is_none() && req.memory_max.is_none() {
             // Without an explicit hotplug maximum, an instance that runs what a ready
@@ -318,7 +329,13 @@ impl Supervisor {
             "{} arrow.hostname={name} {shadowfs_params}{}",
             self.cfg.kernel_cmdline, r.app_cmdline
         );
-        if let Err(e) = guest_env::check_cmdline(&ispec.cmdline) {
+        // Room for the volumes' parameters, added at each start (docs/volumes.md).
+        let with_volumes = format!(
+            "{}{}",
+            ispec.cmdline,
+            " ".repeat(crate::volumes::plan::max_params_len(&ispec.volumes))
+        );
+        if let Err(e) = guest_env::check_cmdline(&with_volumes) {
             if let Some(s) = slot {
                 self.templates.put_back(s);
             }

@@ -9,6 +9,7 @@ mod logs;
 mod memory;
 mod monitor;
 mod recover;
+mod volumes;
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
@@ -54,6 +55,8 @@ pub struct Supervisor {
     pub(crate) jail: Jail,
     /// Templates' runtime state (warm pools).
     pub(crate) templates: crate::templates::Templates,
+    /// virtiofsd processes of running instances' fs volumes.
+    pub(crate) backends: volumes::Backends,
     changes: watch::Sender<u64>,
     proxies: Mutex<HashMap<String, Proxies>>,
     stopping: Mutex<HashSet<String>>,
@@ -77,6 +80,7 @@ impl Supervisor {
             cgroups,
             jail,
             templates: crate::templates::Templates::default(),
+            backends: volumes::Backends::default(),
             changes,
             proxies: Mutex::new(HashMap::new()),
             stopping: Mutex::new(HashSet::new()),
@@ -125,6 +129,9 @@ impl Supervisor {
     }
 
     fn mark_stopping(&self, id: &str, on: bool) -> bool {
+        if on {
+            self.backends_stopping(id);
+        }
         let mut set = self.stopping.lock().unwrap_or_else(|e| e.into_inner());
         if on {
             set.insert(id.to_owned())

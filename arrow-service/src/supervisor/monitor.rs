@@ -120,6 +120,11 @@ impl Supervisor {
                 "arrow-vmm ended while arrowd was not its parent and left no exit report (killed by SIGKILL?)".to_owned(),
             ),
         };
+        // A volume's virtiofsd that failed is why the VM stopped.
+        let (state, code, reason) = match self.stop_backends(id) {
+            Some(why) if !stop_requested => (State::Failed, code, why),
+            _ => (state, code, reason),
+        };
         let crashed = matches!(code, Some(122..=125)) || state == State::Failed;
         if crashed && !stop_requested {
             self.metrics.failure();
