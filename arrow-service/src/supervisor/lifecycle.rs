@@ -541,3 +541,117 @@ fn spawn_token() -> std::io::Result<String> {
     std::fs::File::open("/dev/urandom")?.read_exact(&mut b)?;
     Ok(b.iter().map(|x| format!("{x:02x}")).collect())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{InstanceSpec, RootFs};
+    use crate::volumes::{Kind, Placed, Volume};
+
+    fn spec() -> InstanceSpec {
+        InstanceSpec {
+            image: "hello:latest".into(),
+            image_digest: String::new(),
+            vcpus: 1,
+            memory_mib: 64,
+            memory_max_mib: 64,
+            env: Default::default(),
+            args: Vec::new(),
+            ports: Vec::new(),
+            vsock_cid: 7,
+            cmdline: "console=ttyS0 arrow.hostname=a arrow.base=/dev/pmem0 arrow.upper=tmpfs arrow.app=/app K=V -- x".into(),
+            template: None,
+            core_dumps: false,
+            rootfs: RootFs::Shadowfs { storage_mib: Some(64) },
+            volumes: Vec::new(),
+        }
+    }
+
+    fn strings(a: &[std::ffi::OsString]) -> Vec<String> {
+        a.iter().map(|s| s.to_string_lossy().into_owned()).collect()
+    }
+
+    #[test]
+    fn cold_boot_argv_with_a_pack_and_an_fs_volume() {
+        let root: Vec<std::ffi::OsString> = vec![
+            "--pmem".into(),
+            "/store/base.erofs,ro".into(),
+            "--pmem".into(),
+            "/run/x/upper.img,rw".into(),
+        ];
+        let vol = |host: &str, guest: &str, ro| Volume {
+            host_path: host.into(),
+            guest_path: guest.into(),
+            read_only: ro,
+        };
+        let plan = Plan {
+            placed: vec![
+                Placed {
+                    volume: vol("/srv/cfg", "/etc/cfg", true),
+                    kind: Kind::Pack,
+                    id: "0".into(),
+                },
+                Placed {
+                    volume: vol("/srv/data", "/data", false),
+                    kind: Kind::Fs,
+                    id: "vol0".into(),
+                },
+            ],
+            pack: Some("/run/x/volumes.erofs".into()),
+            pack_size: 8192,
+        };
+        let a = strings(&cold_boot_args(
+            std::path::Path::new("/k/vmlinux"),
+            &root,
+            &spec(),
+            std::path::Path::new("/run/x"),
+            &plan,
+        ));
+        assert_eq!(
+            a,
+            [
+                "run",
+                "--kernel",
+                "/k/vmlinux",
+                "--pmem",
+                "/store/base.erofs,ro",
+                "--pmem",
+                "/run/x/upper.img,rw",
+                // The pack is the third pmem device: /dev/pmem2 in the guest.
+                "--pmem",
+                "/run/x/volumes.erofs,ro",
+                "--fs",
+                "vol0=fs-vol0.sock",
+                "--cmdline",
+                "console=ttyS0 arrow.hostname=a arrow.base=/dev/pmem0 arrow.upper=tmpfs \
+                 arrow.volpack=/dev/pmem2 arrow.vol=pack:0:ro:/etc/cfg arrow.vol=fs:vol0:rw:/data \
+                 arrow.app=/app K=V -- x",
+                "--memory",
+                "64M",
+                "--vcpus",
+                "1",
+            ]
+        );
+        // Without volumes nothing changes; an initrd root makes the pack /dev/pmem0.
+        let plain = strings(&cold_boot_args(
+            std::path::Path::new("/k/vmlinux"),
+            &root,
+            &spec(),
+            std::path::Path::new("/run/x"),
+            &Plan::default(),
+        ));
+        assert!(
+            plain.contains(&spec().cmdline)
+                && !plain.iter().any(|a| a.contains("volumes") || a == "--fs")
+        );
+        let initrd: Vec<std::ffi::OsString> = vec!["--initrd".into(), "/i".into()];
+        let a = strings(&cold_boot_args(
+            std::path::Path::new("/k"),
+            &initrd,
+            &spec(),
+            std::path::Path::new("/run/x"),
+            &plan,
+        ));
+        assert!(a.iter().any(|x| x.contains("arrow.volpack=/dev/pmem0")));
+    }
+}
