@@ -77,7 +77,7 @@ impl Supervisor {
         if !plan.has_fs() {
             return Ok(());
         }
-        let program = virtiofsd::program()?;
+        let program = virtiofsd::program(self.cfg.virtiofsd.as_deref())?;
         let run_dir = self.run_dir(&rec.id);
         self.backends
             .lock()

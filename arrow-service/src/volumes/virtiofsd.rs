@@ -26,14 +26,14 @@ pub fn socket_name(tag: &str) -> String {
     format!("fs-{tag}.sock")
 }
 
-/// The virtiofsd program: `ARROW_VIRTIOFSD`, else the one the project's tools install
-/// (`shadowfs::tools`), built from crates.io on first use.
-pub fn program() -> Result<PathBuf, String> {
-    if let Some(p) = std::env::var_os("ARROW_VIRTIOFSD").filter(|p| !p.is_empty()) {
-        return Ok(PathBuf::from(p));
+/// The virtiofsd program: `configured` (arrowd's `--virtiofsd`), else the one the
+/// project's tools install (`shadowfs::tools`), built from crates.io on first use.
+pub fn program(configured: Option<&Path>) -> Result<PathBuf, String> {
+    if let Some(p) = configured {
+        return Ok(p.to_path_buf());
     }
     find_installed().ok_or_else(|| {
-        "virtiofsd is not installed: writable volumes (and read-only ones too large to pack) need it; it is built into ~/.cache/arrow/tools on first use, or set ARROW_VIRTIOFSD".to_owned()
+        "virtiofsd is not installed: writable volumes (and read-only ones too large to pack) need it; it is built into ~/.cache/arrow/tools on first use, or give arrowd --virtiofsd PATH".to_owned()
     })
 }
 
