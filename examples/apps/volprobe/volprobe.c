@@ -7,6 +7,8 @@
  *   ls PATH            list PATH's entries
  *   bench DIR MIB N    sequential write then read of MIB MiB in DIR, then N
  *                      open+close of small files: prints MB/s and us/open
+ *   read PATH          read PATH sequentially: prints MB/s
+ *   opens DIR N        N open+close of DIR/small-0 .. DIR/small-99: prints us/open
  *   sleep SECONDS
  * Errors print "error <text>" and do not stop the run; the exit code is 0 unless the
  * arguments are malformed (2). */
@@ -142,6 +144,45 @@ static void op_bench(const char *dir, int mib, int files)
            mib / (t1 - t0), mib / (t2 - t1), files ? (t3 - t2) * 1e6 / files : 0.0);
 }
 
+static void op_read(const char *path)
+{
+    static char block[1 << 16];
+    double t0 = now_s();
+    long long total = 0;
+    ssize_t n;
+    int fd = open(path, O_RDONLY);
+
+    if (fd < 0) {
+        printf("VOLPROBE read %s error %s\n", path, strerror(errno));
+        return;
+    }
+    while ((n = read(fd, block, sizeof(block))) > 0)
+        total += n;
+    close(fd);
+    printf("VOLPROBE read %s bytes=%lld mbps=%.1f\n", path, total,
+           total / 1048576.0 / (now_s() - t0));
+}
+
+static void op_opens(const char *dir, int n)
+{
+    char path[512];
+    double t0 = now_s();
+    int failed = 0;
+
+    for (int i = 0; i < n; i++) {
+        int fd;
+
+        snprintf(path, sizeof(path), "%s/small-%d", dir, i % 100);
+        fd = open(path, O_RDONLY);
+        if (fd < 0)
+            failed++;
+        else
+            close(fd);
+    }
+    printf("VOLPROBE opens %s n=%d failed=%d open_us=%.1f\n", dir, n, failed,
+           n ? (now_s() - t0) * 1e6 / n : 0.0);
+}
+
 int main(int argc, char **argv)
 {
     int i = 1;
@@ -164,6 +205,12 @@ int main(int argc, char **argv)
         } else if (!strcmp(op, "bench") && i + 3 < argc) {
             op_bench(argv[i + 1], atoi(argv[i + 2]), atoi(argv[i + 3]));
             i += 4;
+        } else if (!strcmp(op, "read") && i + 1 < argc) {
+            op_read(argv[i + 1]);
+            i += 2;
+        } else if (!strcmp(op, "opens") && i + 2 < argc) {
+            op_opens(argv[i + 1], atoi(argv[i + 2]));
+            i += 3;
         } else if (!strcmp(op, "sleep") && i + 1 < argc) {
             sleep(atoi(argv[i + 1]));
             i += 2;
