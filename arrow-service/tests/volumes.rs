@@ -41,7 +41,7 @@ fn bad(d: &Daemon, volumes: Value) -> String {
 
 #[test]
 fn packed_volumes_reach_the_vmm_and_bad_ones_are_refused() {
-    let d = Daemon::new();
+    let mut d = Daemon::new();
     d.image("long", &["idle"]);
     let host = d.dir.path().join("host");
     let cfg = host.join("cfg");
@@ -159,6 +159,13 @@ fn packed_volumes_reach_the_vmm_and_bad_ones_are_refused() {
         Path::new("/etc")
     );
     assert!(!x1.join("0/host-etc/passwd").exists() || x1.join("0/host-etc").is_symlink());
+
+    // An arrowd restart keeps the volumes and re-adopts the running instance.
+    d.signal(libc::SIGTERM);
+    d.start();
+    let again = d.wait_state(&id, "running");
+    assert_eq!(again["spec"]["volumes"], inst["spec"]["volumes"]);
+    assert_eq!(again["pid"], inst["pid"], "re-adopted, not restarted");
 
     // A pack is the host content as of the start: a restart sees the change.
     std::fs::write(cfg.join("app.conf"), "v2").unwrap();
