@@ -500,7 +500,10 @@ pub fn app_spec(data: &[u8]) {
     };
     let ops_len = (usize::from(count) * 6).min(rest.len());
     let (ops, body) = rest.split_at(ops_len);
-    let Ok((Some(spec), _)) = crate::api::start_body(body) else {
+    let Ok(crate::api::StartRequest {
+        app: Some(spec), ..
+    }) = crate::api::start_body(body)
+    else {
         return;
     };
     let template_abi = match abi {

@@ -77,6 +77,7 @@ impl Runtime {
         &mut self,
         app: Option<AppSpec>,
         image_base: Option<&Path>,
+        fs: &[crate::devices::virtio::fs::FsConfig],
     ) -> Result<serde_json::Value, Response> {
         if self.lifecycle.stopping() {
             return Err(Response::error(409, "the VM is stopping"));
@@ -88,6 +89,15 @@ impl Runtime {
                 "the VM is not pooled: it was started already (GET /vm shows its state)",
             ));
         };
+        if let Some(p) = &self.pending {
+            // Volumes are checked before anything is loaded (400, still pooled).
+            let mut all = p.fs.clone();
+            all.extend_from_slice(fs);
+            crate::devices::virtio::fs::validate_configs(&all, 0)
+                .map_err(|e| Response::error(400, e))?;
+            crate::device_manager::DeviceManager::check_fs_restore(&p.virtio, &all)
+                .map_err(|e| Response::error(400, e.to_string()))?;
+        }
         if let Some(mut app) = app {
             app.image_base |= image_base.is_some();
             let encoded = app
@@ -108,7 +118,7 @@ impl Runtime {
         let Some(pending) = self.pending.take() else {
             return Err(Response::error(409, "the VM is not pooled"));
         };
-        if let Err(e) = pending.load(self) {
+        if let Err(e) = pending.load(self, fs) {
             let msg = format!("cannot start the pooled VM: {e}");
             self.lifecycle
                 .request_stop(StopReason::VmmError(msg.clone()));
@@ -148,6 +158,10 @@ impl Runtime {
                     "size": d.region_size(),
                     "flushes": d.flushes(),
                 })
+            }).collect::<Vec<_>>(),
+            "fs": self.devices.fs().iter().map(|f| {
+                let d = lock(&f.device);
+                json!({ "tag": d.tag(), "socket": d.socket() })
             }).collect::<Vec<_>>(),
             "memory": self.memory(),
         })

@@ -260,8 +260,8 @@ impl ApiServer {
             ("/vm/resume", _) if action => rt.resume().map(Response::ok).unwrap_or_else(|e| e),
             ("/vm/shutdown", _) if action => Response::ok(rt.shutdown()),
             ("/vm/start", _) if action => match start_body(&req.body) {
-                Ok((app, base)) => rt
-                    .start(app, base.as_deref())
+                Ok(r) => rt
+                    .start(r.app, r.image_base.as_deref(), &r.fs)
                     .map(Response::ok)
                     .unwrap_or_else(|e| e),
                 Err(e) => e,
@@ -302,25 +302,51 @@ impl ApiServer {
 }
 
 /// `PUT /vm/start` takes no body, or `{"app": AppSpec, "image_base":
-/// "/path"?}` for a clone of a generic template.
-pub(crate) fn start_body(body: &[u8]) -> Result<(Option<AppSpec>, Option<PathBuf>), Response> {
+/// "/path"?, "fs": [{"tag": "vol0", "socket": "/path"}]?}` for a clone of a
+/// generic template (`fs`: backends for its vhost-user-fs slots).
+pub(crate) struct StartRequest {
+    pub app: Option<AppSpec>,
+    pub image_base: Option<PathBuf>,
+    pub fs: Vec<crate::devices::virtio::fs::FsConfig>,
+}
+
+pub(crate) fn start_body(body: &[u8]) -> Result<StartRequest, Response> {
     #[derive(serde::Deserialize)]
     #[serde(deny_unknown_fields)]
     struct Start {
         app: Option<AppSpec>,
         image_base: Option<PathBuf>,
+        #[serde(default)]
+        fs: Vec<crate::devices::virtio::fs::FsConfig>,
     }
     if body.iter().all(u8::is_ascii_whitespace) {
-        return Ok((None, None));
+        return Ok(StartRequest {
+            app: None,
+            image_base: None,
+            fs: Vec::new(),
+        });
     }
-    serde_json::from_slice::<Start>(body)
-        .map(|s| (s.app, s.image_base))
-        .map_err(|e| {
-            Response::error(
+    let s = serde_json::from_slice::<Start>(body).map_err(|e| {
+        Response::error(
+            400,
+            format!(r#"body must be empty or {{"app": {{"app": "/path", "args": [], "env": ["K=V"], "hostname": ""}}, "fs": [{{"tag": "vol0", "socket": "/path"}}]}}: {e}"#),
+        )
+    })?;
+    for f in &s.fs {
+        if crate::devices::virtio::fs::validate_tag(&f.tag).is_err()
+            || f.socket.as_os_str().is_empty()
+        {
+            return Err(Response::error(
                 400,
-                format!(r#"body must be empty or {{"app": {{"app": "/path", "args": [], "env": ["K=V"], "hostname": ""}}}}: {e}"#),
-            )
-        })
+                format!("fs entry {:?}: tag must be 1 to 36 characters of A-Z a-z 0-9 _ - and socket a path", f.tag),
+            ));
+        }
+    }
+    Ok(StartRequest {
+        app: s.app,
+        image_base: s.image_base,
+        fs: s.fs,
+    })
 }
 
 /// The `requested_mib` of a `PUT /vm/memory` body.
