@@ -23,10 +23,9 @@ fn build_volprobe(d: &Daemon) {
     asdk::build::build_into(&store, &src, &Default::default(), &[]).unwrap();
 }
 
-/// The project's virtiofsd (arrowd finds it the same way; `shadowfs::tools` builds it
-/// into ~/.cache/arrow/tools on first use).
+/// The project's virtiofsd (what arrowd uses too), built from crates.io on first use.
 fn virtiofsd() -> String {
-    arrow_service::volumes::virtiofsd::program(None)
+    shadowfs::tools::find_or_install_virtiofsd()
         .expect("virtiofsd for writable volumes")
         .display()
         .to_string()

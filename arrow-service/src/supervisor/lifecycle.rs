@@ -96,6 +96,7 @@ impl Supervisor {
         })?;
         // Volumes first: whether the pack fits decides between a clone and a cold boot.
         let plan = self.plan_volumes(&rec).await?;
+        let virtiofsd = self.virtiofsd_for(&plan).await?;
         let mut template = self.template_for(&rec)?;
         let mut inject = None;
         match &template {
@@ -151,7 +152,7 @@ impl Supervisor {
             .create(&rec.id, rec.spec.vcpus, rec.spec.memory_mib);
         let cg_procs = cg.as_ref().map(|(_, p)| p.clone());
         // The fs volumes' virtiofsd listen before the VMM starts.
-        let spawned = match self.start_backends(&rec, &plan) {
+        let spawned = match self.start_backends(&rec, &plan, virtiofsd.as_deref()) {
             Err(why) => Err(std::io::Error::other(why)),
             Ok(()) => match (&boot, &template) {
                 (Some((kernel, boot)), _) => {

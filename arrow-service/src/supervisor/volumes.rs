@@ -4,6 +4,7 @@
 //! when the backend hangs up (and arrowd kills it after a grace period if it has not).
 
 use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -67,23 +68,37 @@ impl Supervisor {
         Ok(plan)
     }
 
-    /// Starts one virtiofsd per fs volume of `plan`; each listens on its socket in the
-    /// run directory when this returns. On error none is left running.
+    /// The virtiofsd program, when `plan` needs one (installed on first use: minutes,
+    /// off the async workers).
+    pub(crate) async fn virtiofsd_for(&self, plan: &Plan) -> Result<Option<PathBuf>> {
+        if !plan.has_fs() {
+            return Ok(None);
+        }
+        let configured = self.cfg.virtiofsd.clone();
+        tokio::task::spawn_blocking(move || virtiofsd::program(configured.as_deref()))
+            .await
+            .map_err(|e| Error::Internal(format!("virtiofsd lookup failed: {e}")))?
+            .map(Some)
+            .map_err(Error::Internal)
+    }
+
+    /// Starts one virtiofsd (`program`) per fs volume of `plan`; each listens on its
+    /// socket in the run directory when this returns. On error none is left running.
     pub(crate) fn start_backends(
         self: &Arc<Self>,
         rec: &Record,
         plan: &Plan,
+        program: Option<&Path>,
     ) -> std::result::Result<(), String> {
-        if !plan.has_fs() {
+        let Some(program) = program.filter(|_| plan.has_fs()) else {
             return Ok(());
-        }
-        let program = virtiofsd::program(self.cfg.virtiofsd.as_deref())?;
+        };
         let run_dir = self.run_dir(&rec.id);
         self.backends
             .lock()
             .insert(rec.id.clone(), Running::default());
         for p in plan.fs() {
-            let b = match virtiofsd::spawn(&program, p, &run_dir, self.jail.ids()) {
+            let b = match virtiofsd::spawn(program, p, &run_dir, self.jail.ids()) {
                 Ok(b) => b,
                 Err(e) => {
                     self.stop_backends(&rec.id);

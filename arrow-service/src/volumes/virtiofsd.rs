@@ -26,30 +26,16 @@ pub fn socket_name(tag: &str) -> String {
     format!("fs-{tag}.sock")
 }
 
-/// The virtiofsd program: `configured` (arrowd's `--virtiofsd`), else the one the
-/// project's tools install (`shadowfs::tools`), built from crates.io on first use.
+/// The virtiofsd program: `configured` (arrowd's `--virtiofsd`), else the project's
+/// (`shadowfs::tools::find_or_install_virtiofsd`: `~/.cache/arrow/tools`, then PATH;
+/// built from crates.io on first use, which takes minutes).
 pub fn program(configured: Option<&Path>) -> Result<PathBuf, String> {
     if let Some(p) = configured {
         return Ok(p.to_path_buf());
     }
-    find_installed().ok_or_else(|| {
-        "virtiofsd is not installed: writable volumes (and read-only ones too large to pack) need it; it is built into ~/.cache/arrow/tools on first use, or give arrowd --virtiofsd PATH".to_owned()
+    shadowfs::tools::find_or_install_virtiofsd().map_err(|e| {
+        format!("virtiofsd is needed for writable volumes (and read-only ones too large to pack): {e}; or give arrowd --virtiofsd PATH")
     })
-}
-
-fn find_installed() -> Option<PathBuf> {
-    use std::os::unix::fs::PermissionsExt;
-    let cache = std::env::var_os("XDG_CACHE_HOME")
-        .filter(|v| !v.is_empty())
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::iter::once(cache.join("arrow/tools/bin"))
-        .chain(std::env::split_paths(&path))
-        .map(|d| d.join("virtiofsd"))
-        .find(|p| {
-            std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-        })
 }
 
 /// virtiofsd's arguments for `volume` (its listening socket is fd 3). Writable volumes
