@@ -66,6 +66,10 @@ pub struct Config {
     /// arrow-jailer binary; default: next to arrowd, else `arrow-jailer` on PATH.
     #[arg(long, env = "ARROW_JAILER")]
     pub jailer: Option<PathBuf>,
+    /// virtiofsd binary for writable volumes (docs/volumes.md); default: the one the
+    /// project's tools install in ~/.cache/arrow/tools (built on first use), else PATH.
+    #[arg(long, env = "ARROW_VIRTIOFSD")]
+    pub virtiofsd: Option<PathBuf>,
     /// `USER[:GROUP]` (names or numbers) jailed VMMs run as; default: user
     /// `arrow` if it exists, else 65534 (nobody).
     #[arg(long, env = "ARROWD_JAIL_USER")]

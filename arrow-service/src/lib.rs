@@ -24,6 +24,7 @@ pub mod size;
 pub mod supervisor;
 pub mod templates;
 pub mod unix_socket;
+pub mod volumes;
 
 /// The OpenAPI document of the REST API, checked in as `arrow-service/openapi.json`.
 pub const OPENAPI_JSON: &str = include_str!("../openapi.json");

@@ -138,6 +138,10 @@ pub struct CreateRequest {
     /// copied into guest RAM; no overlay, no persistent layer).
     #[serde(default)]
     pub initrd: bool,
+    /// Host directories (or read-only files) the guest sees: read-only ones as of the
+    /// start, writable ones live (docs/volumes.md).
+    #[serde(default)]
+    pub volumes: Vec<crate::volumes::Volume>,
 }
 
 /// How an instance's root filesystem reaches the guest.
@@ -194,6 +198,9 @@ pub struct InstanceSpec {
     /// Root filesystem: shadowfs (default) or the initrd.
     #[serde(default = "RootFs::recorded_before_shadowfs")]
     pub rootfs: RootFs,
+    /// Volumes (docs/volumes.md).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub volumes: Vec<crate::volumes::Volume>,
 }
 
 /// An instance as the API shows it.

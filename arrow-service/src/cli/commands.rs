@@ -40,11 +40,27 @@ fn parse_publish(text: &str) -> Result<PortMapping> {
     })
 }
 
+/// `HOST:GUEST[:ro]`; a relative host path is taken from the current directory (as
+/// docker does for `-v ./dir:/x`), since arrowd resolves nothing relative.
+fn parse_volume(text: &str) -> Result<crate::volumes::Volume> {
+    let mut v = crate::volumes::spec::parse_docker(text).map_err(|e| anyhow!("-v: {e}"))?;
+    if !v.host_path.starts_with('/') {
+        let cwd = std::env::current_dir().map_err(|e| anyhow!("-v {text:?}: {e}"))?;
+        v.host_path = cwd.join(&v.host_path).display().to_string();
+    }
+    Ok(v)
+}
+
 fn create_body(c: &CreateArgs, start: bool) -> Result<Value> {
     let ports = c
         .publish
         .iter()
         .map(|p| parse_publish(p))
+        .collect::<Result<Vec<_>>>()?;
+    let volumes = c
+        .volume
+        .iter()
+        .map(|v| parse_volume(v))
         .collect::<Result<Vec<_>>>()?;
     let mut body = json!({
         "image": c.image.clone().unwrap_or_default(),
@@ -52,6 +68,9 @@ fn create_body(c: &CreateArgs, start: bool) -> Result<Value> {
         "ports": ports,
         "start": start,
     });
+    if !volumes.is_empty() {
+        body["volumes"] = json!(volumes);
+    }
     if !c.args.is_empty() {
         body["args"] = json!(c.args);
     }
@@ -433,6 +452,18 @@ fn root_message(e: &anyhow::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn volume_forms() {
+        let v = parse_volume("/srv/cfg:/etc/cfg:ro").unwrap();
+        assert_eq!(
+            (v.host_path.as_str(), v.guest_path.as_str(), v.read_only),
+            ("/srv/cfg", "/etc/cfg", true)
+        );
+        let v = parse_volume("data:/data").unwrap();
+        assert!(v.host_path.starts_with('/') && v.host_path.ends_with("/data") && !v.read_only);
+        assert!(parse_volume("/only").is_err());
+    }
 
     #[test]
     fn publish_forms() {

@@ -53,6 +53,11 @@ pub struct CreateArgs {
     /// Export a port: [IP:]HOST_PORT:VSOCK_PORT (repeatable).
     #[arg(short = 'p', long = "publish", value_name = "[IP:]HOST:VSOCK")]
     pub publish: Vec<String>,
+    /// Mount a host directory (or, with :ro, a file) in the guest: HOST_PATH:GUEST_PATH[:ro]
+    /// (repeatable). Read-only volumes show the host content as of the start; writable
+    /// ones are live both ways (docs/volumes.md).
+    #[arg(short = 'v', long = "volume", value_name = "HOST:GUEST[:ro]")]
+    pub volume: Vec<String>,
     /// Guest memory, e.g. 256M or 1G.
     #[arg(short = 'm', long)]
     pub memory: Option<String>,

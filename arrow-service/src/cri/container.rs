@@ -222,6 +222,7 @@ impl Cri {
             } else {
                 ports(&sb.config)
             },
+            volumes: super::mounts::volumes(&config.mounts)?,
             // No template named: the supervisor still starts it as a clone of a matching
             // one. Not started here: StartContainer does that.
             ..Default::default()

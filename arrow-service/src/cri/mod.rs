@@ -6,6 +6,7 @@
 mod container;
 mod image;
 pub mod log;
+pub mod mounts;
 mod network;
 mod sandbox;
 mod service;

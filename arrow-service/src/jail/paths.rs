@@ -27,10 +27,11 @@ pub struct VmmPaths {
 }
 
 /// Flags whose value is a file or directory the VMM only reads.
-const READ_FLAGS: [&str; 5] = [
+const READ_FLAGS: [&str; 6] = [
     "--kernel",
     "--initrd",
     "--image-base",
+    "--volumes-base",
     "--app-spec",
     "--from",
 ];
@@ -65,6 +66,7 @@ pub fn vmm_paths(args: &[OsString], run_dir: &Path) -> VmmPaths {
         let takes_value = READ_FLAGS.contains(&flag.as_str())
             || WRITE_FILE_FLAGS.contains(&flag.as_str())
             || flag == "--pmem"
+            || flag == "--fs"
             || flag == "--core-dir"
             || flag == "--snapshot-dir";
         if !takes_value {
@@ -95,6 +97,12 @@ pub fn vmm_paths(args: &[OsString], run_dir: &Path) -> VmmPaths {
             out.dirs.push(abs(&value));
         } else if flag == "--core-dir" {
             out.rw.push(abs(&value));
+        } else if flag == "--fs" {
+            // --fs TAG=SOCKET: the VMM connects to the socket (virtiofsd listens there);
+            // connecting needs write access to it.
+            if let Some((_, sock)) = value.to_string_lossy().split_once('=') {
+                out.rw.push(abs(&sock.into()));
+            }
         } else {
             // --pmem PATH[,ro|rw] (read-only by default).
             let v = value.to_string_lossy();
@@ -165,6 +173,38 @@ mod tests {
         assert_eq!(p.ro, paths(&["/k/vmlinux", "/store/blobs/sha256/aa"]));
         assert_eq!(p.rw, paths(&["/s/instances/abc"]));
         assert!(!p.pooled);
+    }
+
+    #[test]
+    fn volumes_pack_and_fs_sockets() {
+        let run = Path::new("/s/instances/abc");
+        let a = args(&[
+            "run",
+            "--pmem",
+            "/store/base,ro",
+            "--pmem",
+            "/s/instances/abc/volumes.erofs,ro",
+            "--fs",
+            "vol0=fs-vol0.sock",
+            "--fs",
+            "vol1=/elsewhere/v1.sock",
+        ]);
+        let p = vmm_paths(&a, run);
+        // The pack and the first socket are in the run directory, already writable.
+        assert_eq!(p.ro, paths(&["/store/base"]));
+        assert_eq!(p.rw, paths(&["/elsewhere/v1.sock", "/s/instances/abc"]));
+        let p = vmm_paths(
+            &args(&[
+                "restore",
+                "--from",
+                "/t",
+                "--clone",
+                "--volumes-base",
+                "/v/pack.erofs",
+            ]),
+            run,
+        );
+        assert_eq!(p.ro, paths(&["/t", "/v/pack.erofs"]));
     }
 
     #[test]

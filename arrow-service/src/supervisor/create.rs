@@ -198,6 +198,7 @@ impl Supervisor {
         )?;
         // Hotplug headroom. A clone of a template has what its template has:
         // arrowd's templates are booted without a hotplug region for now.
+        let writable_volumes = req.volumes.iter().any(|v| !v.read_only);
         let memory_max_mib = match (&req.memory_max, &template) {
             (Some(_), Some(t)) => {
                 return Err(Error::Invalid(format!(
@@ -207,12 +208,20 @@ impl Supervisor {
             }
             (None, Some(_)) => r.memory_mib,
             (Some(m), None) => memory(m)?,
+            // arrow-vmm cannot combine virtiofsd-served volumes (guest RAM in a shared
+            // memfd) with a hotplug region yet: writable volumes mean no hotplug.
+            (None, None) if writable_volumes => r.memory_mib,
             (None, None) => r
                 .memory_mib
                 .saturating_mul(4)
                 .min(MAX_MEMORY_MIB as u32)
                 .max(r.memory_mib),
         };
+        if writable_volumes && memory_max_mib > r.memory_mib {
+            return Err(Error::Invalid(format!(
+                "memory_max {memory_max_mib} MiB (memory hotplug) cannot be combined with writable volumes yet: their file server needs guest memory arrow-vmm cannot hotplug; leave memory_max out or make the volumes read-only"
+            )));
+        }
         if memory_max_mib < r.memory_mib {
             return Err(Error::Invalid(format!(
                 "memory_max {memory_max_mib} MiB is less than memory {} MiB: give at least the boot memory",
@@ -223,6 +232,16 @@ impl Supervisor {
             check_name(n, "instance")?;
         }
         self.check_ports(&req.ports)?;
+        crate::volumes::spec::validate(&req.volumes, &self.cfg.state_dir)
+            .map_err(Error::Invalid)?;
+        if let (Some(t), false) = (&template, req.volumes.is_empty()) {
+            if !t.spec.generic {
+                return Err(Error::Invalid(format!(
+                    "template {} cannot start an instance with volumes: a per-image template's snapshot was taken without them; leave out template (the instance then cold-boots, or starts from the generic template)",
+                    t.name
+                )));
+            }
+        }
         let rootfs = match (&req.storage, req.initrd) {
             (Some(_), true) => return Err(Error::Invalid(
                 "a persistent writable layer (storage) needs the shadowfs root: drop \"initrd\""
@@ -280,6 +299,7 @@ impl Supervisor {
             }),
             core_dumps: req.core_dumps,
             rootfs,
+            volumes: req.volumes.clone(),
         };
         if template.is_none() && req.memory_max.is_none() {
             // Without an explicit hotplug maximum, an instance that runs what a ready
@@ -318,7 +338,13 @@ impl Supervisor {
             "{} arrow.hostname={name} {shadowfs_params}{}",
             self.cfg.kernel_cmdline, r.app_cmdline
         );
-        if let Err(e) = guest_env::check_cmdline(&ispec.cmdline) {
+        // Room for the volumes' parameters, added at each start (docs/volumes.md).
+        let with_volumes = format!(
+            "{}{}",
+            ispec.cmdline,
+            " ".repeat(crate::volumes::plan::max_params_len(&ispec.volumes))
+        );
+        if let Err(e) = guest_env::check_cmdline(&with_volumes) {
             if let Some(s) = slot {
                 self.templates.put_back(s);
             }

@@ -133,7 +133,7 @@ pub fn check_counts(env: &BTreeMap<String, String>, args: &[String]) -> Result<(
 pub fn check_cmdline(cmdline: &str) -> Result<()> {
     if cmdline.len() > MAX_CMDLINE {
         return Err(Error::Invalid(format!(
-            "environment and arguments are too long: the guest kernel command line would be {} bytes, at most {MAX_CMDLINE} fit (2048 less what arrow-vmm adds); shorten values or pass them in a file",
+            "environment, arguments and volume paths are too long: the guest kernel command line would be {} bytes, at most {MAX_CMDLINE} fit (2048 less what arrow-vmm adds); shorten values or pass them in a file",
             cmdline.len()
         )));
     }

@@ -10,6 +10,8 @@ use crate::clock::now_ms;
 use crate::db::Record;
 use crate::error::{Error, Result};
 use crate::model::{Instance, RootFs, State, WaitResponse};
+use crate::volumes::plan::insert_params;
+use crate::volumes::{virtiofsd, Plan};
 use crate::{cgroup, procfs, proxy};
 
 /// `arrow-vmm run` arguments that boot an image (shared by instances and template VMs);
@@ -34,6 +36,49 @@ pub(crate) fn boot_args(
     args
 }
 
+/// `arrow-vmm run` arguments of a cold boot of `spec` in `run_dir` from `root` (its root
+/// filesystem's `--initrd` or `--pmem` devices), with the volumes of `plan`: the pack is
+/// the next pmem device after the root's (the guest numbers them in this order), its
+/// `arrow.volpack=`/`arrow.vol=` parameters go before the app's, and each fs volume is a
+/// `--fs TAG=SOCKET` (relative to the run directory, arrow-vmm's working directory).
+pub(crate) fn cold_boot_args(
+    kernel: &std::path::Path,
+    root: &[std::ffi::OsString],
+    spec: &crate::model::InstanceSpec,
+    run_dir: &std::path::Path,
+    plan: &Plan,
+) -> Vec<std::ffi::OsString> {
+    let pack_index = root.iter().filter(|a| *a == "--pmem").count();
+    let cmdline = insert_params(&spec.cmdline, &plan.kernel_params(pack_index));
+    let sockets: Vec<std::path::PathBuf> = plan
+        .fs()
+        .map(|p| virtiofsd::socket_name(&p.id).into())
+        .collect();
+    let mut devices = root.to_vec();
+    devices.extend(plan.vmm_args(&sockets));
+    let mut args = boot_args(kernel, &devices, &cmdline, spec.memory_mib, spec.vcpus);
+    // arrow-vmm does not combine --fs with a hotplug region yet: a read-only volume too
+    // large to pack costs this run its hotplug headroom (logged by the caller).
+    if spec.memory_max_mib > spec.memory_mib && !plan.has_fs() {
+        args.extend([
+            "--memory-hotplug".into(),
+            format!("{}M", spec.memory_max_mib - spec.memory_mib).into(),
+        ]);
+    }
+    if spec.core_dumps {
+        args.extend(["--core-dir".into(), run_dir.into()]);
+    }
+    if !spec.ports.is_empty() {
+        args.extend([
+            "--vsock-cid".into(),
+            spec.vsock_cid.to_string().into(),
+            "--vsock-uds".into(),
+            VSOCK_SOCK.into(),
+        ]);
+    }
+    args
+}
+
 impl Supervisor {
     /// Starts a created or finished instance; a running one is left alone. An instance
     /// that names a template, or matches a ready one, starts as a clone of it.
@@ -42,12 +87,22 @@ impl Supervisor {
         if rec.state.is_active() {
             return Ok(self.view(&rec));
         }
+        let run_dir = self.run_dir(&rec.id);
+        std::fs::create_dir_all(&run_dir).map_err(|e| {
+            Error::Internal(format!(
+                "cannot create run directory {}: {e}",
+                run_dir.display()
+            ))
+        })?;
+        // Volumes first: whether the pack fits decides between a clone and a cold boot.
+        let plan = self.plan_volumes(&rec).await?;
+        let virtiofsd = self.virtiofsd_for(&plan).await?;
         let mut template = self.template_for(&rec)?;
         let mut inject = None;
         match &template {
             Some(t) if t.spec.generic => {
                 // Asked for explicitly: an image that does not fit is the request's fault.
-                inject = Some(self.injection(&rec, t).map_err(|why| {
+                inject = Some(self.injection(&rec, t, &plan).map_err(|why| {
                     Error::Invalid(format!(
                         "instance {} cannot start from the generic template {}: {why}; leave out template (it then cold-boots)",
                         rec.name, t.name
@@ -57,7 +112,7 @@ impl Supervisor {
             Some(_) => {}
             None => {
                 if let Some(t) = self.want_generic(&rec.spec) {
-                    match self.injection(&rec, &t) {
+                    match self.injection(&rec, &t, &plan) {
                         Ok(i) => {
                             inject = Some(i);
                             template = Some(t);
@@ -78,13 +133,6 @@ impl Supervisor {
             Some(_) => None,
             None => Some(self.boot_files(&rec)?),
         };
-        let run_dir = self.run_dir(&rec.id);
-        std::fs::create_dir_all(&run_dir).map_err(|e| {
-            Error::Internal(format!(
-                "cannot create run directory {}: {e}",
-                run_dir.display()
-            ))
-        })?;
         let vsock = run_dir.join(VSOCK_SOCK);
         // Bind exported ports first: a port in use fails the start before anything runs.
         let proxies = proxy::start(&rec.id, &rec.spec.ports, &vsock).await?;
@@ -103,14 +151,18 @@ impl Supervisor {
             .cgroups
             .create(&rec.id, rec.spec.vcpus, rec.spec.memory_mib);
         let cg_procs = cg.as_ref().map(|(_, p)| p.clone());
-        let spawned = match (&boot, &template) {
-            (Some((kernel, boot)), _) => {
-                self.clean_run_dir(&run_dir);
-                self.spawn(&rec, kernel, boot, cg_procs)
-                    .map(|(child, pid, start)| (child, pid, start, None))
-            }
-            (None, Some(t)) => self.start_clone(&rec, t, inject.as_ref(), cg_procs).await,
-            (None, None) => Err(std::io::Error::other("no way to start it")),
+        // The fs volumes' virtiofsd listen before the VMM starts.
+        let spawned = match self.start_backends(&rec, &plan, virtiofsd.as_deref()) {
+            Err(why) => Err(std::io::Error::other(why)),
+            Ok(()) => match (&boot, &template) {
+                (Some((kernel, boot)), _) => {
+                    self.clean_run_dir(&run_dir);
+                    self.spawn(&rec, kernel, boot, &plan, cg_procs)
+                        .map(|(child, pid, start)| (child, pid, start, None))
+                }
+                (None, Some(t)) => self.start_clone(&rec, t, inject.as_ref(), cg_procs).await,
+                (None, None) => Err(std::io::Error::other("no way to start it")),
+            },
         };
         match spawned {
             Ok((child, pid, start, clone)) => {
@@ -126,6 +178,7 @@ impl Supervisor {
                 self.inspect(&rec.id)
             }
             Err(e) => {
+                self.stop_backends(&rec.id);
                 let reason = format!(
                     "cannot start arrow-vmm {}: {e}",
                     self.cfg.vmm_path().display()
@@ -215,33 +268,17 @@ impl Supervisor {
         rec: &Record,
         kernel: &std::path::Path,
         boot: &[std::ffi::OsString],
+        plan: &Plan,
         cgroup_procs: Option<std::ffi::CString>,
     ) -> std::io::Result<(tokio::process::Child, i32, u64)> {
         let run_dir = self.run_dir(&rec.id);
-        let mut args = boot_args(
-            kernel,
-            boot,
-            &rec.spec.cmdline,
-            rec.spec.memory_mib,
-            rec.spec.vcpus,
-        );
-        if rec.spec.memory_max_mib > rec.spec.memory_mib {
-            args.extend([
-                "--memory-hotplug".into(),
-                format!("{}M", rec.spec.memory_max_mib - rec.spec.memory_mib).into(),
-            ]);
+        if plan.has_fs() && rec.spec.memory_max_mib > rec.spec.memory_mib {
+            tracing::warn!(
+                instance = %rec.id,
+                "a read-only volume too large to pack is served by virtiofsd: this run has no memory hotplug (arrow-vmm cannot combine them yet)"
+            );
         }
-        if rec.spec.core_dumps {
-            args.extend(["--core-dir".into(), run_dir.clone().into()]);
-        }
-        if !rec.spec.ports.is_empty() {
-            args.extend([
-                "--vsock-cid".into(),
-                rec.spec.vsock_cid.to_string().into(),
-                "--vsock-uds".into(),
-                VSOCK_SOCK.into(),
-            ]);
-        }
+        let args = cold_boot_args(kernel, boot, &rec.spec, &run_dir, plan);
         self.spawn_vmm(&run_dir, args, cgroup_procs)
     }
 
@@ -396,7 +433,7 @@ impl Supervisor {
     }
 
     /// Sends `sig` to the instance's arrow-vmm (after checking it is still that process).
-    async fn signal_vmm(&self, id: &str, sig: i32) -> Result<()> {
+    pub(super) async fn signal_vmm(&self, id: &str, sig: i32) -> Result<()> {
         // A starting instance gets its PID within moments.
         for _ in 0..50 {
             match self.db.get(id)? {
@@ -513,4 +550,118 @@ fn spawn_token() -> std::io::Result<String> {
     let mut b = [0u8; 16];
     std::fs::File::open("/dev/urandom")?.read_exact(&mut b)?;
     Ok(b.iter().map(|x| format!("{x:02x}")).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{InstanceSpec, RootFs};
+    use crate::volumes::{Kind, Placed, Volume};
+
+    fn spec() -> InstanceSpec {
+        InstanceSpec {
+            image: "hello:latest".into(),
+            image_digest: String::new(),
+            vcpus: 1,
+            memory_mib: 64,
+            memory_max_mib: 64,
+            env: Default::default(),
+            args: Vec::new(),
+            ports: Vec::new(),
+            vsock_cid: 7,
+            cmdline: "console=ttyS0 arrow.hostname=a arrow.base=/dev/pmem0 arrow.upper=tmpfs arrow.app=/app K=V -- x".into(),
+            template: None,
+            core_dumps: false,
+            rootfs: RootFs::Shadowfs { storage_mib: Some(64) },
+            volumes: Vec::new(),
+        }
+    }
+
+    fn strings(a: &[std::ffi::OsString]) -> Vec<String> {
+        a.iter().map(|s| s.to_string_lossy().into_owned()).collect()
+    }
+
+    #[test]
+    fn cold_boot_argv_with_a_pack_and_an_fs_volume() {
+        let root: Vec<std::ffi::OsString> = vec![
+            "--pmem".into(),
+            "/store/base.erofs,ro".into(),
+            "--pmem".into(),
+            "/run/x/upper.img,rw".into(),
+        ];
+        let vol = |host: &str, guest: &str, ro| Volume {
+            host_path: host.into(),
+            guest_path: guest.into(),
+            read_only: ro,
+        };
+        let plan = Plan {
+            placed: vec![
+                Placed {
+                    volume: vol("/srv/cfg", "/etc/cfg", true),
+                    kind: Kind::Pack,
+                    id: "0".into(),
+                },
+                Placed {
+                    volume: vol("/srv/data", "/data", false),
+                    kind: Kind::Fs,
+                    id: "vol0".into(),
+                },
+            ],
+            pack: Some("/run/x/volumes.erofs".into()),
+            pack_size: 8192,
+        };
+        let a = strings(&cold_boot_args(
+            std::path::Path::new("/k/vmlinux"),
+            &root,
+            &spec(),
+            std::path::Path::new("/run/x"),
+            &plan,
+        ));
+        assert_eq!(
+            a,
+            [
+                "run",
+                "--kernel",
+                "/k/vmlinux",
+                "--pmem",
+                "/store/base.erofs,ro",
+                "--pmem",
+                "/run/x/upper.img,rw",
+                // The pack is the third pmem device: /dev/pmem2 in the guest.
+                "--pmem",
+                "/run/x/volumes.erofs,ro",
+                "--fs",
+                "vol0=fs-vol0.sock",
+                "--cmdline",
+                "console=ttyS0 arrow.hostname=a arrow.base=/dev/pmem0 arrow.upper=tmpfs \
+                 arrow.volpack=/dev/pmem2 arrow.vol=pack:0:ro:/etc/cfg arrow.vol=fs:vol0:rw:/data \
+                 arrow.app=/app K=V -- x",
+                "--memory",
+                "64M",
+                "--vcpus",
+                "1",
+            ]
+        );
+        // Without volumes nothing changes; an initrd root makes the pack /dev/pmem0.
+        let plain = strings(&cold_boot_args(
+            std::path::Path::new("/k/vmlinux"),
+            &root,
+            &spec(),
+            std::path::Path::new("/run/x"),
+            &Plan::default(),
+        ));
+        assert!(
+            plain.contains(&spec().cmdline)
+                && !plain.iter().any(|a| a.contains("volumes") || a == "--fs")
+        );
+        let initrd: Vec<std::ffi::OsString> = vec!["--initrd".into(), "/i".into()];
+        let a = strings(&cold_boot_args(
+            std::path::Path::new("/k"),
+            &initrd,
+            &spec(),
+            std::path::Path::new("/run/x"),
+            &plan,
+        ));
+        assert!(a.iter().any(|x| x.contains("arrow.volpack=/dev/pmem0")));
+    }
 }

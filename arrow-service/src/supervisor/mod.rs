@@ -10,6 +10,7 @@ mod memory;
 mod monitor;
 mod readiness;
 mod recover;
+mod volumes;
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
@@ -55,6 +56,8 @@ pub struct Supervisor {
     pub(crate) jail: Jail,
     /// Templates' runtime state (warm pools).
     pub(crate) templates: crate::templates::Templates,
+    /// virtiofsd processes of running instances' fs volumes.
+    pub(crate) backends: volumes::Backends,
     changes: watch::Sender<u64>,
     proxies: Mutex<HashMap<String, Proxies>>,
     stopping: Mutex<HashSet<String>>,
@@ -82,6 +85,7 @@ impl Supervisor {
             cgroups,
             jail,
             templates: crate::templates::Templates::default(),
+            backends: volumes::Backends::default(),
             changes,
             proxies: Mutex::new(HashMap::new()),
             stopping: Mutex::new(HashSet::new()),
@@ -140,6 +144,9 @@ impl Supervisor {
     }
 
     fn mark_stopping(&self, id: &str, on: bool) -> bool {
+        if on {
+            self.backends_stopping(id);
+        }
         let mut set = self.stopping.lock().unwrap_or_else(|e| e.into_inner());
         if on {
             set.insert(id.to_owned())

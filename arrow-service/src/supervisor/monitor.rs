@@ -102,6 +102,11 @@ impl Supervisor {
         let stop_requested = self.mark_stopping(id, false);
         let sent = self.mark_signalled(id, None);
         let (state, code, reason) = end_of_run(report.as_ref(), status, stop_requested, sent);
+        // A volume's virtiofsd that failed is why the VM stopped.
+        let (state, code, reason) = match self.stop_backends(id) {
+            Some(why) if !stop_requested => (State::Failed, code, why),
+            _ => (state, code, reason),
+        };
         let crashed = matches!(code, Some(122..=125)) || state == State::Failed;
         if crashed && !stop_requested {
             self.metrics.failure();

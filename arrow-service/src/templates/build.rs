@@ -100,6 +100,8 @@ impl Supervisor {
             pool_size: req.pool_size,
             vsock_cid: 0,
             generic: false,
+            volume_slot_mib: 0,
+            fs_slots: 0,
         };
         db::insert(&self.db, &id, &req.name, &mut spec, now_ms(), |seq| {
             TEMPLATE_CID_BASE.saturating_add(u32::try_from(seq).unwrap_or(u32::MAX))

@@ -68,7 +68,7 @@ impl Supervisor {
         };
         if let Some(mut slot) = self.templates.take_claimed(&rec.id) {
             let t0 = Instant::now();
-            let body = inject.map(|i| serde_json::json!({ "app": i.app, "image_base": i.base }));
+            let body = inject.map(start_body);
             if let Some(b) = &body {
                 std::fs::write(run_dir.join(START_BODY), b.to_string())?;
             }
@@ -108,6 +108,7 @@ impl Supervisor {
                 "--image-base".into(),
                 i.base.clone().into(),
             ]);
+            args.extend(volume_args(i));
         }
         let t0 = Instant::now();
         let (mut child, pid, start) = self.spawn_vmm(&run_dir, args, cgroup_procs)?;
@@ -126,5 +127,79 @@ impl Supervisor {
         }
         self.record_latency(&rec.id, t0.elapsed());
         Ok((child, pid, start, Some(info(false, t0))))
+    }
+}
+
+/// The `PUT /vm/start` body that hands a pooled VMM of the generic template its app,
+/// image and volumes.
+pub(crate) fn start_body(i: &Injection) -> Value {
+    let mut body = serde_json::json!({ "app": i.app, "image_base": i.base });
+    if let Some(v) = &i.volumes_base {
+        body["volumes_base"] = serde_json::json!(v);
+    }
+    if !i.fs.is_empty() {
+        body["fs"] =
+            i.fs.iter()
+                .map(|(tag, socket)| serde_json::json!({ "tag": tag, "socket": socket }))
+                .collect();
+    }
+    body
+}
+
+/// `restore --clone` arguments that give a clone of the generic template its volumes.
+pub(crate) fn volume_args(i: &Injection) -> Vec<std::ffi::OsString> {
+    let mut args: Vec<std::ffi::OsString> = Vec::new();
+    if let Some(v) = &i.volumes_base {
+        args.extend(["--volumes-base".into(), v.clone().into()]);
+    }
+    for (tag, socket) in &i.fs {
+        args.push("--fs".into());
+        args.push(format!("{tag}={}", socket.display()).into());
+    }
+    args
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn a_clone_is_given_its_volumes() {
+        let mut i = Injection {
+            base: "/s/base.erofs".into(),
+            app: json!({"app": "/app", "volumes": [{"kind": "pack", "id": "0", "read_only": true, "path": "/cfg"}]}),
+            volumes_base: None,
+            fs: Vec::new(),
+        };
+        assert_eq!(
+            start_body(&i),
+            json!({"app": i.app, "image_base": "/s/base.erofs"})
+        );
+        assert!(volume_args(&i).is_empty());
+        i.volumes_base = Some("/r/volumes.erofs".into());
+        i.fs = vec![("vol0".into(), "fs-vol0.sock".into())];
+        assert_eq!(
+            start_body(&i),
+            json!({
+                "app": i.app,
+                "image_base": "/s/base.erofs",
+                "volumes_base": "/r/volumes.erofs",
+                "fs": [{"tag": "vol0", "socket": "fs-vol0.sock"}],
+            })
+        );
+        let a: Vec<String> = volume_args(&i)
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(
+            a,
+            [
+                "--volumes-base",
+                "/r/volumes.erofs",
+                "--fs",
+                "vol0=fs-vol0.sock"
+            ]
+        );
     }
 }

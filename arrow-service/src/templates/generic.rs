@@ -18,6 +18,7 @@ use crate::config::Config;
 use crate::db::Record;
 use crate::model::{InstanceSpec, RootFs};
 use crate::supervisor::Supervisor;
+use crate::volumes::Plan;
 
 /// `"template": "generic"` names the current generic template, whatever its key.
 pub const ALIAS: &str = "generic";
@@ -26,22 +27,32 @@ pub const PREFIX: &str = "generic-";
 /// Size of the image slot: the largest image base a clone can be given. The slot file is
 /// sparse (no disk), and the guest only maps what it reads.
 pub const SLOT_MIB: u64 = 256;
+/// Size of the volume slot (the second read-only pmem device): the largest volume pack
+/// a clone can be given (`crate::volumes::pack::MAX_BYTES`).
+pub const VOLUME_SLOT_MIB: u32 = (crate::volumes::pack::MAX_BYTES >> 20) as u32;
 
 /// Whether `name` is (or is reserved for) a generic template.
 pub fn is_generic_name(name: &str) -> bool {
     name == ALIAS || name.starts_with(PREFIX)
 }
 
-/// The generic template's key: the kernel's content hash, arrowd's command line, and
-/// the template's memory and vCPUs (`--generic-memory-mib`, `--generic-vcpus`).
-pub fn key(kernel_sha256: &str, cmdline: &str, memory_mib: u32, vcpus: u8) -> String {
+/// The generic template's key: the kernel's content hash, arrowd's command line, the
+/// template's memory and vCPUs (`--generic-memory-mib`, `--generic-vcpus`) and its
+/// volume slots (pack slot MiB, fs slots).
+pub fn key(kernel_sha256: &str, cmdline: &str, memory_mib: u32, vcpus: u8, fs_slots: u8) -> String {
     let mut h = Sha256::new();
     h.update(kernel_sha256.as_bytes());
     h.update([0]);
     h.update(cmdline.as_bytes());
     h.update([0]);
     h.update(format!("{memory_mib}M {vcpus}").as_bytes());
+    h.update(format!(" volumes {VOLUME_SLOT_MIB}M {fs_slots}").as_bytes());
     hex::encode(h.finalize())[..12].to_owned()
+}
+
+/// The volume slot file of generic template `id` (64 MiB of zeros, sparse).
+pub fn volume_slot_path(templates_root: &Path, id: &str) -> PathBuf {
+    templates_root.join(format!("{id}.volslot"))
 }
 
 /// The image slot file of generic template `id` (next to its snapshot directory: the
@@ -51,7 +62,12 @@ pub fn slot_path(templates_root: &Path, id: &str) -> PathBuf {
 }
 
 /// The spec of a generic template for `kernel` under arrowd's configuration.
-pub(super) fn spec(kernel: KernelIdentity, cfg: &Config, pool_size: Option<u32>) -> TemplateSpec {
+pub(super) fn spec(
+    kernel: KernelIdentity,
+    cfg: &Config,
+    pool_size: Option<u32>,
+    fs_slots: u8,
+) -> TemplateSpec {
     let base_cmdline = &cfg.kernel_cmdline;
     TemplateSpec {
         image: String::new(),
@@ -68,6 +84,8 @@ pub(super) fn spec(kernel: KernelIdentity, cfg: &Config, pool_size: Option<u32>)
         pool_size,
         vsock_cid: 0,
         generic: true,
+        volume_slot_mib: VOLUME_SLOT_MIB,
+        fs_slots,
     }
 }
 
@@ -93,6 +111,43 @@ pub fn ineligible(t: &TemplateSpec, s: &InstanceSpec) -> Option<String> {
         return Some(format!(
             "it asks for {} MiB and {} vCPU(s), the generic template has {} MiB and {}",
             s.memory_mib, s.vcpus, t.memory_mib, t.vcpus
+        ));
+    }
+    if !s.volumes.is_empty() && t.volume_slot_mib == 0 {
+        return Some("it has volumes and the generic template has no volume slot".into());
+    }
+    let writable = s.volumes.iter().filter(|v| !v.read_only).count();
+    if writable > usize::from(t.fs_slots) {
+        return Some(format!(
+            "it has {writable} writable volume(s) and the generic template has {} fs slot(s)",
+            t.fs_slots
+        ));
+    }
+    None
+}
+
+/// Why an instance whose volumes were placed as `plan` cannot start from generic
+/// template `t`, if it cannot: its pack must fit the volume slot and its fs volumes the
+/// fs slots.
+pub fn volumes_ineligible(t: &TemplateSpec, plan: &Plan) -> Option<String> {
+    if plan.placed.is_empty() {
+        return None;
+    }
+    if t.volume_slot_mib == 0 {
+        return Some("it has volumes and the generic template has no volume slot".into());
+    }
+    if plan.pack_size > u64::from(t.volume_slot_mib) << 20 {
+        return Some(format!(
+            "its volume pack is {} MiB, the generic template's volume slot holds {} MiB",
+            plan.pack_size.div_ceil(1 << 20),
+            t.volume_slot_mib
+        ));
+    }
+    let fs = plan.fs().count();
+    if fs > usize::from(t.fs_slots) {
+        return Some(format!(
+            "{fs} of its volumes are served by virtiofsd and the generic template has {} fs slot(s)",
+            t.fs_slots
         ));
     }
     None
@@ -134,8 +189,13 @@ pub fn app_spec(s: &InstanceSpec, hostname: &str) -> Value {
 pub struct Injection {
     /// The image's EROFS base.
     pub base: PathBuf,
-    /// The app description (`--app-spec` / `PUT /vm/start`'s `app`).
+    /// The app description (`--app-spec` / `PUT /vm/start`'s `app`), with its `volumes`.
     pub app: Value,
+    /// The volume pack for the volume slot (`--volumes-base` / `"volumes_base"`).
+    pub volumes_base: Option<PathBuf>,
+    /// fs slot tags and the sockets of their virtiofsd (`--fs` / `"fs"`), relative to
+    /// the run directory.
+    pub fs: Vec<(String, PathBuf)>,
 }
 
 impl Supervisor {
@@ -169,7 +229,12 @@ impl Supervisor {
         }
         let mut probe = s.clone();
         probe.memory_max_mib = probe.memory_mib;
-        let shape = spec(placeholder_kernel(), &self.cfg, None);
+        let shape = spec(
+            placeholder_kernel(),
+            &self.cfg,
+            None,
+            crate::volumes::MAX_FS_VOLUMES as u8,
+        );
         if self.generic_template().is_none() && ineligible(&shape, &probe).is_none() {
             self.ensure_generic();
         }
@@ -181,8 +246,12 @@ impl Supervisor {
         &self,
         rec: &Record,
         t: &TemplateRecord,
+        plan: &Plan,
     ) -> std::result::Result<Injection, String> {
         if let Some(why) = ineligible(&t.spec, &rec.spec) {
+            return Err(why);
+        }
+        if let Some(why) = volumes_ineligible(&t.spec, plan) {
             return Err(why);
         }
         let digest: asdk::Digest =
@@ -200,9 +269,23 @@ impl Supervisor {
         if let Some(why) = base_too_large(&base) {
             return Err(why);
         }
+        let mut app = app_spec(&rec.spec, &rec.name);
+        if !plan.placed.is_empty() {
+            app["volumes"] = plan.app_volumes();
+        }
         Ok(Injection {
             base,
-            app: app_spec(&rec.spec, &rec.name),
+            app,
+            volumes_base: plan.pack.clone(),
+            fs: plan
+                .fs()
+                .map(|p| {
+                    (
+                        p.id.clone(),
+                        PathBuf::from(crate::volumes::virtiofsd::socket_name(&p.id)),
+                    )
+                })
+                .collect(),
         })
     }
 }
@@ -246,18 +329,20 @@ mod tests {
             template: None,
             core_dumps: false,
             rootfs: RootFs::Shadowfs { storage_mib: None },
+            volumes: Vec::new(),
         }
     }
 
     #[test]
     fn key_follows_kernel_and_cmdline() {
-        let k = key("sha256:aa", "console=ttyS0", 128, 1);
+        let k = key("sha256:aa", "console=ttyS0", 128, 1, 0);
         assert_eq!(k.len(), 12);
-        assert_eq!(k, key("sha256:aa", "console=ttyS0", 128, 1));
-        assert_ne!(k, key("sha256:ab", "console=ttyS0", 128, 1));
-        assert_ne!(k, key("sha256:aa", "console=ttyS0 quiet", 128, 1));
-        assert_ne!(k, key("sha256:aa", "console=ttyS0", 64, 1));
-        assert_ne!(k, key("sha256:aa", "console=ttyS0", 128, 2));
+        assert_eq!(k, key("sha256:aa", "console=ttyS0", 128, 1, 0));
+        assert_ne!(k, key("sha256:ab", "console=ttyS0", 128, 1, 0));
+        assert_ne!(k, key("sha256:aa", "console=ttyS0 quiet", 128, 1, 0));
+        assert_ne!(k, key("sha256:aa", "console=ttyS0", 64, 1, 0));
+        assert_ne!(k, key("sha256:aa", "console=ttyS0", 128, 2, 0));
+        assert_ne!(k, key("sha256:aa", "console=ttyS0", 128, 1, 8));
         assert!(is_generic_name(&format!("{PREFIX}{k}")));
         assert!(is_generic_name("generic"));
         assert!(!is_generic_name("web"));
@@ -265,13 +350,14 @@ mod tests {
 
     #[test]
     fn only_default_shaped_shadowfs_instances_are_eligible() {
-        let t = spec(placeholder_kernel(), &config(&[]), None);
+        let t = spec(placeholder_kernel(), &config(&[]), None, 0);
         assert_eq!(t.cmdline, "console=ttyS0 arrow.wait_app=1");
         assert_eq!((t.memory_mib, t.vcpus), (MEMORY_MIB, 1));
         let small = spec(
             placeholder_kernel(),
             &config(&["--generic-memory-mib", "64"]),
             None,
+            0,
         );
         assert!(ineligible(&small, &instance()).is_some());
         assert!(Config::try_parse_from(["arrowd", "--generic-memory-mib", "8"]).is_err());
@@ -299,6 +385,46 @@ mod tests {
         let mut s = instance();
         s.vcpus = 2;
         assert!(ineligible(&t, &s).is_some());
+    }
+
+    #[test]
+    fn volumes_need_the_templates_slots() {
+        use crate::volumes::{Kind, Placed, Volume};
+        let vol = |ro| Volume {
+            host_path: "/h".into(),
+            guest_path: "/g".into(),
+            read_only: ro,
+        };
+        let mut t = spec(placeholder_kernel(), &config(&[]), None, 0);
+        let mut s = instance();
+        s.volumes = vec![vol(true)];
+        assert!(ineligible(&t, &s).is_none());
+        s.volumes.push(vol(false));
+        assert!(ineligible(&t, &s).unwrap().contains("0 fs slot"));
+        t.fs_slots = 8;
+        assert!(ineligible(&t, &s).is_none());
+        let mut old = t.clone();
+        old.volume_slot_mib = 0;
+        assert!(ineligible(&old, &s).unwrap().contains("no volume slot"));
+        let placed = |kind, id: &str| Placed {
+            volume: vol(kind == Kind::Pack),
+            kind,
+            id: id.into(),
+        };
+        let mut plan = Plan {
+            placed: vec![placed(Kind::Pack, "0"), placed(Kind::Fs, "vol0")],
+            pack: Some("/r/volumes.erofs".into()),
+            pack_size: 1 << 20,
+        };
+        assert!(volumes_ineligible(&t, &plan).is_none());
+        plan.pack_size = (u64::from(VOLUME_SLOT_MIB) << 20) + 1;
+        assert!(volumes_ineligible(&t, &plan)
+            .unwrap()
+            .contains("volume slot holds"));
+        plan.pack_size = 4096;
+        t.fs_slots = 0;
+        assert!(volumes_ineligible(&t, &plan).unwrap().contains("virtiofsd"));
+        assert!(volumes_ineligible(&old, &Plan::default()).is_none());
     }
 
     #[test]

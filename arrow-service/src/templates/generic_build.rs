@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::db::{self, TemplateRecord};
-use super::generic::{key, slot_path, spec, PREFIX, SLOT_MIB};
+use super::generic::{key, slot_path, spec, volume_slot_path, PREFIX, SLOT_MIB, VOLUME_SLOT_MIB};
 use super::model::{Template, TemplateRequest};
 use super::{identity, pool, TEMPLATE_CID_BASE};
 use crate::clock::now_ms;
@@ -93,13 +93,18 @@ impl Supervisor {
         let kernel = tokio::task::spawn_blocking(move || identity::kernel_identity(&kernel_path))
             .await
             .map_err(|e| Error::Internal(format!("kernel hash task failed: {e}")))??;
+        let vmm = self.cfg.vmm_path();
+        let fs_slots = tokio::task::spawn_blocking(move || vmm_fs_slots(&vmm))
+            .await
+            .unwrap_or(0);
         let id = format!(
             "{PREFIX}{}",
             key(
                 &kernel.sha256,
                 &self.cfg.kernel_cmdline,
                 self.cfg.generic_memory_mib,
-                self.cfg.generic_vcpus
+                self.cfg.generic_vcpus,
+                fs_slots,
             )
         );
         // Generic templates of other kernels (or command lines) are never used again.
@@ -126,32 +131,50 @@ impl Supervisor {
                 _ => self.remove_generic_files(&t, "it is being replaced"),
             }
         }
-        let mut spec = spec(kernel, &self.cfg, pool_size);
+        let mut spec = spec(kernel, &self.cfg, pool_size, fs_slots);
         db::insert(&self.db, &id, &id, &mut spec, now_ms(), |seq| {
             TEMPLATE_CID_BASE.saturating_add(u32::try_from(seq).unwrap_or(u32::MAX))
         })?;
         tracing::info!(template = %id, "creating the generic template");
         let slot = slot_path(&self.templates_root(), &id);
+        let vslot = volume_slot_path(&self.templates_root(), &id);
+        // Both slots are sparse files of zeros: the image slot, then the volume slot
+        // (the template's pmem0 and pmem1).
         let made = std::fs::create_dir_all(self.templates_root())
             .and_then(|()| std::fs::File::create(&slot))
-            .and_then(|f| f.set_len(SLOT_MIB << 20));
+            .and_then(|f| f.set_len(SLOT_MIB << 20))
+            .and_then(|()| std::fs::File::create(&vslot))
+            .and_then(|f| f.set_len(u64::from(VOLUME_SLOT_MIB) << 20));
         if let Err(e) = made {
-            let why = format!("cannot create the image slot {}: {e}", slot.display());
+            let why = format!(
+                "cannot create the image and volume slots {}: {e}",
+                slot.display()
+            );
             db::set_failed(&self.db, &id, &why)?;
             return Err(Error::Internal(why));
         }
-        let root = vec!["--pmem".into(), format!("{},ro", slot.display()).into()];
+        let mut root: Vec<std::ffi::OsString> = vec![
+            "--pmem".into(),
+            format!("{},ro", slot.display()).into(),
+            "--pmem".into(),
+            format!("{},ro", vslot.display()).into(),
+        ];
+        if fs_slots > 0 {
+            root.extend(["--fs-slots".into(), fs_slots.to_string().into()]);
+        }
         let timeout = timeout.unwrap_or(Duration::from_secs(DEFAULT_TIMEOUT_S));
         let built = self.build_snapshot_task(&id, &spec, root, timeout).await?;
         match built {
             Ok(ms) => {
                 pool::make_file_read_only(&slot);
+                pool::make_file_read_only(&vslot);
                 db::set_ready(&self.db, &id, ms)?;
                 tracing::info!(template = %id, boot_to_snapshot_ms = ms, "generic template ready");
                 self.templates.wake();
             }
             Err(e) => {
                 let _ = std::fs::remove_file(&slot);
+                let _ = std::fs::remove_file(&vslot);
                 db::set_failed(&self.db, &id, &e.to_string())?;
                 return Err(e);
             }
@@ -173,7 +196,23 @@ impl Supervisor {
         pool::make_writable(&dir);
         let _ = std::fs::remove_dir_all(&dir);
         let _ = std::fs::remove_file(slot_path(&self.templates_root(), &t.id));
+        let _ = std::fs::remove_file(volume_slot_path(&self.templates_root(), &t.id));
         let _ = std::fs::remove_dir_all(self.build_root().join(&t.id));
         tracing::info!(template = %t.name, "removed an old generic template: {why}");
+    }
+}
+
+/// How many vhost-user-fs slots generic templates get: [`crate::volumes::MAX_FS_VOLUMES`]
+/// when this arrow-vmm has `run --fs-slots`, else none (fs volumes then cold-boot).
+pub(crate) fn vmm_fs_slots(vmm: &std::path::Path) -> u8 {
+    let help = std::process::Command::new(vmm)
+        .args(["run", "--help"])
+        .stdin(std::process::Stdio::null())
+        .output();
+    match help {
+        Ok(o) if String::from_utf8_lossy(&o.stdout).contains("--fs-slots") => {
+            crate::volumes::MAX_FS_VOLUMES as u8
+        }
+        _ => 0,
     }
 }

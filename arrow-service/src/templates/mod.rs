@@ -44,6 +44,8 @@ fn fits(t: &TemplateSpec, s: &InstanceSpec) -> bool {
         && t.memory_mib == s.memory_mib
         && t.env == s.env
         && t.args == s.args
+        // A per-image template's snapshot has no volumes.
+        && s.volumes.is_empty()
 }
 
 impl Supervisor {

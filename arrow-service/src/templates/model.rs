@@ -121,6 +121,14 @@ pub struct TemplateSpec {
     /// clones get their image and app injected (`image`, `env`, `args` are empty).
     #[serde(default)]
     pub generic: bool,
+    /// A generic template's volume slot (its second read-only pmem device, MiB; 0: none,
+    /// made before volumes): a clone's packed volumes are mapped there.
+    #[serde(default)]
+    pub volume_slot_mib: u32,
+    /// A generic template's vhost-user-fs slots (`vol0`…; 0: none): a clone's fs volumes
+    /// are connected to them.
+    #[serde(default)]
+    pub fs_slots: u8,
 }
 
 /// Where a template is in its life.
