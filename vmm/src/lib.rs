@@ -23,6 +23,7 @@ pub mod seccomp;
 pub mod snapshot;
 pub mod vcpu;
 pub mod vm;
+pub mod volume;
 
 /// Guest memory as every part of the VMM sees it.
 pub type GuestMemoryMmap = vm_memory::GuestMemoryMmap<()>;

@@ -260,10 +260,7 @@ impl ApiServer {
             ("/vm/resume", _) if action => rt.resume().map(Response::ok).unwrap_or_else(|e| e),
             ("/vm/shutdown", _) if action => Response::ok(rt.shutdown()),
             ("/vm/start", _) if action => match start_body(&req.body) {
-                Ok((app, base)) => rt
-                    .start(app, base.as_deref())
-                    .map(Response::ok)
-                    .unwrap_or_else(|e| e),
+                Ok(start) => rt.start(start).map(Response::ok).unwrap_or_else(|e| e),
                 Err(e) => e,
             },
             ("/vm/snapshot", _) if action => {
@@ -301,21 +298,27 @@ impl ApiServer {
     }
 }
 
-/// `PUT /vm/start` takes no body, or `{"app": AppSpec, "image_base":
-/// "/path"?}` for a clone of a generic template.
-pub(crate) fn start_body(body: &[u8]) -> Result<(Option<AppSpec>, Option<PathBuf>), Response> {
-    #[derive(serde::Deserialize)]
-    #[serde(deny_unknown_fields)]
-    struct Start {
-        app: Option<AppSpec>,
-        image_base: Option<PathBuf>,
-    }
+/// What `PUT /vm/start` asks for: nothing (a plain pooled restore), or for a
+/// clone of a generic template `{"app": AppSpec, "image_base": "/path"?,
+/// "volumes_base": "/path"?}`.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StartRequest {
+    /// What the clone runs.
+    pub app: Option<AppSpec>,
+    /// The image's base (EROFS), mapped into the template's image slot (pmem0).
+    pub image_base: Option<PathBuf>,
+    /// The packed volume image (EROFS), mapped into the template's volume
+    /// slot (pmem1).
+    pub volumes_base: Option<PathBuf>,
+}
+
+/// Parses a `PUT /vm/start` body (empty or a [`StartRequest`]).
+pub(crate) fn start_body(body: &[u8]) -> Result<StartRequest, Response> {
     if body.iter().all(u8::is_ascii_whitespace) {
-        return Ok((None, None));
+        return Ok(StartRequest::default());
     }
-    serde_json::from_slice::<Start>(body)
-        .map(|s| (s.app, s.image_base))
-        .map_err(|e| {
+    serde_json::from_slice::<StartRequest>(body).map_err(|e| {
             Response::error(
                 400,
                 format!(r#"body must be empty or {{"app": {{"app": "/path", "args": [], "env": ["K=V"], "hostname": ""}}}}: {e}"#),
