@@ -1,18 +1,24 @@
 //! End-to-end volumes on cold boots: the real guest kernel's ainit mounts
 //! `arrow.vol=` volumes before it runs the app (0011-ainit-volumes.patch).
 //!
-//! Two boots, one at a time:
+//! Four boots, one at a time:
 //! 1. a packed EROFS image (a directory and a single file, made with the
 //!    shadowfs crate's mkfs.erofs) on virtio-pmem: the app reads both at
 //!    their guest paths (a directory mount point and a file mount point
 //!    that ainit creates) and cannot write either (EROFS) — status 31;
 //! 2. a virtio-fs volume whose tag no device has: the app never runs, the
-//!    guest exits 125 with "ainit: volume fs:TAG at PATH: error N".
+//!    guest exits 125 with "ainit: volume fs:TAG at PATH: error N";
+//! 3. a shadowfs root whose /var/run links to /run: a volume at
+//!    /var/run/secrets/token lands in /run/secrets/token (links are followed
+//!    inside the app's root, as runc does);
+//! 4. a mount point under a link to /proc/sys: refused (exit 125, EPERM),
+//!    a volume never covers the kernel's filesystems.
 //!
 //! Generic-template clones with volumes: tests/tests/generic_template.rs.
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
+use std::process::Command;
 
 use arrow_e2e::{
     boot_vmm, cmdline, explain, initrd, kvm_available, one_guest_at_a_time, sample_volume_pack,
@@ -92,6 +98,84 @@ fn cold_boot_mounts_packed_volumes_read_only_and_fails_on_a_missing_tag() {
     assert_eq!(run.exit_code, Some(125), "{}", explain(&run));
     assert!(
         run.console_has("ainit: volume fs:nosuchtag at /data: error -"),
+        "{}",
+        explain(&run)
+    );
+    assert!(
+        !run.console_has("VOLUME-APP"),
+        "the app never ran: {}",
+        explain(&run)
+    );
+}
+
+/// An image base (EROFS, mkfs.erofs from a real tree) with the app at /app
+/// and links: /var/run -> ../run (as in Debian images), /escape -> /proc/sys.
+fn base_with_links(dir: &Path) -> PathBuf {
+    let tree = dir.join("root");
+    std::fs::create_dir_all(tree.join("var")).expect("mkdir var");
+    std::fs::create_dir_all(tree.join("run")).expect("mkdir run");
+    std::fs::copy(static_c_app("volume-app", dir), tree.join("app")).expect("copy the app");
+    std::os::unix::fs::symlink("../run", tree.join("var/run")).expect("link var/run");
+    std::os::unix::fs::symlink("/proc/sys", tree.join("escape")).expect("link escape");
+    let mkfs = shadowfs::tools::find_or_install(shadowfs::tools::MKFS_EROFS)
+        .expect("mkfs.erofs (erofs-utils)");
+    let out = dir.join("base.erofs");
+    shadowfs::tools::run(
+        Command::new(mkfs)
+            .args(["--quiet", "-T0", "--all-root", "-x-1", "-Enoinline_data"])
+            .arg(&out)
+            .arg(&tree),
+        "building the image base",
+    )
+    .expect("mkfs.erofs");
+    out
+}
+
+#[test]
+fn mount_points_follow_links_inside_the_root_but_never_onto_proc() {
+    assert!(
+        kvm_available(),
+        "e2e: /dev/kvm is not usable here (missing or no permission); this test boots the real guest kernel"
+    );
+    let _one = one_guest_at_a_time();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let base = base_with_links(dir.path());
+    let pack = sample_volume_pack(dir.path());
+    let ro = |p: PathBuf| {
+        let mut s = p.into_os_string();
+        s.push(",ro");
+        s
+    };
+    let args: Vec<OsString> = vec!["--pmem".into(), ro(base), "--pmem".into(), ro(pack)];
+    let root = "arrow.base=/dev/pmem0 arrow.volpack=/dev/pmem1";
+
+    // 3. Through /var/run -> ../run: the token lands in /run/secrets/token.
+    let run = boot_vmm(
+        &args,
+        &cmdline(&format!(
+            "{root} arrow.vol=pack:0:ro:/config arrow.vol=pack:1:ro:/var/run/secrets/token \
+             -- /config /config/app.conf /run/secrets/token"
+        )),
+        MARKER,
+        1,
+    );
+    assert!(
+        run.console_has(&format!("VOLUME-APP: /run/secrets/token={TOKEN}")),
+        "{}",
+        explain(&run)
+    );
+    assert_eq!(run.exit_code, Some(31), "{}", explain(&run));
+
+    // 4. Through /escape -> /proc/sys: refused before anything is mounted.
+    let run = boot_vmm(
+        &args,
+        &cmdline(&format!("{root} arrow.vol=pack:0:ro:/escape/x")),
+        "ainit: volume",
+        1,
+    );
+    assert_eq!(run.exit_code, Some(125), "{}", explain(&run));
+    assert!(
+        run.console_has("ainit: volume pack:0 at /escape/x: error -1"),
         "{}",
         explain(&run)
     );
