@@ -321,7 +321,7 @@ pub(crate) fn start_body(body: &[u8]) -> Result<StartRequest, Response> {
     serde_json::from_slice::<StartRequest>(body).map_err(|e| {
             Response::error(
                 400,
-                format!(r#"body must be empty or {{"app": {{"app": "/path", "args": [], "env": ["K=V"], "hostname": ""}}}}: {e}"#),
+                format!(r#"body must be empty or {{"app": {{"app": "/path", "args": [], "env": ["K=V"], "hostname": "", "volumes": []}}, "image_base": "/path", "volumes_base": "/path"}} (both bases optional): {e}"#),
             )
         })
 }
