@@ -1,7 +1,7 @@
 //! End-to-end volumes on cold boots: the real guest kernel's ainit mounts
 //! `arrow.vol=` volumes before it runs the app (0011-ainit-volumes.patch).
 //!
-//! Four boots, one at a time:
+//! Five boots, one at a time:
 //! 1. a packed EROFS image (a directory and a single file, made with the
 //!    shadowfs crate's mkfs.erofs) on virtio-pmem: the app reads both at
 //!    their guest paths (a directory mount point and a file mount point
@@ -12,7 +12,9 @@
 //!    /var/run/secrets/token lands in /run/secrets/token (links are followed
 //!    inside the app's root, as runc does);
 //! 4. a mount point under a link to /proc/sys: refused (exit 125, EPERM),
-//!    a volume never covers the kernel's filesystems.
+//!    a volume never covers the kernel's filesystems;
+//! 5. a mount point that is a dangling link: refused (EEXIST), its target is
+//!    never created.
 //!
 //! Generic-template clones with volumes: tests/tests/generic_template.rs.
 
@@ -109,7 +111,8 @@ fn cold_boot_mounts_packed_volumes_read_only_and_fails_on_a_missing_tag() {
 }
 
 /// An image base (EROFS, mkfs.erofs from a real tree) with the app at /app
-/// and links: /var/run -> ../run (as in Debian images), /escape -> /proc/sys.
+/// and links: /var/run -> ../run (as in Debian images), /escape -> /proc/sys,
+/// /dangling -> /made-through-a-link (which does not exist).
 fn base_with_links(dir: &Path) -> PathBuf {
     let tree = dir.join("root");
     std::fs::create_dir_all(tree.join("var")).expect("mkdir var");
@@ -117,6 +120,8 @@ fn base_with_links(dir: &Path) -> PathBuf {
     std::fs::copy(static_c_app("volume-app", dir), tree.join("app")).expect("copy the app");
     std::os::unix::fs::symlink("../run", tree.join("var/run")).expect("link var/run");
     std::os::unix::fs::symlink("/proc/sys", tree.join("escape")).expect("link escape");
+    std::os::unix::fs::symlink("/made-through-a-link", tree.join("dangling"))
+        .expect("link dangling");
     let mkfs = shadowfs::tools::find_or_install(shadowfs::tools::MKFS_EROFS)
         .expect("mkfs.erofs (erofs-utils)");
     let out = dir.join("base.erofs");
@@ -182,6 +187,20 @@ fn mount_points_follow_links_inside_the_root_but_never_onto_proc() {
     assert!(
         !run.console_has("VOLUME-APP"),
         "the app never ran: {}",
+        explain(&run)
+    );
+
+    // 5. A dangling link as the mount point of a single file: not followed.
+    let run = boot_vmm(
+        &args,
+        &cmdline(&format!("{root} arrow.vol=pack:1:ro:/dangling")),
+        "ainit: volume",
+        1,
+    );
+    assert_eq!(run.exit_code, Some(125), "{}", explain(&run));
+    assert!(
+        run.console_has("ainit: volume pack:1 at /dangling: error -17"),
+        "{}",
         explain(&run)
     );
 }
