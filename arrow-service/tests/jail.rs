@@ -300,10 +300,15 @@ fn instance_runs_jailed_and_is_readopted() {
     // kill -9 of the VMM inside the jail: the jailer dies the same way.
     d.post(&format!("/instances/{id}/start"), None).unwrap();
     let jailer = d.wait_state(&id, "running")["pid"].as_i64().unwrap() as i32;
+    // arrowd did not send it: the VM was lost, the instance is failed.
     common::kill(vmm_of(jailer), libc::SIGKILL);
-    let v = d.wait_state(&id, "exited");
+    let v = d.wait_state(&id, "failed");
     assert_eq!(v["exit_code"], 137, "{v}");
     assert!(v["reason"].as_str().unwrap().contains("signal 9"), "{v}");
+    assert!(
+        v["reason"].as_str().unwrap().contains("did not send"),
+        "{v}"
+    );
 
     // kill -9 of the jailer of an adopted instance: the VMM goes too, the
     // instance is failed at once.

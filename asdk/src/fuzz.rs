@@ -1,7 +1,7 @@
 //! Entry points of the coverage-guided fuzz targets for image parsing
 //! (`fuzz/`, libFuzzer): OCI import, cpio archives, specs and manifests from
 //! files nobody checked. The corpora in `fuzz/corpus/<target>/` are replayed
-//! by `asdk/tests/fuzz_corpus.rs` in every `cargo test`; see docs/fuzzing.md.
+//! by `tests/tests/fuzz_corpus.rs` in every `cargo test`; see docs/fuzzing.md.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -28,9 +28,21 @@ fn store() -> Option<&'static (Store, PathBuf)> {
         .get_or_init(|| {
             let dir = std::env::temp_dir().join(format!("arrow-fuzz-store-{}", std::process::id()));
             let store = Store::open(dir.join("store")).ok()?;
+            // libFuzzer ends the process with exit() after -runs or
+            // -max_total_time: remove the store then too, not only when the
+            // corpus replay calls `cleanup`. (A crash still leaves it, beside
+            // the crash input that explains it.)
+            // SAFETY: `remove_store_at_exit` is an `extern "C" fn()` that
+            // neither unwinds nor calls exit; registering it has no other effect.
+            let _ = unsafe { libc::atexit(remove_store_at_exit) };
             Some((store, dir))
         })
         .as_ref()
+}
+
+extern "C" fn remove_store_at_exit() {
+    // A panic must not unwind into libc.
+    let _ = std::panic::catch_unwind(cleanup);
 }
 
 /// Removes the store of this process (the corpus replay calls it last).

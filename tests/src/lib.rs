@@ -7,6 +7,8 @@
 //! - `ARROW_VMM`: use this arrow-vmm binary instead of `cargo build -p arrow-vmm`;
 //! - `ARROW_E2E_TIMEOUT`: seconds per boot (default 180).
 
+pub mod vfs;
+
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};

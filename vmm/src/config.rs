@@ -52,6 +52,12 @@ pub struct VmConfig {
     pub core_dumps: Option<crate::devices::coredump::CoreDumpConfig>,
     /// A virtio-mem device that can plug up to this many bytes at run time.
     pub mem_hotplug: Option<u64>,
+    /// vhost-user-fs devices with their backends (guest RAM is then a
+    /// memfd the backends map).
+    pub fs: Vec<crate::devices::virtio::fs::FsConfig>,
+    /// vhost-user-fs devices without backend, tags vol0.. (a generic
+    /// template's volume slots, connected by its clones).
+    pub fs_slots: u8,
 }
 
 /// A virtio-pmem device: a host file the guest sees as persistent memory.

@@ -1,7 +1,7 @@
 //! Entry points of the coverage-guided fuzz targets (`fuzz/`, libFuzzer):
 //! each takes arbitrary bytes from a hostile guest or file and must neither
 //! panic nor hang. The corpora in `fuzz/corpus/<target>/` are replayed by
-//! `vmm/tests/fuzz_corpus.rs` in every `cargo test`; see docs/fuzzing.md.
+//! `tests/tests/fuzz_corpus.rs` in every `cargo test`; see docs/fuzzing.md.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -20,6 +20,7 @@ pub mod pooled;
 pub mod report;
 pub mod runtime;
 pub mod seccomp;
+pub mod shared_memory;
 pub mod snapshot;
 pub mod vcpu;
 pub mod vm;

@@ -12,6 +12,7 @@ use arrow_vmm::arch::cpuid::{parse_clear_rule, ClearRule};
 use arrow_vmm::config::{
     parse_size, ConsoleSink, PmemConfig, VmConfig, VsockConfig, DEFAULT_CMDLINE,
 };
+use arrow_vmm::devices::virtio::fs::FsConfig;
 use arrow_vmm::exit::EXIT_VMM_ERROR;
 use arrow_vmm::seccomp::SeccompLevel;
 use arrow_vmm::vm::{RestoreConfig, RunOptions, Vm};
@@ -115,6 +116,11 @@ struct RestoreArgs {
     /// template's volume slot (its second read-only pmem device).
     #[arg(long, requires = "app_spec")]
     volumes_base: Option<PathBuf>,
+    /// Connect the snapshot's vhost-user-fs device TAG (a slot, vol0..) to
+    /// the backend listening on SOCKET. Repeatable. The clone's RAM is first
+    /// copied into a memfd the backend can map (data extents only).
+    #[arg(long, value_name = "TAG=SOCKET")]
+    fs: Vec<FsConfig>,
     #[command(flatten)]
     serve: ServeArgs,
 }
@@ -172,6 +178,17 @@ struct RunArgs {
     /// at run time (PUT /vm/memory on the control API). Starts unplugged.
     #[arg(long, value_parser = parse_size)]
     memory_hotplug: Option<u64>,
+    /// Add a vhost-user-fs device: the guest mounts it with `mount -t
+    /// virtiofs TAG DIR`; a vhost-user backend (virtiofsd) must listen on
+    /// SOCKET. Repeatable (at most 8 with --fs-slots). Guest RAM is then a
+    /// memfd that the backends map.
+    #[arg(long, value_name = "TAG=SOCKET")]
+    fs: Vec<FsConfig>,
+    /// Add N vhost-user-fs devices without backend, tags vol0..vol{N-1}: a
+    /// generic template's volume slots, which its clones connect
+    /// (`restore --clone --fs vol0=SOCKET`, or "fs" in PUT /vm/start).
+    #[arg(long, value_name = "N", default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=8))]
+    fs_slots: u8,
     #[command(flatten)]
     serve: ServeArgs,
 }
@@ -216,6 +233,8 @@ fn run(args: RunArgs, start: Instant) -> anyhow::Result<i32> {
                 max_bytes: args.core_max,
             }),
         mem_hotplug: args.memory_hotplug.filter(|&m| m > 0),
+        fs: args.fs,
+        fs_slots: args.fs_slots,
     };
     // Stop signals are read from a signalfd by the event loop; block them
     // before any thread exists so every thread inherits the mask.
@@ -243,6 +262,7 @@ fn restore(args: RestoreArgs, start: Instant) -> anyhow::Result<i32> {
         },
         image_base: args.image_base,
         volumes_base: args.volumes_base,
+        fs: args.fs,
     };
     arrow_vmm::event_loop::block_stop_signals().context("cannot block stop signals")?;
     let vm = Vm::restore(&config, start)?;

@@ -7,6 +7,11 @@
 //! must happen at start time.
 
 use std::fs::File;
+use std::sync::Arc;
+
+use crate::device_manager::DeviceManager;
+use crate::devices::virtio::fs::FsConfig;
+use crate::shared_memory::SharedMemory;
 
 use crate::runtime::Runtime;
 use crate::snapshot::devices::VirtioStates;
@@ -26,14 +31,32 @@ pub struct PendingTemplate {
     pub regions: Vec<RegionInfo>,
     /// The template's app-injection ABI (generic templates only).
     pub kernel_ready_abi: Option<u32>,
+    /// Backends for the template's vhost-user-fs slots given on the
+    /// command line (`PUT /vm/start` may add more).
+    pub fs: Vec<FsConfig>,
 }
 
 impl PendingTemplate {
     /// Loads the template into the VM, in a restore's order: memory, vCPUs
     /// (with their LAPICs, each on its own thread, in parallel), then the
     /// interrupt controllers and clock, then devices. The vCPUs stay parked.
-    pub fn load(self, rt: &Runtime) -> Result<(), String> {
+    ///
+    /// `fs`: backends for the template's vhost-user-fs slots; with any,
+    /// guest RAM is first converted to shared memory
+    /// ([`SharedMemory::convert`]) and the slots connected, so that loading
+    /// the transports hands the rings to the backends.
+    pub fn load(self, rt: &Runtime, fs: &[FsConfig]) -> Result<(), String> {
+        let mut all = self.fs.clone();
+        all.extend_from_slice(fs);
+        DeviceManager::check_fs_restore(&self.virtio, &all).map_err(|e| e.to_string())?;
         memory::map_over(&rt.mem, &self.memory_file, &self.regions).map_err(|e| e.to_string())?;
+        if !all.is_empty() {
+            let (shared, _) = SharedMemory::convert(&rt.mem, &self.memory_file, &self.regions)
+                .map_err(|e| e.to_string())?;
+            rt.devices
+                .connect_fs(&all, &Arc::new(shared))
+                .map_err(|e| e.to_string())?;
+        }
         if self.vcpus.len() != rt.handles.len() {
             return Err(format!(
                 "the template has {} vCPUs, the pooled VM {}",

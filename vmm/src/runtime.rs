@@ -72,8 +72,9 @@ impl Runtime {
     /// stops the VM (arrow-vmm exits 125): a half-loaded VM is not usable.
     ///
     /// `start.app`: what a clone of a generic template runs, with its
-    /// image base and packed volumes for the template's slots; checked
-    /// before anything is loaded (a bad one leaves the VM pooled: 400).
+    /// image base and packed volumes for the template's slots and the
+    /// backends of its vhost-user-fs slots; checked before anything is
+    /// loaded (a bad one leaves the VM pooled: 400).
     pub fn start(&mut self, start: StartRequest) -> Result<serde_json::Value, Response> {
         if self.lifecycle.stopping() {
             return Err(Response::error(409, "the VM is stopping"));
@@ -86,6 +87,16 @@ impl Runtime {
             ));
         };
         let bad = |e: &dyn std::fmt::Display| Response::error(400, e.to_string());
+        let fs = &start.fs;
+        if let Some(p) = &self.pending {
+            // Volumes are checked before anything is loaded (400, still pooled).
+            let mut all = p.fs.clone();
+            all.extend_from_slice(fs);
+            crate::devices::virtio::fs::validate_configs(&all, 0)
+                .map_err(|e| Response::error(400, e))?;
+            crate::device_manager::DeviceManager::check_fs_restore(&p.virtio, &all)
+                .map_err(|e| bad(&e))?;
+        }
         if let Some(mut app) = start.app {
             app.image_base |= start.image_base.is_some();
             app.check_volumes_base(start.volumes_base.is_some())
@@ -109,7 +120,7 @@ impl Runtime {
         let Some(pending) = self.pending.take() else {
             return Err(Response::error(409, "the VM is not pooled"));
         };
-        if let Err(e) = pending.load(self) {
+        if let Err(e) = pending.load(self, fs) {
             let msg = format!("cannot start the pooled VM: {e}");
             self.lifecycle
                 .request_stop(StopReason::VmmError(msg.clone()));
@@ -149,6 +160,10 @@ impl Runtime {
                     "size": d.region_size(),
                     "flushes": d.flushes(),
                 })
+            }).collect::<Vec<_>>(),
+            "fs": self.devices.fs().iter().map(|f| {
+                let d = lock(&f.device);
+                json!({ "tag": d.tag(), "socket": d.socket() })
             }).collect::<Vec<_>>(),
             "memory": self.memory(),
         })

@@ -70,6 +70,10 @@ const VCPU: &[libc::c_long] = &[
     // Console file rotation (devices/console_log.rs): descriptors only.
     libc::SYS_ftruncate,
     libc::SYS_copy_file_range,
+    // vhost-user-fs: the driver's DRIVER_OK hands the rings to the backend
+    // (vhost-user requests with SCM_RIGHTS descriptors, and their replies).
+    libc::SYS_sendmsg,
+    libc::SYS_recvmsg,
 ];
 
 /// The event loop: epoll, sockets (vsock backend, control API), snapshot
@@ -118,6 +122,8 @@ const EVENT_LOOP: &[libc::c_long] = &[
     libc::SYS_readlink,
     libc::SYS_readlinkat,
     libc::SYS_copy_file_range,
+    // PUT /vm/start with "fs": the clone's RAM becomes a memfd copy.
+    libc::SYS_memfd_create,
 ];
 
 #[derive(Debug, thiserror::Error)]

@@ -29,6 +29,7 @@ use crate::devices::legacy::{
     SerialDevice, COM1_IRQ, COM1_PORT, I8042, I8042_LEN, I8042_PORT, SERIAL_LEN,
 };
 use crate::devices::notify::{NotifyDevice, NOTIFY_LEN, NOTIFY_PORT};
+use crate::devices::virtio::fs::slot_tag;
 use crate::event_loop::{self, ConsoleInput, EventManager, SignalWatcher, StopWatcher, Subscriber};
 use crate::exit::StopReason;
 use crate::host::HostKind;
@@ -37,6 +38,7 @@ use crate::pooled::PendingTemplate;
 use crate::report::RunReport;
 use crate::runtime::Runtime;
 use crate::seccomp::{SeccompLevel, ThreadRole};
+use crate::shared_memory::SharedMemory;
 use crate::snapshot;
 use crate::vcpu::{self, VcpuContext, VcpuStart};
 use crate::GuestMemoryMmap;
@@ -85,6 +87,8 @@ pub enum VmError {
     Snapshot(#[from] snapshot::SnapshotError),
     #[error("cannot restore the snapshot: {0}")]
     Restore(String),
+    #[error("{0}")]
+    Fs(String),
     #[error("host setup failed ({what}): {source}")]
     Host {
         what: &'static str,
@@ -219,6 +223,8 @@ pub struct RestoreConfig {
     pub image_base: Option<PathBuf>,
     /// The packed volume image to map into the template's volume slot (pmem1).
     pub volumes_base: Option<PathBuf>,
+    /// Backends for the snapshot's vhost-user-fs devices (slots), by tag.
+    pub fs: Vec<crate::devices::virtio::fs::FsConfig>,
 }
 
 /// How the running VM is served.
@@ -347,7 +353,22 @@ impl Vm {
             Some(max) => Some(devices.reserve_hotplug(config.mem_size, max)?),
             None => None,
         };
-        let mem = create_memory(&vm, config.mem_size, hotplug)?;
+        crate::devices::virtio::fs::validate_configs(&config.fs, config.fs_slots.into())
+            .map_err(VmError::Fs)?;
+        let (mem, shared) = if config.fs.is_empty() {
+            (create_memory(&vm, config.mem_size, hotplug)?, None)
+        } else {
+            if hotplug.is_some() {
+                return Err(VmError::Fs(
+                    "--fs and --memory-hotplug together are not supported yet: drop one".into(),
+                ));
+            }
+            let (mem, shared) = SharedMemory::create(&layout::ram_regions(config.mem_size))
+                .map_err(|e| VmError::MemoryAlloc(config.mem_size >> 20, e.to_string()))?;
+            register_memory(&vm, &mem, None)?;
+            (mem, Some(Arc::new(shared)))
+        };
+        let lifecycle = Arc::new(Lifecycle::new(start).map_err(host_err("eventfd"))?);
         let host = match config.host_compat {
             Some(true) => HostKind::NestedPvm,
             Some(false) => HostKind::Hardware,
@@ -358,6 +379,13 @@ impl Vm {
         }
         for p in &config.pmem {
             devices.add_pmem(&vm, &mem, p)?;
+        }
+        for f in &config.fs {
+            let shared = shared.clone().map(|s| (f.socket.as_path(), s));
+            devices.add_fs(&vm, &mem, &f.tag, shared, &lifecycle)?;
+        }
+        for i in 0..usize::from(config.fs_slots) {
+            devices.add_fs(&vm, &mem, &slot_tag(i), None, &lifecycle)?;
         }
         if let Some((addr, size)) = hotplug {
             devices.add_mem(&vm, &mem, addr, size)?;
@@ -375,7 +403,6 @@ impl Vm {
         boot::write_boot_params(&mem, entry, &cmdline, initrd, config.mem_size)?;
         mptable::write(&mem, config.vcpus)?;
 
-        let lifecycle = Arc::new(Lifecycle::new(start).map_err(host_err("eventfd"))?);
         let serial_irq = EventFd::new(libc::EFD_NONBLOCK).map_err(host_err("eventfd"))?;
         let serial = SerialDevice::new(
             serial_irq.try_clone().map_err(host_err("eventfd"))?,
@@ -479,6 +506,11 @@ impl Vm {
             return Err(VmError::NoVcpus);
         }
         let vm = Arc::new(create_vm(&kvm)?);
+        crate::devices::virtio::fs::validate_configs(&config.fs, 0).map_err(VmError::Fs)?;
+        if !config.pool {
+            DeviceManager::check_fs_restore(&state.devices.virtio, &config.fs)
+                .map_err(|e| VmError::Restore(e.to_string()))?;
+        }
         let mut devices = DeviceManager::new();
         devices
             .prepare_restore(&vm, state.mem_size, &state.devices.virtio)
@@ -500,6 +532,16 @@ impl Vm {
             &mem,
             DeviceManager::hotplug_region(&state.devices.virtio),
         )?;
+        // Backends must map guest RAM: a clone's private mapping of the
+        // template becomes a memfd copy (a pooled VM does it at start).
+        let shared = if !config.pool && !config.fs.is_empty() {
+            let file = std::fs::File::open(&mem_path).map_err(host_err("memory file"))?;
+            let (shared, _) = SharedMemory::convert(&mem, &file, &state.regions)
+                .map_err(|e| VmError::Restore(e.to_string()))?;
+            Some(Arc::new(shared))
+        } else {
+            None
+        };
         // vCPUs (and their LAPICs) before the interrupt controllers: setting
         // the IOAPIC re-delivers its pending interrupts, which must find the
         // restored LAPICs (an IOAPIC restored first keeps an undeliverable
@@ -564,6 +606,13 @@ impl Vm {
             clone: config.clone,
             vsock_uds: config.vsock_uds.clone(),
             vsock_cid: config.vsock_cid,
+            fs: if config.pool {
+                Vec::new()
+            } else {
+                config.fs.clone()
+            },
+            shared,
+            lifecycle: Some(lifecycle.clone()),
         };
         // A pooled VM's memory has no content yet: its devices are built and
         // wired now, their transports put in the saved state at start.
@@ -592,6 +641,7 @@ impl Vm {
                     memory_file,
                     regions: state.regions,
                     kernel_ready_abi: state.devices.kernel_ready_abi,
+                    fs: config.fs.clone(),
                 })
             }
             None => {

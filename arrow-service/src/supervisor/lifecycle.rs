@@ -438,6 +438,7 @@ impl Supervisor {
         if sig == libc::SIGKILL || sig == libc::SIGTERM || sig == libc::SIGINT {
             self.mark_stopping(&rec.id, true);
         }
+        self.mark_signalled(&rec.id, Some(sig));
         self.signal_vmm(&rec.id, sig).await?;
         if sig == libc::SIGKILL {
             self.wait_inactive(&rec.id, Duration::from_secs(10)).await?;

@@ -57,6 +57,10 @@ pub struct Supervisor {
     changes: watch::Sender<u64>,
     proxies: Mutex<HashMap<String, Proxies>>,
     stopping: Mutex<HashSet<String>>,
+    /// The last signal arrowd sent each running instance's VMM (`kill`): a
+    /// VMM that dies of it ended as asked; one that dies of any other signal
+    /// without a report was lost, and its instance is failed.
+    signalled: Mutex<HashMap<String, i32>>,
 }
 
 impl Supervisor {
@@ -80,6 +84,7 @@ impl Supervisor {
             changes,
             proxies: Mutex::new(HashMap::new()),
             stopping: Mutex::new(HashSet::new()),
+            signalled: Mutex::new(HashMap::new()),
         })
     }
 
@@ -121,6 +126,15 @@ impl Supervisor {
             None => {
                 map.remove(id);
             }
+        }
+    }
+
+    /// Records (`Some`) or takes (`None`) the signal arrowd last sent `id`'s VMM.
+    fn mark_signalled(&self, id: &str, sig: Option<i32>) -> Option<i32> {
+        let mut map = self.signalled.lock().unwrap_or_else(|e| e.into_inner());
+        match sig {
+            Some(s) => map.insert(id.to_owned(), s),
+            None => map.remove(id),
         }
     }
 

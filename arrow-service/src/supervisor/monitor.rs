@@ -100,26 +100,8 @@ impl Supervisor {
             }
         }
         let stop_requested = self.mark_stopping(id, false);
-        let (state, code, reason) = match (&report, status) {
-            (Some(r), _) => (State::Exited, Some(r.exit_code), r.reason.clone()),
-            (None, Some(st)) => {
-                use std::os::unix::process::ExitStatusExt;
-                match (st.code(), st.signal()) {
-                    (Some(c), _) => (State::Exited, Some(c), format!("arrow-vmm exited with {c} (no report)")),
-                    (None, Some(sig)) => (
-                        State::Exited,
-                        Some(128 + sig),
-                        format!("arrow-vmm was killed by signal {sig}"),
-                    ),
-                    (None, None) => (State::Failed, None, "arrow-vmm ended for an unknown reason".to_owned()),
-                }
-            }
-            (None, None) => (
-                State::Failed,
-                None,
-                "arrow-vmm ended while arrowd was not its parent and left no exit report (killed by SIGKILL?)".to_owned(),
-            ),
-        };
+        let sent = self.mark_signalled(id, None);
+        let (state, code, reason) = end_of_run(report.as_ref(), status, stop_requested, sent);
         let crashed = matches!(code, Some(122..=125)) || state == State::Failed;
         if crashed && !stop_requested {
             self.metrics.failure();
@@ -136,5 +118,109 @@ impl Supervisor {
             }
         }
         self.changed();
+    }
+}
+
+/// How a run ended: the VMM's report when it wrote one; otherwise the process
+/// status, which is a failure unless arrowd asked for that end (a stop, or the
+/// very signal it died of): a VMM killed or crashed behind arrowd's back lost
+/// its VM.
+fn end_of_run(
+    report: Option<&Report>,
+    status: Option<std::process::ExitStatus>,
+    stop_requested: bool,
+    sent: Option<i32>,
+) -> (State, Option<i32>, String) {
+    use std::os::unix::process::ExitStatusExt;
+    if let Some(r) = report {
+        return (State::Exited, Some(r.exit_code), r.reason.clone());
+    }
+    let Some(st) = status else {
+        return (
+            State::Failed,
+            None,
+            "arrow-vmm ended while arrowd was not its parent and left no exit report (killed by SIGKILL?)".to_owned(),
+        );
+    };
+    match (st.code(), st.signal()) {
+        (Some(c), _) if stop_requested => (
+            State::Exited,
+            Some(c),
+            format!("arrow-vmm exited with {c} (no report)"),
+        ),
+        (Some(c), _) => (
+            State::Failed,
+            Some(c),
+            format!("arrow-vmm exited with {c} without an exit report: the VM was lost (see arrowd's log and the instance's vmm.log)"),
+        ),
+        (None, Some(sig)) if stop_requested || sent == Some(sig) => (
+            State::Exited,
+            Some(128 + sig),
+            format!("arrow-vmm was killed by signal {sig} ({})", signal_name(sig)),
+        ),
+        (None, Some(sig)) => (
+            State::Failed,
+            Some(128 + sig),
+            format!(
+                "arrow-vmm was killed by signal {sig} ({}), which arrowd did not send: the VM was lost (the kernel's OOM killer or someone's kill; see the host's kernel log)",
+                signal_name(sig)
+            ),
+        ),
+        (None, None) => (
+            State::Failed,
+            None,
+            "arrow-vmm ended for an unknown reason".to_owned(),
+        ),
+    }
+}
+
+fn signal_name(sig: i32) -> &'static str {
+    nix::sys::signal::Signal::try_from(sig).map_or("a real-time signal", |s| s.as_str())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::process::ExitStatusExt;
+
+    fn killed_by(sig: i32) -> Option<std::process::ExitStatus> {
+        Some(std::process::ExitStatus::from_raw(sig))
+    }
+
+    #[test]
+    fn a_signal_arrowd_did_not_send_fails_the_instance() {
+        let (state, code, reason) = end_of_run(None, killed_by(libc::SIGKILL), false, None);
+        assert_eq!((state, code), (State::Failed, Some(137)));
+        assert!(reason.contains("signal 9 (SIGKILL)"), "{reason}");
+        assert!(reason.contains("did not send"), "{reason}");
+        // arrowd sent USR1, the VMM died of SIGKILL: still lost.
+        let (state, ..) = end_of_run(None, killed_by(libc::SIGKILL), false, Some(libc::SIGUSR1));
+        assert_eq!(state, State::Failed);
+    }
+
+    #[test]
+    fn the_signal_arrowd_sent_ends_the_run_as_asked() {
+        let (state, code, _) =
+            end_of_run(None, killed_by(libc::SIGUSR1), false, Some(libc::SIGUSR1));
+        assert_eq!((state, code), (State::Exited, Some(128 + libc::SIGUSR1)));
+        let (state, code, _) = end_of_run(None, killed_by(libc::SIGKILL), true, None);
+        assert_eq!((state, code), (State::Exited, Some(137)));
+    }
+
+    #[test]
+    fn an_exit_without_report_is_a_failure_unless_stopping() {
+        let st = Some(std::process::ExitStatus::from_raw(1 << 8));
+        assert_eq!(end_of_run(None, st, false, None).0, State::Failed);
+        assert_eq!(end_of_run(None, st, true, None).0, State::Exited);
+        let report = Report {
+            exit_code: 3,
+            reason: "the app exited with 3".into(),
+            app_started_us: None,
+        };
+        let (state, code, reason) = end_of_run(Some(&report), killed_by(9), false, None);
+        assert_eq!(
+            (state, code, reason.as_str()),
+            (State::Exited, Some(3), "the app exited with 3")
+        );
     }
 }

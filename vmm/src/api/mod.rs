@@ -300,7 +300,7 @@ impl ApiServer {
 
 /// What `PUT /vm/start` asks for: nothing (a plain pooled restore), or for a
 /// clone of a generic template `{"app": AppSpec, "image_base": "/path"?,
-/// "volumes_base": "/path"?}`.
+/// "volumes_base": "/path"?, "fs": [{"tag": "vol0", "socket": "/path"}]?}`.
 #[derive(Debug, Default, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StartRequest {
@@ -311,6 +311,9 @@ pub struct StartRequest {
     /// The packed volume image (EROFS), mapped into the template's volume
     /// slot (pmem1).
     pub volumes_base: Option<PathBuf>,
+    /// Backends for the template's vhost-user-fs slots.
+    #[serde(default)]
+    pub fs: Vec<crate::devices::virtio::fs::FsConfig>,
 }
 
 /// Parses a `PUT /vm/start` body (empty or a [`StartRequest`]).
@@ -318,12 +321,23 @@ pub(crate) fn start_body(body: &[u8]) -> Result<StartRequest, Response> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(StartRequest::default());
     }
-    serde_json::from_slice::<StartRequest>(body).map_err(|e| {
-            Response::error(
+    let s = serde_json::from_slice::<StartRequest>(body).map_err(|e| {
+        Response::error(
+            400,
+            format!(r#"body must be empty or {{"app": {{"app": "/path", "args": [], "env": ["K=V"], "hostname": "", "volumes": []}}, "image_base": "/path", "volumes_base": "/path", "fs": [{{"tag": "vol0", "socket": "/path"}}]}} (all but "app" optional): {e}"#),
+        )
+    })?;
+    for f in &s.fs {
+        if crate::devices::virtio::fs::validate_tag(&f.tag).is_err()
+            || f.socket.as_os_str().is_empty()
+        {
+            return Err(Response::error(
                 400,
-                format!(r#"body must be empty or {{"app": {{"app": "/path", "args": [], "env": ["K=V"], "hostname": "", "volumes": []}}, "image_base": "/path", "volumes_base": "/path"}} (both bases optional): {e}"#),
-            )
-        })
+                format!("fs entry {:?}: tag must be 1 to 36 characters of A-Z a-z 0-9 _ - and socket a path", f.tag),
+            ));
+        }
+    }
+    Ok(s)
 }
 
 /// The `requested_mib` of a `PUT /vm/memory` body.

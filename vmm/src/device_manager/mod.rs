@@ -16,6 +16,7 @@
 //!    from the saved state (a restored transport reads ring indices from
 //!    guest memory and re-activates its device), and wires them as above.
 
+pub mod fs;
 pub mod resources;
 
 use std::path::{Path, PathBuf};
@@ -83,6 +84,14 @@ pub enum DeviceError {
     DeviceMemory(#[from] DeviceMemoryError),
     #[error("the snapshot has a writable pmem device ({0}): clones would write the same file; start instances with their own upper layer instead of cloning this snapshot")]
     PmemWritableClone(PathBuf),
+    #[error(transparent)]
+    Fs(crate::devices::virtio::fs::FsError),
+    #[error("the snapshot has no vhost-user-fs device with tag {tag} (it has: {tags})")]
+    NoFsTag { tag: String, tags: String },
+    #[error(
+        "the snapshot's vhost-user-fs device {0} had a backend: give it one with --fs {0}=SOCKET"
+    )]
+    FsBackendMissing(String),
     #[error(
         "restore_devices needs prepare_restore first (the snapshot's pmem devices are not mapped)"
     )]
@@ -133,7 +142,7 @@ pub struct PmemParts {
 
 /// What a restore changes about the saved devices (new host endpoints, a
 /// clone's identity).
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub struct DeviceRestoreParams {
     /// Restoring as a clone of a template.
     pub clone: bool,
@@ -141,6 +150,12 @@ pub struct DeviceRestoreParams {
     pub vsock_uds: Option<PathBuf>,
     /// New guest CID (a clone must not reuse the template's).
     pub vsock_cid: Option<u64>,
+    /// Backends for the snapshot's vhost-user-fs devices, by tag (guest RAM
+    /// is then `shared`).
+    pub fs: Vec<crate::devices::virtio::fs::FsConfig>,
+    pub shared: Option<Arc<crate::shared_memory::SharedMemory>>,
+    /// Stops the VM when a vhost-user-fs backend goes away.
+    pub lifecycle: Option<Arc<crate::lifecycle::Lifecycle>>,
 }
 
 /// The VM's virtio devices and the MMIO bus they sit on.
@@ -158,6 +173,7 @@ pub struct DeviceManager {
     /// Restore phase 1 output: mapped pmem devices awaiting transports.
     pending_pmem: Vec<Arc<Mutex<Pmem>>>,
     mem: Option<MemParts>,
+    fs: Vec<fs::FsParts>,
 }
 
 fn lock<T: ?Sized>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -193,6 +209,9 @@ impl DeviceManager {
         }
         if let Some(m) = &self.mem {
             subs.push(m.device.clone() as Subscriber);
+        }
+        for f in &self.fs {
+            subs.push(f.device.clone() as Subscriber);
         }
         subs
     }
@@ -393,6 +412,7 @@ impl DeviceManager {
                 transport: lock(&m.transport).state(),
                 device: lock(&m.device).state(),
             }),
+            fs: self.save_fs(),
         }
     }
 
@@ -416,6 +436,9 @@ impl DeviceManager {
                 .claim(dev.guest_addr(), dev.region_size())?;
             self.map_pmem(vm, &dev)?;
             self.pending_pmem.push(Arc::new(Mutex::new(dev)));
+        }
+        for f in &states.fs {
+            self.slots.claim(f.slot)?;
         }
         if let Some(m) = &states.mem {
             self.slots.claim(m.slot)?;
@@ -463,6 +486,9 @@ impl DeviceManager {
         if let (Some(ms), Some(m)) = (&states.mem, &self.mem) {
             lock(&m.transport).restore_state(&ms.transport)?;
         }
+        for (fs, f) in states.fs.iter().zip(&self.fs) {
+            lock(&f.transport).restore_state(&fs.transport)?;
+        }
         Ok(())
     }
 
@@ -501,6 +527,7 @@ impl DeviceManager {
                 transport,
             });
         }
+        self.rebuild_fs(vm, mem, states, params, load_transports)?;
         if self.pending_pmem.len() != states.pmem.len() {
             return Err(DeviceError::NotPrepared);
         }

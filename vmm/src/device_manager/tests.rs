@@ -57,6 +57,7 @@ fn vsock_is_attached_in_the_first_slot_and_announced() {
         clone: true,
         vsock_uds: Some(dir.path().join("v2.sock")),
         vsock_cid: None,
+        ..Default::default()
     };
     assert!(matches!(
         dm2.restore_devices(&vm2, &mem(), &saved, &clone),
@@ -248,4 +249,34 @@ fn image_and_volume_slots_take_their_files_and_refuse_what_does_not_fit() {
         matches!(e, DeviceError::Pmem(PmemError::NotReadOnly(_))),
         "{e}"
     );
+}
+
+#[test]
+fn fs_restore_needs_a_backend_for_each_connected_device_and_known_tags() {
+    use crate::devices::virtio::fs::{FsConfig, FsState};
+    use crate::snapshot::devices::{FsSnapshot, VirtioStates};
+    let snap = |tag: &str, connected| FsSnapshot {
+        slot: MmioSlot::first(),
+        transport: Default::default(),
+        device: FsState { tag: tag.into() },
+        connected,
+    };
+    let states = VirtioStates {
+        fs: vec![snap("data", true), snap("vol0", false)],
+        ..Default::default()
+    };
+    let fs = |tag: &str| FsConfig {
+        tag: tag.into(),
+        socket: "/s".into(),
+    };
+    assert!(DeviceManager::check_fs_restore(&states, &[fs("data")]).is_ok());
+    assert!(DeviceManager::check_fs_restore(&states, &[fs("data"), fs("vol0")]).is_ok());
+    let e = DeviceManager::check_fs_restore(&states, &[])
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("--fs data=SOCKET"), "{e}");
+    let e = DeviceManager::check_fs_restore(&states, &[fs("data"), fs("x")])
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("tag x") && e.contains("data, vol0"), "{e}");
 }

@@ -85,7 +85,7 @@ impl Write for ConsoleLog {
         if self.max > 0 && self.len + buf.len() as u64 > self.max {
             if let Err(e) = self.rotate() {
                 if self.dropped == 0 {
-                    tracing::warn!(error = %e, "cannot rotate the console file; dropping console output");
+                    crate::limited_warn!(error = %e, "cannot rotate the console file; dropping console output");
                 }
                 self.dropped += buf.len() as u64;
                 return Ok(buf.len());

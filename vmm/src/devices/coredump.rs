@@ -183,7 +183,7 @@ impl CoreCollector {
         let desc = GuestAddress(u64::from(pfn) << 12);
         let mut raw = [0u8; DESC_LEN];
         if self.mem.read_slice(&mut raw, desc).is_err() {
-            tracing::warn!(
+            crate::limited_warn!(
                 pfn,
                 "core dump: descriptor outside guest memory; chunk ignored"
             );
@@ -200,21 +200,21 @@ impl CoreCollector {
             .write_obj((status as u32).to_le(), GuestAddress(at))
             .is_err()
         {
-            tracing::warn!(pfn, "core dump: cannot write the descriptor status");
+            crate::limited_warn!(pfn, "core dump: cannot write the descriptor status");
         }
     }
 
     fn take(&mut self, raw: &[u8; DESC_LEN]) -> Status {
         let Some(c) = Chunk::decode(raw) else {
-            tracing::warn!("core dump: descriptor with bad magic or version refused");
+            crate::limited_warn!("core dump: descriptor with bad magic or version refused");
             return Status::BadDescriptor;
         };
         if c.flags & FLAG_FIRST != 0 {
             if self.current.is_some() {
-                tracing::warn!("core dump: a new core starts before the last one ended; dropping the unfinished one");
+                crate::limited_warn!("core dump: a new core starts before the last one ended; dropping the unfinished one");
             }
             if self.sent >= MAX_FILES {
-                tracing::warn!(
+                crate::limited_warn!(
                     pid = c.pid,
                     "core dump: {MAX_FILES} cores this run already; refused"
                 );
@@ -224,7 +224,7 @@ impl CoreCollector {
                 return Status::BadSequence;
             }
             if c.total > self.max_bytes {
-                tracing::warn!(
+                crate::limited_warn!(
                     pid = c.pid,
                     total = c.total,
                     max = self.max_bytes,
@@ -244,7 +244,7 @@ impl CoreCollector {
             return Status::BadSequence;
         };
         if c.pid != a.pid || c.total != a.total || c.offset != a.data.len() as u64 {
-            tracing::warn!(
+            crate::limited_warn!(
                 pid = c.pid,
                 offset = c.offset,
                 "core dump: chunk out of sequence; core dropped"
@@ -262,7 +262,7 @@ impl CoreCollector {
                 .read_slice(&mut a.data[start..], GuestAddress(c.data))
                 .is_ok();
         if !ok {
-            tracing::warn!(
+            crate::limited_warn!(
                 pid = c.pid,
                 data = c.data,
                 len = c.len,
@@ -296,7 +296,10 @@ impl CoreCollector {
                     );
                 }
                 Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
-                    tracing::warn!(pid = c.pid, "core dump: writer busy or gone; core dropped");
+                    crate::limited_warn!(
+                        pid = c.pid,
+                        "core dump: writer busy or gone; core dropped"
+                    );
                     return Status::Refused;
                 }
             }

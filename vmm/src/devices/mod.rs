@@ -7,3 +7,4 @@ pub mod coredump;
 pub mod legacy;
 pub mod notify;
 pub mod virtio;
+pub mod warn_limit;

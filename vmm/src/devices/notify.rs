@@ -135,7 +135,7 @@ impl NotifyDevice {
                     .request_stop(StopReason::AppExited { status, signal });
             }
             NotifyEvent::GuestPanic => {
-                tracing::warn!("GUEST_PANIC: the guest kernel panicked");
+                crate::limited_warn!("GUEST_PANIC: the guest kernel panicked");
                 self.lifecycle.request_stop(StopReason::GuestPanic);
             }
             NotifyEvent::CoreChunk { pfn } => match self.cores.as_mut() {

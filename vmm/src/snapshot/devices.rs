@@ -4,6 +4,7 @@ use serde::{Deserialize, Serialize};
 use vm_superio::serial::SerialState;
 
 use crate::device_manager::MmioSlot;
+use crate::devices::virtio::fs::FsState;
 use crate::devices::virtio::mem::MemState;
 use crate::devices::virtio::mmio::MmioTransportState;
 use crate::devices::virtio::pmem::PmemState;
@@ -63,6 +64,20 @@ pub struct VirtioStates {
     /// The virtio-mem device: plugged blocks and requested size.
     #[serde(default)]
     pub mem: Option<MemSnapshot>,
+    /// vhost-user-fs devices (with `--fs` or `--fs-slots`), in attach order.
+    #[serde(default)]
+    pub fs: Vec<FsSnapshot>,
+}
+
+/// A vhost-user-fs device with its transport. `connected`: it had a
+/// backend when the snapshot was taken (a restore must give it one); a
+/// slot (`--fs-slots`) had none.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct FsSnapshot {
+    pub slot: MmioSlot,
+    pub transport: MmioTransportState,
+    pub device: FsState,
+    pub connected: bool,
 }
 
 /// A pmem device with its transport; restore maps the same file at the

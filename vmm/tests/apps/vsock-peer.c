@@ -9,6 +9,10 @@
  *                   'G' + u64 len  source: send len bytes, then close;
  *                 (u64 little endian; no half-close needed, which
  *                 Firecracker's vsock does not pass on)
+ *   --spin P N    a hostile peer: open N connections to host port P and hold
+ *                 them, then dial port P+1 (nobody listens there) N times;
+ *                 prints "vsock-peer: spin held H refused R other O", closes
+ *                 everything and prints "vsock-peer: spin done";
  * and finally execs `--exec PATH [ARGS...]` (e.g. /vsock-echo --port 5000), so
  * that program stays PID 1. Progress goes to stdout (the console) as lines
  * starting with "vsock-peer:".
@@ -115,6 +119,58 @@ static void dialer(unsigned port, unsigned dials)
     _exit(0);
 }
 
+static int vsock_dial(unsigned port)
+{
+    struct vm_addr a;
+    memset(&a, 0, sizeof a);
+    a.family = AF_VSOCK;
+    a.port = port;
+    a.cid = 2;
+    int c = socket(AF_VSOCK, SOCK_STREAM, 0);
+    if (c < 0)
+        return -1;
+    if (connect(c, (struct sockaddr *)&a, sizeof a) != 0) {
+        int e = errno;
+        close(c);
+        errno = e;
+        return -1;
+    }
+    return c;
+}
+
+static void spinner(unsigned port, unsigned n)
+{
+    static int held_fds[1000];
+    unsigned held = 0, refused = 0, other = 0;
+    for (unsigned i = 0; i < n; i++) {
+        int c = vsock_dial(port);
+        if (c >= 0 && held < sizeof held_fds / sizeof held_fds[0])
+            held_fds[held++] = c;
+        else if (c >= 0)
+            close(c);
+        else if (errno == ECONNRESET || errno == ECONNREFUSED)
+            refused++;
+        else
+            other++;
+    }
+    for (unsigned i = 0; i < n; i++) {
+        int c = vsock_dial(port + 1);
+        if (c >= 0)
+            close(c);
+        else if (errno == ECONNRESET || errno == ECONNREFUSED)
+            refused++;
+        else
+            other++;
+    }
+    printf("vsock-peer: spin held %u refused %u other %u\n", held, refused, other);
+    fflush(stdout);
+    for (unsigned i = 0; i < held; i++)
+        close(held_fds[i]);
+    printf("vsock-peer: spin done\n");
+    fflush(stdout);
+    _exit(0);
+}
+
 static void bulk_conn(int c)
 {
     char cmd;
@@ -183,7 +239,7 @@ static void bulk_server(unsigned port)
 
 int main(int argc, char **argv)
 {
-    unsigned dial = 0, dials = 1, bulk = 0;
+    unsigned dial = 0, dials = 1, bulk = 0, spin = 0, spins = 0;
     int i = 1;
     for (; i < argc; i++) {
         if (strcmp(argv[i], "--dial") == 0 && i + 1 < argc)
@@ -192,10 +248,13 @@ int main(int argc, char **argv)
             dials = (unsigned)strtoul(argv[++i], NULL, 10);
         else if (strcmp(argv[i], "--bulk") == 0 && i + 1 < argc)
             bulk = (unsigned)strtoul(argv[++i], NULL, 10);
-        else if (strcmp(argv[i], "--exec") == 0 && i + 1 < argc)
+        else if (strcmp(argv[i], "--spin") == 0 && i + 2 < argc) {
+            spin = (unsigned)strtoul(argv[++i], NULL, 10);
+            spins = (unsigned)strtoul(argv[++i], NULL, 10);
+        } else if (strcmp(argv[i], "--exec") == 0 && i + 1 < argc)
             break;
         else {
-            fprintf(stderr, "usage: %s [--dial P [--dials N]] [--bulk P] --exec PATH [ARGS...]\n",
+            fprintf(stderr, "usage: %s [--dial P [--dials N]] [--bulk P] [--spin P N] --exec PATH [ARGS...]\n",
                     argv[0]);
             return 2;
         }
@@ -204,6 +263,8 @@ int main(int argc, char **argv)
         dialer(dial, dials);
     if (bulk && fork() == 0)
         bulk_server(bulk);
+    if (spin && fork() == 0)
+        spinner(spin, spins);
     if (i < argc) {
         execv(argv[i + 1], argv + i + 1);
         perror("vsock-peer: exec");

@@ -32,6 +32,11 @@
  *   core             send a 32-byte "core dump" of PID 1 in two CORE_CHUNK
  *                    events (notify 0x06, descriptor ABI of devices/coredump.rs),
  *                    print each status, then exit as killed by SIGSEGV
+ *   garbage=N        a hostile driver: N rounds over every virtio-mmio device
+ *                    (random register writes, queues set up on random memory
+ *                    with random descriptors, every queue notified), printing
+ *                    "garbage round K" as it goes; exit 0 if the VMM is still
+ *                    serving it at the end
  */
 typedef unsigned char u8;
 typedef unsigned short u16;
@@ -298,6 +303,79 @@ static void __attribute__((noreturn)) core(void) {
     halt_forever();
 }
 
+
+/* A hostile virtio driver (scenario garbage=N). xorshift64: repeatable. */
+static u64 rng_state = 0x9e3779b97f4a7c15UL;
+static u64 rnd(void) {
+    rng_state ^= rng_state << 13;
+    rng_state ^= rng_state >> 7;
+    rng_state ^= rng_state << 17;
+    return rng_state;
+}
+/* Queue memory the devices will parse: 4 pages of random bytes. */
+static u8 garbage_ring[4][4096] __attribute__((aligned(4096)));
+static const u32 garbage_regs[] = {0x014, 0x020, 0x024, 0x030, 0x038, 0x044, 0x050, 0x064,
+                                   0x070, 0x080, 0x084, 0x090, 0x094, 0x0a0, 0x0a4, 0x0fc,
+                                   0x100, 0x104, 0x108, 0x110, 0x118, 0x120, 0x1fc, 0xffc};
+
+/* A value a fuzzing driver would write: small, a guest address (sometimes
+ * inside the random rings), or anything. */
+static u32 garbage_value(void) {
+    u64 r = rnd();
+    switch (r & 3) {
+    case 0: return (u32)(r >> 8) & 0x3ff;
+    case 1: return (u32)(u64)garbage_ring[(r >> 8) & 3] + ((u32)(r >> 16) & 0xfff);
+    default: return (u32)(r >> 32);
+    }
+}
+
+static void garbage(u64 rounds) {
+    for (u64 round = 1; round <= rounds; round++) {
+        /* New random descriptors, avail and used rings every round. */
+        for (u32 p = 0; p < 4; p++)
+            for (u32 i = 0; i < 4096; i += 8) *(volatile u64 *)&garbage_ring[p][i] = rnd();
+        u32 devices = 0;
+        for (u32 d = 0; d < 16; d++) {
+            volatile u32 *regs = (volatile u32 *)(0xd0000000UL + d * 0x1000UL);
+            if (regs[0] != 0x74726976) continue; /* "virt" */
+            devices++;
+            /* A plausible bring-up on garbage memory... */
+            regs[0x070 / 4] = 0;
+            regs[0x070 / 4] = 1 | 2;
+            regs[0x024 / 4] = 1;
+            regs[0x020 / 4] = 1; /* VIRTIO_F_VERSION_1 */
+            regs[0x070 / 4] = 1 | 2 | 8;
+            for (u32 q = 0; q < 4; q++) {
+                regs[0x030 / 4] = q;
+                regs[0x038 / 4] = (u32)(rnd() & 0x1ff);
+                regs[0x080 / 4] = (u32)(u64)garbage_ring[0];
+                regs[0x084 / 4] = 0;
+                regs[0x090 / 4] = (u32)(u64)garbage_ring[1];
+                regs[0x094 / 4] = 0;
+                regs[0x0a0 / 4] = (u32)(u64)garbage_ring[2 + (q & 1)];
+                regs[0x0a4 / 4] = 0;
+                regs[0x044 / 4] = 1;
+            }
+            regs[0x070 / 4] = 1 | 2 | 4 | 8;
+            for (u32 q = 0; q < 4; q++) regs[0x050 / 4] = q;
+            /* ...then random writes and reads anywhere in the window. */
+            for (u32 k = 0; k < 48; k++) {
+                u64 r = rnd();
+                u32 off = garbage_regs[(r >> 3) % (sizeof(garbage_regs) / sizeof(garbage_regs[0]))];
+                regs[off / 4] = garbage_value();
+                (void)regs[(u32)(r >> 40) & 0x3ff];
+                if (r & 1) regs[0x050 / 4] = (u32)(r >> 20) & 7;
+            }
+            regs[0x064 / 4] = 0xffffffff;
+        }
+        puts("garbage round ");
+        putu(round);
+        puts(" devices ");
+        putu(devices);
+        putc('\n');
+    }
+}
+
 struct idt_ptr { u16 limit; u64 base; } __attribute__((packed));
 
 void guest_main(const u8 *zp) {
@@ -323,6 +401,7 @@ void guest_main(const u8 *zp) {
         exit_with(0);
     }
     if ((v = find_word(cl, "tick="))) tick(parse_u(v));
+    if ((v = find_word(cl, "garbage="))) { garbage(parse_u(v)); exit_with(0); }
     if (find_word(cl, "clonetest")) clonetest();
     if (find_word(cl, "cloneidle")) cloneidle();
     if (find_word(cl, "idle")) {

@@ -13,8 +13,9 @@
 
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use crate::limited_warn as warn;
 use serde::{Deserialize, Serialize};
-use tracing::{debug, warn};
+use tracing::debug;
 use virtio_queue::{Queue, QueueT};
 use vmm_sys_util::eventfd::EventFd;
 

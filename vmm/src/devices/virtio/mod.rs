@@ -9,6 +9,7 @@
 //!   then on the device works the queues on the event-loop thread and raises
 //!   interrupts through the shared [`IrqTrigger`].
 
+pub mod fs;
 pub mod mem;
 pub mod mmio;
 pub mod pmem;
@@ -65,6 +66,8 @@ pub enum ActivateError {
     MissingFeature(&'static str),
     #[error("cannot signal the event loop: {0}")]
     Signal(std::io::Error),
+    #[error("the device's backend refused the queues: {0}")]
+    Backend(String),
 }
 
 /// The interrupt line of one virtio-mmio device: the InterruptStatus register

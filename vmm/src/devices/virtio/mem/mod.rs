@@ -33,8 +33,9 @@ pub mod request;
 #[cfg(test)]
 mod tests;
 
+use crate::limited_warn as warn;
 use serde::{Deserialize, Serialize};
-use tracing::{debug, warn};
+use tracing::debug;
 use virtio_queue::{DescriptorChain, Queue, QueueT};
 use vmm_sys_util::eventfd::EventFd;
 

@@ -1,7 +1,8 @@
 //! The pmem device on the event loop: its one queue's notifications.
 
+use crate::limited_warn as warn;
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
-use tracing::{error, warn};
+use tracing::error;
 
 use super::Pmem;
 

@@ -6,7 +6,7 @@
 //! (bounds-checked against guest RAM), a chain without a readable request
 //! or a writable response is returned unused with length 0.
 
-use tracing::warn;
+use crate::limited_warn as warn;
 use virtio_queue::{DescriptorChain, Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemory, GuestMemoryBackend};
 

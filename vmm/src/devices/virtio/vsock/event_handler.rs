@@ -9,8 +9,9 @@
 
 use std::time::{Duration, Instant};
 
+use crate::limited_warn as warn;
 use event_manager::{EventOps, Events, MutEventSubscriber};
-use tracing::{error, warn};
+use tracing::error;
 use vmm_sys_util::epoll::EventSet;
 
 use super::muxer::{EpollChange, FIRST_STREAM_TOKEN};

@@ -44,11 +44,44 @@ pub const DEBUGFS: Tool = Tool {
     package: "e2fsprogs",
 };
 
+/// Installs a Debian package with apt-get (updating the package lists if
+/// the first try fails); the error says why.
+pub(crate) fn apt_install(package: &str) -> Result<(), String> {
+    let Some(apt) = which("apt-get") else {
+        return Err("apt-get is not available".into());
+    };
+    let install = || {
+        Command::new(&apt)
+            .args(["-o", "DPkg::Lock::Timeout=600", "install", "-y", "-qq"])
+            .args(["--no-install-recommends", package])
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .output()
+    };
+    let ok =
+        |o: &std::io::Result<std::process::Output>| o.as_ref().is_ok_and(|o| o.status.success());
+    if ok(&install()) {
+        return Ok(());
+    }
+    // A fresh machine has no package lists yet.
+    let _ = Command::new(&apt)
+        .args(["-o", "DPkg::Lock::Timeout=600", "update", "-qq"])
+        .output();
+    let out = install();
+    if ok(&out) {
+        return Ok(());
+    }
+    let why = match out {
+        Ok(o) => String::from_utf8_lossy(&o.stderr).trim().to_string(),
+        Err(e) => e.to_string(),
+    };
+    Err(format!("installing it failed ({why}); are you root?"))
+}
+
 /// Directories searched besides PATH: the e2fsprogs tools live in /sbin,
 /// which a non-login PATH may lack.
 const EXTRA_DIRS: [&str; 2] = ["/usr/sbin", "/sbin"];
 
-fn which(name: &str) -> Option<PathBuf> {
+pub(crate) fn which(name: &str) -> Option<PathBuf> {
     use std::os::unix::fs::PermissionsExt;
     let path = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&path)
@@ -69,9 +102,6 @@ pub fn find_or_install(tool: Tool) -> Result<PathBuf, Error> {
         package: tool.package,
         why,
     };
-    let Some(apt) = which("apt-get") else {
-        return Err(missing("apt-get is not available".into()));
-    };
     // Concurrent first uses on a fresh machine: one installs, the others
     // wait and then find it.
     let _guard = install_lock();
@@ -83,31 +113,7 @@ pub fn find_or_install(tool: Tool) -> Result<PathBuf, Error> {
         tool.program,
         tool.package
     );
-    let install = || {
-        Command::new(&apt)
-            .args(["-o", "DPkg::Lock::Timeout=600", "install", "-y", "-qq"])
-            .args(["--no-install-recommends", tool.package])
-            .env("DEBIAN_FRONTEND", "noninteractive")
-            .output()
-    };
-    let ok =
-        |o: &std::io::Result<std::process::Output>| o.as_ref().is_ok_and(|o| o.status.success());
-    if !ok(&install()) {
-        // A fresh machine has no package lists yet.
-        let _ = Command::new(&apt)
-            .args(["-o", "DPkg::Lock::Timeout=600", "update", "-qq"])
-            .output();
-        let out = install();
-        if !ok(&out) {
-            let why = match out {
-                Ok(o) => String::from_utf8_lossy(&o.stderr).trim().to_string(),
-                Err(e) => e.to_string(),
-            };
-            return Err(missing(format!(
-                "installing it failed ({why}); are you root?"
-            )));
-        }
-    }
+    apt_install(tool.package).map_err(missing)?;
     which(tool.program).ok_or_else(|| {
         missing(format!(
             "{} was installed but the program is still not found",
@@ -145,3 +151,6 @@ pub fn run(cmd: &mut Command, what: &str) -> Result<std::process::Output, Error>
     }
     Ok(out)
 }
+
+mod virtiofsd;
+pub use virtiofsd::{find_or_install_virtiofsd, tools_root, VIRTIOFSD_VERSION};
