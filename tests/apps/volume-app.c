@@ -2,13 +2,15 @@
  * Test app for volumes: reads a file from a directory volume and a
  * single-file volume, prints both, and tries to write into each.  The paths
  * come from argv (default: /config/app.conf in the directory /config, and
- * the file /etc/token).  Exits with a status whose bits say what it saw:
+ * the file /etc/token); with a fourth argument it also writes that file (a
+ * writable volume).  Exits with a status whose bits say what it saw:
  *
  *   1   the directory volume's file reads (printed as VOLUME-APP: FILE=...)
  *   2   the single-file volume reads (printed the same way)
  *   4   creating a file in the directory volume fails with EROFS
  *   8   opening the single-file volume for writing fails with EROFS
  *  16   the single-file volume's mount point is a regular file
+ *  32   the file named by argv[4] was written
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -75,6 +77,18 @@ int main(int argc, char **argv)
         status |= 8;
     if (stat(single, &st) == 0 && S_ISREG(st.st_mode))
         status |= 16;
+    if (argc > 4) {
+        int fd = open(argv[4], O_WRONLY | O_CREAT | O_TRUNC, 0644);
+        const char *msg = "written by the guest\n";
+
+        if (fd >= 0 && write(fd, msg, strlen(msg)) == (ssize_t)strlen(msg) &&
+            fsync(fd) == 0)
+            status |= 32;
+        printf("VOLUME-APP: wrote %s: %s\n", argv[4],
+               status & 32 ? "ok" : strerror(errno));
+        if (fd >= 0)
+            close(fd);
+    }
     printf("VOLUME-APP: status %d\n", status);
     fflush(stdout);
     return status;

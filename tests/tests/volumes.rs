@@ -1,7 +1,7 @@
 //! End-to-end volumes on cold boots: the real guest kernel's ainit mounts
 //! `arrow.vol=` volumes before it runs the app (0011-ainit-volumes.patch).
 //!
-//! Five boots, one at a time:
+//! Seven boots, one at a time:
 //! 1. a packed EROFS image (a directory and a single file, made with the
 //!    shadowfs crate's mkfs.erofs) on virtio-pmem: the app reads both at
 //!    their guest paths (a directory mount point and a file mount point
@@ -14,7 +14,11 @@
 //! 4. a mount point under a link to /proc/sys: refused (exit 125, EPERM),
 //!    a volume never covers the kernel's filesystems;
 //! 5. a mount point that is a dangling link: refused (EEXIST), its target is
-//!    never created.
+//!    never created;
+//! 6. a writable virtio-fs volume (arrow-vmm `--fs`, a real virtiofsd):
+//!    ainit mounts it, the app reads the host's file and writes one the
+//!    host sees;
+//! 7. the same read-only: the app reads it, every write fails with EROFS.
 //!
 //! Generic-template clones with volumes: tests/tests/generic_template.rs.
 
@@ -202,5 +206,83 @@ fn mount_points_follow_links_inside_the_root_but_never_onto_proc() {
         run.console_has("ainit: volume pack:1 at /dangling: error -17"),
         "{}",
         explain(&run)
+    );
+}
+
+#[test]
+fn virtio_fs_volumes_are_mounted_by_ainit_writable_or_read_only() {
+    assert!(
+        kvm_available(),
+        "e2e: /dev/kvm is not usable here (missing or no permission); this test boots the real guest kernel"
+    );
+    let _one = one_guest_at_a_time();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let share = dir.path().join("share");
+    std::fs::create_dir(&share).expect("mkdir share");
+    std::fs::write(share.join("hello.txt"), "hello from the host\n").expect("write hello");
+    let socket = dir.path().join("fs.sock");
+    let initrd = app_initrd(dir.path());
+    // The app's arguments: the volume, a file in it (read twice), and for
+    // the writable volume a file to write.
+    let app_args = "-- /data /data/hello.txt /data/hello.txt";
+
+    // 6. Writable: the write reaches the host directory.
+    let run = {
+        let _fsd = arrow_e2e::vfs::virtiofsd(&share, &socket);
+        let args: Vec<OsString> = vec![
+            "--initrd".into(),
+            initrd.clone().into(),
+            "--fs".into(),
+            format!("vol0={}", socket.display()).into(),
+        ];
+        boot_vmm(
+            &args,
+            &cmdline(&format!(
+                "arrow.vol=fs:vol0:rw:/data {app_args} /data/from-guest"
+            )),
+            MARKER,
+            1,
+        )
+    };
+    assert!(
+        run.console_has("VOLUME-APP: /data/hello.txt=hello from the host"),
+        "{}",
+        explain(&run)
+    );
+    // Read (1, 2), regular file (16), written (32); the writes are allowed.
+    assert_eq!(run.exit_code, Some(51), "{}", explain(&run));
+    assert_eq!(
+        std::fs::read_to_string(share.join("from-guest")).expect("the guest's file on the host"),
+        "written by the guest\n"
+    );
+    assert!(share.join("new-file").is_file(), "{}", explain(&run));
+
+    // 7. Read-only: the same volume, every write refused.
+    std::fs::remove_file(share.join("new-file")).expect("rm new-file");
+    let _ = std::fs::remove_file(&socket);
+    let run = {
+        let _fsd = arrow_e2e::vfs::virtiofsd(&share, &socket);
+        let args: Vec<OsString> = vec![
+            "--initrd".into(),
+            initrd.into(),
+            "--fs".into(),
+            format!("vol0={}", socket.display()).into(),
+        ];
+        boot_vmm(
+            &args,
+            &cmdline(&format!("arrow.vol=fs:vol0:ro:/data {app_args}")),
+            MARKER,
+            1,
+        )
+    };
+    assert!(
+        run.console_has("VOLUME-APP: write /data/new-file: Read-only file system"),
+        "{}",
+        explain(&run)
+    );
+    assert_eq!(run.exit_code, Some(31), "{}", explain(&run));
+    assert!(
+        !share.join("new-file").exists(),
+        "nothing written on the host"
     );
 }
