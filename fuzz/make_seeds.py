@@ -224,3 +224,6 @@ put("app_spec", "image_base", bytes([1, 0])
     + b'{"app": {"app": "/srv/app", "image_base": true, "upper": "tmpfs"}, "image_base": "/img/base"}')
 put("app_spec", "outside", bytes([1, 1]) + bytes([0, 2]) + struct.pack("<I", 0xffffffff)
     + b'{"app": {"app": "/a"}}')
+put("app_spec", "volumes", bytes([1, 4]) + ops
+    + b'{"app": {"app": "/app", "volumes": [{"kind": "pack", "id": "0", "read_only": true, "path": "/config"},'
+    + b' {"kind": "fs", "id": "vol0", "path": "/data"}]}, "volumes_base": "/v/volumes.erofs"}')

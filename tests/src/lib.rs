@@ -360,3 +360,32 @@ pub fn control_api(sock: &Path, method: &str, path: &str, body: &str) -> (u16, S
         .unwrap_or_default();
     (status, body)
 }
+
+/// The content of the sample packed volumes ([`sample_volume_pack`]):
+/// `0/app.conf` (first line) and the single file `1`.
+pub const SAMPLE_CONF: &str = "greeting=from-the-host";
+pub const SAMPLE_TOKEN: &str = "token-0123456789";
+
+/// A packed volume image as arrowd packs read-only volumes: a directory
+/// tree with one top-level entry per volume — `0/` (a directory holding
+/// `app.conf` and `sub/nested`) and `1` (a single file) — made into an EROFS
+/// image with mkfs.erofs (installed by the shadowfs crate on first use).
+pub fn sample_volume_pack(dir: &Path) -> PathBuf {
+    let tree = dir.join("pack");
+    std::fs::create_dir_all(tree.join("0/sub")).expect("mkdir pack/0/sub");
+    std::fs::write(tree.join("0/app.conf"), format!("{SAMPLE_CONF}\n")).expect("write app.conf");
+    std::fs::write(tree.join("0/sub/nested"), "nested\n").expect("write nested");
+    std::fs::write(tree.join("1"), format!("{SAMPLE_TOKEN}\n")).expect("write the token");
+    let mkfs = shadowfs::tools::find_or_install(shadowfs::tools::MKFS_EROFS)
+        .expect("mkfs.erofs (erofs-utils)");
+    let out = dir.join("volumes.erofs");
+    shadowfs::tools::run(
+        Command::new(mkfs)
+            .args(["--quiet", "-T0", "--all-root", "-x-1"])
+            .arg(&out)
+            .arg(&tree),
+        "packing the volumes",
+    )
+    .expect("mkfs.erofs");
+    out
+}

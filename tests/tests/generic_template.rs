@@ -5,13 +5,18 @@
 //! The apps come from the template's initramfs (two programs at two paths)
 //! or from an image base (EROFS, built with the shadowfs crate) that
 //! arrow-vmm maps into the template's image slot (its read-only pmem0).
+//! Volumes come with the app description; packed ones from a packed EROFS
+//! image that arrow-vmm maps into the template's volume slot (pmem1).
 //! One boot (~25 s on the slow hosts), then clones, one at a time.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use arrow_e2e::{arrow_vmm, cmdline, kernel, kvm_available, one_guest_at_a_time, static_c_app};
+use arrow_e2e::{
+    arrow_vmm, cmdline, kernel, kvm_available, one_guest_at_a_time, sample_volume_pack,
+    static_c_app, SAMPLE_CONF, SAMPLE_TOKEN,
+};
 
 const TIMEOUT: Duration = Duration::from_secs(240);
 
@@ -49,7 +54,7 @@ fn finish(mut child: std::process::Child) -> Output {
     child.wait_with_output().expect("output")
 }
 
-/// Size of the template's image slot (pmem0).
+/// Size of the template's image slot (pmem0) and of its volume slot (pmem1).
 const SLOT_BYTES: u64 = 64 << 20;
 
 fn clone_with(tpl: &Path, spec: &serde_json::Value, dir: &Path, tag: &str) -> Output {
@@ -63,13 +68,26 @@ fn clone_from_base(
     tag: &str,
     base: Option<&Path>,
 ) -> Output {
+    clone_with_slots(tpl, spec, dir, tag, base, None)
+}
+
+fn clone_with_slots(
+    tpl: &Path,
+    spec: &serde_json::Value,
+    dir: &Path,
+    tag: &str,
+    base: Option<&Path>,
+    volumes: Option<&Path>,
+) -> Output {
     let spec_path = dir.join(format!("{tag}.json"));
     std::fs::write(&spec_path, spec.to_string()).expect("write spec");
     let mut cmd = Command::new(arrow_vmm());
+    cmd.arg("restore");
     if let Some(base) = base {
-        cmd.arg("restore").arg("--image-base").arg(base);
-    } else {
-        cmd.arg("restore");
+        cmd.arg("--image-base").arg(base);
+    }
+    if let Some(volumes) = volumes {
+        cmd.arg("--volumes-base").arg(volumes);
     }
     let child = cmd
         .args(["--clone", "--from"])
@@ -97,10 +115,13 @@ fn text(o: &Output) -> String {
 fn initrd(dir: &Path) -> PathBuf {
     let e2e = std::fs::read(static_c_app("e2e-app", dir)).expect("e2e-app");
     let sum = std::fs::read(static_c_app("sum-app", dir)).expect("sum-app");
+    let vol = std::fs::read(static_c_app("volume-app", dir)).expect("volume-app");
     let mut w = asdk::cpio::Writer::new();
     w.file("app", 0o755, &e2e).expect("app under 4 GiB");
     w.dir("bin", 0o755);
     w.file("bin/sum", 0o755, &sum).expect("sum under 4 GiB");
+    w.file("bin/volume-app", 0o755, &vol)
+        .expect("volume-app under 4 GiB");
     let out = dir.join("initrd.cpio");
     std::fs::write(&out, w.finish()).expect("write initrd");
     out
@@ -110,13 +131,18 @@ fn initrd(dir: &Path) -> PathBuf {
 fn generic_template(dir: &Path) -> PathBuf {
     let sock = dir.join("tpl.sock");
     let tpl = dir.join("template");
-    // The image slot: zeros until a clone maps an image base over it.
-    let slot = dir.join("slot.img");
-    std::fs::File::create(&slot)
-        .and_then(|f| f.set_len(SLOT_BYTES))
-        .expect("create the image slot");
-    let mut pmem = slot.into_os_string();
-    pmem.push(",ro");
+    // The image slot and the volume slot: zeros until a clone maps an image
+    // base or a packed volume image over them.
+    let slot = |name: &str| {
+        let path = dir.join(name);
+        std::fs::File::create(&path)
+            .and_then(|f| f.set_len(SLOT_BYTES))
+            .expect("create a slot");
+        let mut pmem = path.into_os_string();
+        pmem.push(",ro");
+        pmem
+    };
+    let (pmem, volume_slot) = (slot("slot.img"), slot("volumes.slot"));
     let mut child = Command::new(arrow_vmm())
         .args(["run", "--kernel"])
         .arg(kernel())
@@ -130,6 +156,8 @@ fn generic_template(dir: &Path) -> PathBuf {
         .arg(dir.join("tpl.log"))
         .arg("--pmem")
         .arg(&pmem)
+        .arg("--pmem")
+        .arg(&volume_slot)
         .arg("--api-sock")
         .arg(&sock)
         .stdin(Stdio::null())
@@ -141,7 +169,7 @@ fn generic_template(dir: &Path) -> PathBuf {
     loop {
         let (st, v) = api(&sock, "GET", "/vm", "");
         if st == 200 && v["kernel_ready_ms"].is_u64() {
-            assert_eq!(v["app_abi"], 1, "{v}");
+            assert_eq!(v["app_abi"], 2, "{v}");
             break;
         }
         if let Ok(Some(s)) = child.try_wait() {
@@ -219,6 +247,14 @@ fn one_generic_template_runs_different_apps_injected_at_clone_time() {
             serde_json::json!({"app": "/app", "env": ["NOEQUALS"]}),
             "KEY=VALUE",
         ),
+        (
+            serde_json::json!({"app": "/app", "volumes": [{"kind": "fs", "id": "vol0", "path": "data"}]}),
+            "volume path \"data\" is not absolute",
+        ),
+        (
+            serde_json::json!({"app": "/app", "volumes": [{"kind": "pack", "id": "0", "read_only": true, "path": "/config"}]}),
+            "--volumes-base",
+        ),
     ] {
         let o = clone_with(&tpl, &spec, dir.path(), "bad");
         assert_eq!(o.status.code(), Some(125), "{}", text(&o));
@@ -275,6 +311,69 @@ fn one_generic_template_runs_different_apps_injected_at_clone_time() {
     );
     assert!(o.stdout.is_empty(), "{}", text(&o));
 
+    // Volumes: a packed image in the volume slot (pmem1), a directory at
+    // /config and a single file at /etc/token, both read-only.
+    let pack = sample_volume_pack(dir.path());
+    let vol_spec = |app: &str| {
+        serde_json::json!({"app": app, "hostname": "with-volumes", "volumes": [
+            {"kind": "pack", "id": "0", "read_only": true, "path": "/config"},
+            {"kind": "pack", "id": "1", "read_only": true, "path": "/etc/token"}]})
+    };
+    let o = clone_with_slots(
+        &tpl,
+        &vol_spec("/bin/volume-app"),
+        dir.path(),
+        "v1",
+        None,
+        Some(&pack),
+    );
+    let out = text(&o);
+    assert!(
+        out.contains(&format!("VOLUME-APP: /config/app.conf={SAMPLE_CONF}")),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!("VOLUME-APP: /etc/token={SAMPLE_TOKEN}")),
+        "{out}"
+    );
+    assert!(
+        out.contains("VOLUME-APP: write /config/new-file: Read-only file system"),
+        "{out}"
+    );
+    assert_eq!(o.status.code(), Some(31), "{out}");
+    // A packed image larger than the volume slot is refused before anything runs.
+    let o = clone_with_slots(
+        &tpl,
+        &vol_spec("/bin/volume-app"),
+        dir.path(),
+        "v-big",
+        None,
+        Some(&big),
+    );
+    assert_eq!(o.status.code(), Some(125), "{}", text(&o));
+    assert!(
+        text(&o).contains("volume slot holds at most"),
+        "{}",
+        text(&o)
+    );
+    assert!(o.stdout.is_empty(), "{}", text(&o));
+    // A virtio-fs volume whose tag no device has: the guest stops before
+    // the app, with the reason on the console.
+    let o = clone_with(
+        &tpl,
+        &serde_json::json!({"app": "/bin/volume-app", "volumes": [
+            {"kind": "fs", "id": "nosuchtag", "path": "/data"}]}),
+        dir.path(),
+        "v-tag",
+    );
+    let out = text(&o);
+    assert_eq!(o.status.code(), Some(125), "{out}");
+    assert!(
+        out.contains("ainit: volume fs:nosuchtag at /data: error -"),
+        "{out}"
+    );
+    assert!(!out.contains("VOLUME-APP"), "{out}");
+
     // A pooled clone gets its app with PUT /vm/start.
     let sock = dir.path().join("pool.sock");
     let child = Command::new(arrow_vmm())
@@ -306,6 +405,39 @@ fn one_generic_template_runs_different_apps_injected_at_clone_time() {
     let out = text(&o);
     assert_eq!(o.status.code(), Some(9), "{out}");
     assert!(out.contains("host=pooled"), "{out}");
+
+    // ... and its volumes, with the packed image for the volume slot.
+    let sock = dir.path().join("pool-v.sock");
+    let child = Command::new(arrow_vmm())
+        .args(["restore", "--clone", "--pool", "--from"])
+        .arg(&tpl)
+        .arg("--api-sock")
+        .arg(&sock)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn pooled clone");
+    let t = Instant::now();
+    while api(&sock, "GET", "/vm", "").1["state"] != "pooled" {
+        assert!(t.elapsed() < TIMEOUT, "pooled clone never got ready");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let body = serde_json::json!({"app": vol_spec("/bin/volume-app")}).to_string();
+    let (st, v) = api(&sock, "PUT", "/vm/start", &body);
+    assert_eq!(st, 400, "pack volumes without their image: {v}");
+    assert!(v.to_string().contains("volumes_base"), "{v}");
+    let body =
+        serde_json::json!({"app": vol_spec("/bin/volume-app"), "volumes_base": pack}).to_string();
+    let (st, v) = api(&sock, "PUT", "/vm/start", &body);
+    assert_eq!(st, 200, "{v}");
+    let o = finish(child);
+    let out = text(&o);
+    assert_eq!(o.status.code(), Some(31), "{out}");
+    assert!(
+        out.contains(&format!("VOLUME-APP: /etc/token={SAMPLE_TOKEN}")),
+        "{out}"
+    );
 
     assert!(
         std::fs::read(tpl.join("memory.bin")).expect("memory.bin") == memory_before,

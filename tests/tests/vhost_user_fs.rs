@@ -3,9 +3,10 @@
 //! `shadowfs::tools::find_or_install_virtiofsd`) serving a host directory.
 //!
 //! 1. The app reads a host file from the volume and writes one; the host
-//!    sees the write. The command line asks ainit for the volume with the
-//!    contract's `arrow.vol=fs:myfs:rw:/data`; on a kernel without that
-//!    (vfs-guest's patch) the app mounts it itself (tests/apps/fs-app.c).
+//!    sees the write. ainit mounts the volume (`arrow.vol=fs:myfs:rw:/data`
+//!    on the command line, a `volumes` entry in a clone's injected app;
+//!    0011-ainit-volumes.patch), which the test checks; fs-app.c can still
+//!    mount it itself on an older kernel.
 //! 2. virtiofsd dies under a running guest: arrow-vmm stops with exit code
 //!    125 and says which volume's backend closed — no hang, no crash.
 
@@ -62,6 +63,11 @@ fn app_reads_a_host_file_and_the_host_sees_its_write() {
     assert_eq!(run.exit_code, Some(0), "{}", explain(&run));
     assert!(
         run.console_has("FS-APP: read hello from the host"),
+        "{}",
+        explain(&run)
+    );
+    assert!(
+        run.console_has("FS-APP: /data mounted by ainit"),
         "{}",
         explain(&run)
     );
@@ -122,7 +128,9 @@ fn generic_template_clones_get_their_own_volume_in_a_slot() {
     let dir = s._dir.path();
     let tpl = template_with_slots(dir, &s.initrd, 1);
     let spec = dir.join("spec.json");
-    let app = serde_json::json!({"app": "/app", "args": ["vol0"], "hostname": "clone"});
+    // The volume comes with the injected app (ABI 2): ainit mounts vol0.
+    let app = serde_json::json!({"app": "/app", "args": ["vol0"], "hostname": "clone",
+        "volumes": [{"kind": "fs", "id": "vol0", "read_only": false, "path": "/data"}]});
     std::fs::write(&spec, app.to_string()).unwrap();
 
     // Clone 1 (restore --clone --fs vol0=SOCKET): its own share.
@@ -146,6 +154,11 @@ fn generic_template_clones_get_their_own_volume_in_a_slot() {
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     assert!(
         text(&o).contains("FS-APP: read hello from the host"),
+        "{}",
+        text(&o)
+    );
+    assert!(
+        text(&o).contains("FS-APP: /data mounted by ainit"),
         "{}",
         text(&o)
     );
@@ -197,6 +210,11 @@ fn generic_template_clones_get_their_own_volume_in_a_slot() {
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     assert!(
         text(&o).contains("FS-APP: read hello from share two"),
+        "{}",
+        text(&o)
+    );
+    assert!(
+        text(&o).contains("FS-APP: /data mounted by ainit"),
         "{}",
         text(&o)
     );

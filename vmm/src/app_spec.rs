@@ -6,32 +6,38 @@
 //! given an [`AppSpec`]; arrow-vmm checks it against the limits below before
 //! anything runs and encodes it; the guest copies it in and execs the app.
 //!
-//! Wire format, ABI version 1 (little endian; docs/guest-kernel.md):
+//! Wire format, ABI version 2 (little endian; docs/guest-kernel.md):
 //! ```text
-//! 0   magic "ARWAPP1\0"
+//! 0   magic "ARWAPP2\0"
 //! 8   u32 total length (header + strings)
 //! 12  u32 flags   bit 0: mount the image base (pmem0) as the root
 //!                 bit 1: the writable upper layer is persistent (pmem1)
+//!                 bit 2: the packed volume image is in the volume slot (pmem1)
 //! 16  u32 argc (argv[0] included)
 //! 20  u32 envc
-//! 24  strings, each NUL-terminated: app path, hostname, argv[0..argc],
-//!     env[0..envc] ("KEY=VALUE")
+//! 24  u32 volc (at most MAX_VOLUMES)
+//! 28  strings, each NUL-terminated: app path, hostname, argv[0..argc],
+//!     env[0..envc] ("KEY=VALUE"), volumes[0..volc] ("KIND:ID:MODE:PATH")
 //! ```
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::volume::{Volume, VolumeError, VolumeKind, MAX_VOLUMES};
+
 /// The injection ABI this arrow-vmm speaks (KERNEL_READY's payload).
-pub const APP_ABI_VERSION: u32 = 1;
+pub const APP_ABI_VERSION: u32 = 2;
 /// Largest encoded spec (the guest copies it into one allocation).
 pub const MAX_SPEC_BYTES: usize = 64 << 10;
 /// Most argv and env entries each (well under the guest's exec limits).
 pub const MAX_ENTRIES: usize = 1024;
 /// Longest hostname (the kernel's __NEW_UTS_LEN).
 pub const MAX_HOSTNAME: usize = 64;
-const MAGIC: &[u8; 8] = b"ARWAPP1\0";
-const HEADER: usize = 24;
+const MAGIC: &[u8; 8] = b"ARWAPP2\0";
+const HEADER: usize = 28;
 pub const FLAG_IMAGE_BASE: u32 = 1;
 pub const FLAG_PERSISTENT_UPPER: u32 = 2;
+/// The packed volume image (EROFS) is in the template's volume slot (pmem1).
+pub const FLAG_VOLPACK: u32 = 4;
 
 /// Where the clone's writes go.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -64,6 +70,10 @@ pub struct AppSpec {
     pub image_base: bool,
     #[serde(default)]
     pub upper: Upper,
+    /// Mounted by the guest in this order before the exec; `pack` volumes
+    /// need the packed image in the volume slot (`--volumes-base`).
+    #[serde(default)]
+    pub volumes: Vec<Volume>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -84,6 +94,14 @@ pub enum AppSpecError {
     NotGeneric,
     #[error("the template's kernel speaks app-injection ABI version {0}, this arrow-vmm version {APP_ABI_VERSION}: rebuild the template with the matching guest kernel")]
     Abi(u32),
+    #[error(transparent)]
+    Volume(#[from] VolumeError),
+    #[error("the app has {0} volumes; at most {MAX_VOLUMES} are allowed")]
+    TooManyVolumes(usize),
+    #[error("pack volumes are read from the packed image in the template's volume slot: give the packed image (--volumes-base, or \"volumes_base\" in PUT /vm/start)")]
+    NoVolumesBase,
+    #[error("a packed volume image was given but no volume of the app is of kind \"pack\": drop the volumes base or add the pack volumes")]
+    UnusedVolumesBase,
     #[error("a persistent upper layer is not available to generic-template clones yet (the template has no writable slot): use \"upper\": \"tmpfs\", or start the instance from a per-image template or a cold boot")]
     PersistentUpper,
 }
@@ -109,6 +127,21 @@ impl AppSpec {
             }
             Some(APP_ABI_VERSION) => self.encode(),
             Some(other) => Err(AppSpecError::Abi(other)),
+        }
+    }
+
+    /// Whether the packed volume image is needed (a `pack` volume).
+    pub fn uses_volume_pack(&self) -> bool {
+        self.volumes.iter().any(|v| v.kind == VolumeKind::Pack)
+    }
+
+    /// Checks that a packed volume image is given exactly when a `pack`
+    /// volume reads from it (`volumes_base`: one is mapped into the slot).
+    pub fn check_volumes_base(&self, volumes_base: bool) -> Result<(), AppSpecError> {
+        match (self.uses_volume_pack(), volumes_base) {
+            (true, false) => Err(AppSpecError::NoVolumesBase),
+            (false, true) => Err(AppSpecError::UnusedVolumesBase),
+            _ => Ok(()),
         }
     }
 
@@ -145,14 +178,19 @@ impl AppSpec {
                 _ => return Err(AppSpecError::BadEnv(e.clone())),
             }
         }
-        let strings = std::iter::once(&self.app)
-            .chain(std::iter::once(&self.hostname))
-            .chain(std::iter::once(&self.app))
-            .chain(&self.args)
-            .chain(&self.env);
+        if self.volumes.len() > MAX_VOLUMES {
+            return Err(AppSpecError::TooManyVolumes(self.volumes.len()));
+        }
+        let volumes = crate::volume::encode_all(&self.volumes)?;
+        let strings = std::iter::once(self.app.as_str())
+            .chain(std::iter::once(self.hostname.as_str()))
+            .chain(std::iter::once(self.app.as_str()))
+            .chain(self.args.iter().map(String::as_str))
+            .chain(self.env.iter().map(String::as_str))
+            .chain(volumes.iter().map(String::as_str));
         let mut out = Vec::with_capacity(HEADER + 256);
         out.extend_from_slice(MAGIC);
-        out.extend_from_slice(&[0; 16]);
+        out.extend_from_slice(&[0; HEADER - MAGIC.len()]);
         for s in strings {
             out.extend_from_slice(s.as_bytes());
             out.push(0);
@@ -167,11 +205,15 @@ impl AppSpec {
         if self.upper == Upper::Persistent {
             flags |= FLAG_PERSISTENT_UPPER;
         }
+        if self.uses_volume_pack() {
+            flags |= FLAG_VOLPACK;
+        }
         let len = out.len() as u32;
         out[8..12].copy_from_slice(&len.to_le_bytes());
         out[12..16].copy_from_slice(&flags.to_le_bytes());
         out[16..20].copy_from_slice(&(argc as u32).to_le_bytes());
         out[20..24].copy_from_slice(&(self.env.len() as u32).to_le_bytes());
+        out[24..28].copy_from_slice(&(volumes.len() as u32).to_le_bytes());
         Ok(out)
     }
 }
@@ -193,7 +235,7 @@ mod tests {
     #[test]
     fn encodes_header_and_strings() {
         let b = spec().encode().unwrap();
-        assert_eq!(&b[..8], b"ARWAPP1\0");
+        assert_eq!(&b[..8], b"ARWAPP2\0");
         assert_eq!(
             u32::from_le_bytes(b[8..12].try_into().unwrap()) as usize,
             b.len()
@@ -201,8 +243,9 @@ mod tests {
         assert_eq!(u32::from_le_bytes(b[12..16].try_into().unwrap()), 0);
         assert_eq!(u32::from_le_bytes(b[16..20].try_into().unwrap()), 3);
         assert_eq!(u32::from_le_bytes(b[20..24].try_into().unwrap()), 2);
+        assert_eq!(u32::from_le_bytes(b[24..28].try_into().unwrap()), 0);
         assert_eq!(
-            &b[24..],
+            &b[28..],
             b"/app\x00h1\x00/app\x00-v\x007\x00A=1\x00B=x=y\x00"
         );
         let mut s = spec();
@@ -246,5 +289,83 @@ mod tests {
         );
         let e = serde_json::from_str::<AppSpec>(r#"{"app":"/a","bogus":1}"#).unwrap_err();
         assert!(e.to_string().contains("bogus"), "{e}");
+    }
+
+    fn with_volumes() -> AppSpec {
+        serde_json::from_str(
+            r#"{"app": "/app", "hostname": "h", "volumes": [
+                {"kind": "pack", "id": "0", "read_only": true, "path": "/config"},
+                {"kind": "pack", "id": "1", "read_only": true, "path": "/etc/token"},
+                {"kind": "fs", "id": "vol0", "read_only": false, "path": "/data"}]}"#,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn encodes_volumes_after_env_with_the_pack_flag() {
+        let b = with_volumes().encode().unwrap();
+        assert_eq!(
+            u32::from_le_bytes(b[12..16].try_into().unwrap()),
+            FLAG_VOLPACK
+        );
+        assert_eq!(u32::from_le_bytes(b[24..28].try_into().unwrap()), 3);
+        assert_eq!(
+            &b[28..],
+            &b"/app\0h\0/app\0pack:0:ro:/config\0pack:1:ro:/etc/token\0fs:vol0:rw:/data\0"[..]
+        );
+        // Only fs volumes: no packed image, no flag.
+        let mut s = with_volumes();
+        s.volumes.retain(|v| v.kind == VolumeKind::Fs);
+        let b = s.encode().unwrap();
+        assert_eq!(u32::from_le_bytes(b[12..16].try_into().unwrap()), 0);
+        assert_eq!(s.check_volumes_base(false), Ok(()));
+        assert_eq!(
+            s.check_volumes_base(true),
+            Err(AppSpecError::UnusedVolumesBase)
+        );
+        assert_eq!(with_volumes().check_volumes_base(true), Ok(()));
+        assert_eq!(
+            with_volumes().check_volumes_base(false),
+            Err(AppSpecError::NoVolumesBase)
+        );
+    }
+
+    #[test]
+    fn refuses_volumes_the_guest_could_not_take() {
+        let mut s = with_volumes();
+        s.volumes[0].path = "config".into();
+        let e = s.encode().unwrap_err();
+        assert!(
+            matches!(e, AppSpecError::Volume(VolumeError::RelativePath(_))),
+            "{e}"
+        );
+        assert!(e.to_string().contains("not absolute"), "{e}");
+        let mut s = with_volumes();
+        s.volumes[1].path = "/config".into();
+        assert!(matches!(
+            s.encode(),
+            Err(AppSpecError::Volume(VolumeError::Duplicate(_)))
+        ));
+        let mut s = with_volumes();
+        s.volumes[0].read_only = false;
+        assert!(matches!(
+            s.encode(),
+            Err(AppSpecError::Volume(VolumeError::WritablePack(_)))
+        ));
+        let mut s = with_volumes();
+        s.volumes = (0..=MAX_VOLUMES)
+            .map(|i| Volume {
+                kind: VolumeKind::Fs,
+                id: format!("vol{i}"),
+                read_only: false,
+                path: format!("/v{i}"),
+            })
+            .collect();
+        assert_eq!(
+            s.encode(),
+            Err(AppSpecError::TooManyVolumes(MAX_VOLUMES + 1))
+        );
+        s.volumes.pop();
+        assert!(s.encode().is_ok());
     }
 }

@@ -501,11 +501,16 @@ pub fn app_spec(data: &[u8]) {
     let ops_len = (usize::from(count) * 6).min(rest.len());
     let (ops, body) = rest.split_at(ops_len);
     let Ok(crate::api::StartRequest {
-        app: Some(spec), ..
+        app: Some(spec),
+        volumes_base,
+        ..
     }) = crate::api::start_body(body)
     else {
         return;
     };
+    if spec.check_volumes_base(volumes_base.is_some()).is_err() {
+        return;
+    }
     let template_abi = match abi {
         0 => None,
         1 => Some(APP_ABI_VERSION),
@@ -544,25 +549,54 @@ fn check_app_encoding(spec: &crate::app_spec::AppSpec, b: &[u8]) {
             .and_then(|w| <[u8; 4]>::try_from(w).ok())
             .map(u32::from_le_bytes)
     };
-    assert_eq!(b.get(..8), Some(&b"ARWAPP1\0"[..]), "app spec: magic");
+    assert_eq!(b.get(..8), Some(&b"ARWAPP2\0"[..]), "app spec: magic");
     assert_eq!(word(8), u32::try_from(b.len()).ok(), "app spec: length");
-    let (argc, envc) = (word(16), word(20));
+    let flags = word(12).unwrap_or(0);
+    assert_eq!(
+        flags & crate::app_spec::FLAG_VOLPACK != 0,
+        spec.uses_volume_pack(),
+        "app spec: volpack flag"
+    );
+    let (argc, envc, volc) = (word(16), word(20), word(24));
     assert_eq!(
         argc,
         u32::try_from(spec.args.len() + 1).ok(),
         "app spec: argc"
     );
     assert_eq!(envc, u32::try_from(spec.env.len()).ok(), "app spec: envc");
+    assert_eq!(
+        volc,
+        u32::try_from(spec.volumes.len()).ok(),
+        "app spec: volc"
+    );
+    assert!(spec.volumes.len() <= crate::app_spec::MAX_VOLUMES);
     let strings: Vec<&[u8]> = b
-        .get(24..)
+        .get(28..)
         .and_then(|s| s.strip_suffix(b"\0"))
         .map(|s| s.split(|&c| c == 0).collect())
         .unwrap_or_default();
+    let volumes: Vec<String> = spec.volumes.iter().map(|v| v.param()).collect();
     let expected: Vec<&[u8]> = [&spec.app, &spec.hostname, &spec.app]
         .into_iter()
         .chain(&spec.args)
         .chain(&spec.env)
+        .chain(&volumes)
         .map(|s| s.as_bytes())
         .collect();
     assert_eq!(strings, expected, "app spec: strings");
+    // What the guest's ainit checks again: four fields, an absolute path
+    // without whitespace, read-only packs.
+    for v in &volumes {
+        let f: Vec<&str> = v.splitn(4, ':').collect();
+        assert_eq!(f.len(), 4, "app spec: volume {v}");
+        assert!(
+            matches!(f[0], "fs" | "pack") && matches!(f[2], "ro" | "rw"),
+            "{v}"
+        );
+        assert!(f[0] != "pack" || f[2] == "ro", "{v}");
+        assert!(
+            f[3].starts_with('/') && !f[3].contains(char::is_whitespace),
+            "{v}"
+        );
+    }
 }

@@ -24,6 +24,7 @@ pub mod shared_memory;
 pub mod snapshot;
 pub mod vcpu;
 pub mod vm;
+pub mod volume;
 
 /// Guest memory as every part of the VMM sees it.
 pub type GuestMemoryMmap = vm_memory::GuestMemoryMmap<()>;

@@ -103,13 +103,19 @@ struct RestoreArgs {
     pool: bool,
     /// A clone of a generic template: the app to run, as a JSON file
     /// ({"app": "/path", "args": [...], "env": ["K=V"], "hostname": "h",
-    /// "image_base": false, "upper": "tmpfs"}).
+    /// "image_base": false, "upper": "tmpfs", "volumes": [{"kind": "pack",
+    /// "id": "0", "read_only": true, "path": "/config"}]}).
     #[arg(long, requires = "clone")]
     app_spec: Option<PathBuf>,
     /// A clone of a generic template: the image's base (EROFS) to map into
     /// the template's image slot (its first, read-only pmem device).
     #[arg(long, requires = "app_spec")]
     image_base: Option<PathBuf>,
+    /// A clone of a generic template: the packed volume image (EROFS, one
+    /// top-level entry per `pack` volume of the app spec) to map into the
+    /// template's volume slot (its second read-only pmem device).
+    #[arg(long, requires = "app_spec")]
+    volumes_base: Option<PathBuf>,
     /// Connect the snapshot's vhost-user-fs device TAG (a slot, vol0..) to
     /// the backend listening on SOCKET. Repeatable. The clone's RAM is first
     /// copied into a memfd the backend can map (data extents only).
@@ -255,6 +261,7 @@ fn restore(args: RestoreArgs, start: Instant) -> anyhow::Result<i32> {
             None => None,
         },
         image_base: args.image_base,
+        volumes_base: args.volumes_base,
         fs: args.fs,
     };
     arrow_vmm::event_loop::block_stop_signals().context("cannot block stop signals")?;

@@ -9,7 +9,7 @@ use kvm_ioctls::VmFd;
 use serde_json::json;
 
 use crate::api::http::Response;
-use crate::app_spec::AppSpec;
+use crate::api::StartRequest;
 use crate::device_manager::DeviceManager;
 use crate::devices::app_channel::AppChannel;
 use crate::devices::legacy::SerialDevice;
@@ -71,14 +71,11 @@ impl Runtime {
     /// Starts a pooled VM: loads the template and runs the vCPUs. A failure
     /// stops the VM (arrow-vmm exits 125): a half-loaded VM is not usable.
     ///
-    /// `app`: what a clone of a generic template runs; checked before
-    /// anything is loaded (a bad one leaves the VM pooled: 400).
-    pub fn start(
-        &mut self,
-        app: Option<AppSpec>,
-        image_base: Option<&Path>,
-        fs: &[crate::devices::virtio::fs::FsConfig],
-    ) -> Result<serde_json::Value, Response> {
+    /// `start.app`: what a clone of a generic template runs, with its
+    /// image base and packed volumes for the template's slots and the
+    /// backends of its vhost-user-fs slots; checked before anything is
+    /// loaded (a bad one leaves the VM pooled: 400).
+    pub fn start(&mut self, start: StartRequest) -> Result<serde_json::Value, Response> {
         if self.lifecycle.stopping() {
             return Err(Response::error(409, "the VM is stopping"));
         }
@@ -89,6 +86,8 @@ impl Runtime {
                 "the VM is not pooled: it was started already (GET /vm shows its state)",
             ));
         };
+        let bad = |e: &dyn std::fmt::Display| Response::error(400, e.to_string());
+        let fs = &start.fs;
         if let Some(p) = &self.pending {
             // Volumes are checked before anything is loaded (400, still pooled).
             let mut all = p.fs.clone();
@@ -96,23 +95,26 @@ impl Runtime {
             crate::devices::virtio::fs::validate_configs(&all, 0)
                 .map_err(|e| Response::error(400, e))?;
             crate::device_manager::DeviceManager::check_fs_restore(&p.virtio, &all)
-                .map_err(|e| Response::error(400, e.to_string()))?;
+                .map_err(|e| bad(&e))?;
         }
-        if let Some(mut app) = app {
-            app.image_base |= image_base.is_some();
-            let encoded = app
-                .encode_for(abi)
-                .map_err(|e| Response::error(400, e.to_string()))?;
-            if let Some(base) = image_base {
+        if let Some(mut app) = start.app {
+            app.image_base |= start.image_base.is_some();
+            app.check_volumes_base(start.volumes_base.is_some())
+                .map_err(|e| bad(&e))?;
+            let encoded = app.encode_for(abi).map_err(|e| bad(&e))?;
+            if let Some(base) = &start.image_base {
+                self.devices.inject_image_base(base).map_err(|e| bad(&e))?;
+            }
+            if let Some(volumes) = &start.volumes_base {
                 self.devices
-                    .inject_image_base(base)
-                    .map_err(|e| Response::error(400, e.to_string()))?;
+                    .inject_volumes_base(volumes)
+                    .map_err(|e| bad(&e))?;
             }
             lock(&self.app_channel).offer(encoded);
-        } else if image_base.is_some() {
+        } else if start.image_base.is_some() || start.volumes_base.is_some() {
             return Err(Response::error(
                 400,
-                "an image_base needs an app to run from it: give \"app\" too",
+                "an image_base or volumes_base needs an app to run with it: give \"app\" too",
             ));
         }
         let Some(pending) = self.pending.take() else {

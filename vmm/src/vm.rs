@@ -221,6 +221,8 @@ pub struct RestoreConfig {
     pub app_spec: Option<AppSpec>,
     /// The image base to map into the template's image slot (pmem0).
     pub image_base: Option<PathBuf>,
+    /// The packed volume image to map into the template's volume slot (pmem1).
+    pub volumes_base: Option<PathBuf>,
     /// Backends for the snapshot's vhost-user-fs devices (slots), by tag.
     pub fs: Vec<crate::devices::virtio::fs::FsConfig>,
 }
@@ -590,7 +592,8 @@ impl Vm {
         if let Some(spec) = &config.app_spec {
             // A description the guest cannot take is refused before it runs.
             let encoded = spec
-                .encode_for(state.devices.kernel_ready_abi)
+                .check_volumes_base(config.volumes_base.is_some())
+                .and_then(|()| spec.encode_for(state.devices.kernel_ready_abi))
                 .map_err(|e| VmError::Restore(format!("{}: {e}", config.dir.display())))?;
             legacy
                 .app_channel
@@ -616,6 +619,11 @@ impl Vm {
         if let Some(base) = &config.image_base {
             devices
                 .inject_image_base(base)
+                .map_err(|e| VmError::Restore(e.to_string()))?;
+        }
+        if let Some(volumes) = &config.volumes_base {
+            devices
+                .inject_volumes_base(volumes)
                 .map_err(|e| VmError::Restore(e.to_string()))?;
         }
         devices

@@ -260,10 +260,7 @@ impl ApiServer {
             ("/vm/resume", _) if action => rt.resume().map(Response::ok).unwrap_or_else(|e| e),
             ("/vm/shutdown", _) if action => Response::ok(rt.shutdown()),
             ("/vm/start", _) if action => match start_body(&req.body) {
-                Ok(r) => rt
-                    .start(r.app, r.image_base.as_deref(), &r.fs)
-                    .map(Response::ok)
-                    .unwrap_or_else(|e| e),
+                Ok(start) => rt.start(start).map(Response::ok).unwrap_or_else(|e| e),
                 Err(e) => e,
             },
             ("/vm/snapshot", _) if action => {
@@ -301,35 +298,33 @@ impl ApiServer {
     }
 }
 
-/// `PUT /vm/start` takes no body, or `{"app": AppSpec, "image_base":
-/// "/path"?, "fs": [{"tag": "vol0", "socket": "/path"}]?}` for a clone of a
-/// generic template (`fs`: backends for its vhost-user-fs slots).
-pub(crate) struct StartRequest {
+/// What `PUT /vm/start` asks for: nothing (a plain pooled restore), or for a
+/// clone of a generic template `{"app": AppSpec, "image_base": "/path"?,
+/// "volumes_base": "/path"?, "fs": [{"tag": "vol0", "socket": "/path"}]?}`.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StartRequest {
+    /// What the clone runs.
     pub app: Option<AppSpec>,
+    /// The image's base (EROFS), mapped into the template's image slot (pmem0).
     pub image_base: Option<PathBuf>,
+    /// The packed volume image (EROFS), mapped into the template's volume
+    /// slot (pmem1).
+    pub volumes_base: Option<PathBuf>,
+    /// Backends for the template's vhost-user-fs slots.
+    #[serde(default)]
     pub fs: Vec<crate::devices::virtio::fs::FsConfig>,
 }
 
+/// Parses a `PUT /vm/start` body (empty or a [`StartRequest`]).
 pub(crate) fn start_body(body: &[u8]) -> Result<StartRequest, Response> {
-    #[derive(serde::Deserialize)]
-    #[serde(deny_unknown_fields)]
-    struct Start {
-        app: Option<AppSpec>,
-        image_base: Option<PathBuf>,
-        #[serde(default)]
-        fs: Vec<crate::devices::virtio::fs::FsConfig>,
-    }
     if body.iter().all(u8::is_ascii_whitespace) {
-        return Ok(StartRequest {
-            app: None,
-            image_base: None,
-            fs: Vec::new(),
-        });
+        return Ok(StartRequest::default());
     }
-    let s = serde_json::from_slice::<Start>(body).map_err(|e| {
+    let s = serde_json::from_slice::<StartRequest>(body).map_err(|e| {
         Response::error(
             400,
-            format!(r#"body must be empty or {{"app": {{"app": "/path", "args": [], "env": ["K=V"], "hostname": ""}}, "fs": [{{"tag": "vol0", "socket": "/path"}}]}}: {e}"#),
+            format!(r#"body must be empty or {{"app": {{"app": "/path", "args": [], "env": ["K=V"], "hostname": "", "volumes": []}}, "image_base": "/path", "volumes_base": "/path", "fs": [{{"tag": "vol0", "socket": "/path"}}]}} (all but "app" optional): {e}"#),
         )
     })?;
     for f in &s.fs {
@@ -342,11 +337,7 @@ pub(crate) fn start_body(body: &[u8]) -> Result<StartRequest, Response> {
             ));
         }
     }
-    Ok(StartRequest {
-        app: s.app,
-        image_base: s.image_base,
-        fs: s.fs,
-    })
+    Ok(s)
 }
 
 /// The `requested_mib` of a `PUT /vm/memory` body.

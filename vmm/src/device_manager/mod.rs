@@ -68,6 +68,16 @@ pub enum DeviceError {
         "the template has no image slot (a read-only pmem device): it cannot take an image base"
     )]
     NoImageSlot,
+    #[error(
+        "the template has no volume slot (a second read-only pmem device): it cannot take a packed volume image; boot the generic template with a second --pmem SLOT,ro"
+    )]
+    NoVolumeSlot,
+    #[error("packed volume image {path} is {len} bytes; the template's volume slot holds at most {window}: pack less into it (serve large volumes with virtio-fs) or build a template with a larger slot")]
+    VolumeSlotTooSmall {
+        path: PathBuf,
+        len: u64,
+        window: u64,
+    },
     #[error("pmem device: {0}")]
     Pmem(#[from] PmemError),
     #[error(transparent)]
@@ -543,15 +553,36 @@ impl DeviceManager {
     /// Maps `path` (an image's base) into the first pmem device's window,
     /// the image slot of a generic template, before the guest reads it.
     pub fn inject_image_base(&mut self, path: &Path) -> Result<(), DeviceError> {
-        let device = self
-            .pmem
-            .first()
-            .map(|p| p.device.clone())
-            .or_else(|| self.pending_pmem.first().cloned())
-            .ok_or(DeviceError::NoImageSlot)?;
+        let device = self.pmem_device(0).ok_or(DeviceError::NoImageSlot)?;
         lock(&device).replace_file(path)?;
         tracing::debug!(path = %path.display(), "image base mapped into the image slot");
         Ok(())
+    }
+
+    /// Maps `path` (a packed volume image, EROFS) into the second pmem
+    /// device's window, the volume slot of a generic template, before the
+    /// guest reads it.
+    pub fn inject_volumes_base(&mut self, path: &Path) -> Result<(), DeviceError> {
+        let device = self.pmem_device(1).ok_or(DeviceError::NoVolumeSlot)?;
+        let result = lock(&device).replace_file(path);
+        match result {
+            Ok(()) => {}
+            Err(PmemError::TooLargeForWindow { path, len, window }) => {
+                return Err(DeviceError::VolumeSlotTooSmall { path, len, window })
+            }
+            Err(e) => return Err(e.into()),
+        }
+        tracing::debug!(path = %path.display(), "packed volumes mapped into the volume slot");
+        Ok(())
+    }
+
+    /// The `index`th pmem device, wired or (pooled VM) waiting for its state.
+    fn pmem_device(&self, index: usize) -> Option<Arc<Mutex<Pmem>>> {
+        match self.pmem.get(index) {
+            Some(p) => Some(p.device.clone()),
+            None if self.pmem.is_empty() => self.pending_pmem.get(index).cloned(),
+            None => None,
+        }
     }
 
     /// Wires a transport at `slot`: irqfd on its GSI, one ioeventfd per

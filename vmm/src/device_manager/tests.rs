@@ -188,6 +188,70 @@ fn pmem_gets_the_next_slot_and_a_window_above_ram() {
 }
 
 #[test]
+fn image_and_volume_slots_take_their_files_and_refuse_what_does_not_fit() {
+    let Some(vm) = kvm_vm() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let slot = |name: &str| {
+        let p = dir.path().join(name);
+        std::fs::File::create(&p).unwrap().set_len(2 << 20).unwrap();
+        PmemConfig {
+            path: p,
+            read_only: true,
+        }
+    };
+    let mem = mem();
+    let base = dir.path().join("base.erofs");
+    std::fs::write(&base, [0xaa; 4096]).unwrap();
+    let volumes = dir.path().join("volumes.erofs");
+    std::fs::write(&volumes, [0xbb; 8192]).unwrap();
+
+    // Only an image slot: no volume slot.
+    let mut dm = DeviceManager::new();
+    dm.add_pmem(&vm, &mem, &slot("image.slot")).unwrap();
+    let e = dm.inject_volumes_base(&volumes).unwrap_err();
+    assert!(matches!(e, DeviceError::NoVolumeSlot), "{e}");
+    assert!(e.to_string().contains("second --pmem"), "{e}");
+
+    // Image slot (pmem0) and volume slot (pmem1): each file in its own.
+    dm.add_pmem(&vm, &mem, &slot("volume.slot")).unwrap();
+    dm.inject_image_base(&base).unwrap();
+    dm.inject_volumes_base(&volumes).unwrap();
+    let p = dm.pmem();
+    assert_eq!(lock(&p[0].device).path(), base.as_path());
+    assert_eq!(lock(&p[1].device).path(), volumes.as_path());
+    let mut b = [0u8; 1];
+    assert!(lock(&p[1].device).mapping().read(8191, &mut b));
+    assert_eq!(b, [0xbb]);
+
+    // Larger than the slot: refused with the slot's size, the slot unchanged.
+    let big = dir.path().join("big.erofs");
+    std::fs::File::create(&big)
+        .unwrap()
+        .set_len((2 << 20) + 1)
+        .unwrap();
+    let e = dm.inject_volumes_base(&big).unwrap_err();
+    assert!(
+        matches!(e, DeviceError::VolumeSlotTooSmall { window, .. } if window == 2 << 20),
+        "{e}"
+    );
+    assert!(e.to_string().contains("volume slot holds at most"), "{e}");
+    assert_eq!(lock(&dm.pmem()[1].device).path(), volumes.as_path());
+
+    // A writable second device is no slot.
+    let Some(vm2) = kvm_vm() else { return };
+    let mut dm = DeviceManager::new();
+    dm.add_pmem(&vm2, &mem, &slot("image2.slot")).unwrap();
+    let mut rw = slot("upper");
+    rw.read_only = false;
+    dm.add_pmem(&vm2, &mem, &rw).unwrap();
+    let e = dm.inject_volumes_base(&volumes).unwrap_err();
+    assert!(
+        matches!(e, DeviceError::Pmem(PmemError::NotReadOnly(_))),
+        "{e}"
+    );
+}
+
+#[test]
 fn fs_restore_needs_a_backend_for_each_connected_device_and_known_tags() {
     use crate::devices::virtio::fs::{FsConfig, FsState};
     use crate::snapshot::devices::{FsSnapshot, VirtioStates};
