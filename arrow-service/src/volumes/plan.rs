@@ -290,14 +290,7 @@ pub fn insert_params(cmdline: &str, params: &[String]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn vol(host: &Path, guest: &str, ro: bool) -> Volume {
-        Volume {
-            host_path: host.display().to_string(),
-            guest_path: guest.into(),
-            read_only: ro,
-        }
-    }
+    use crate::volumes::spec::tests::vol;
 
     #[test]
     fn read_only_volumes_are_packed_and_the_rest_served_live() {

@@ -167,10 +167,11 @@ pub fn parse_docker(text: &str) -> Result<Volume, String> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn vol(host: &Path, guest: &str, ro: bool) -> Volume {
+    /// A volume for tests (also the plan's).
+    pub(crate) fn vol(host: &Path, guest: &str, ro: bool) -> Volume {
         Volume {
             host_path: host.display().to_string(),
             guest_path: guest.into(),

@@ -122,11 +122,9 @@ impl DeviceManager {
                 dev.connect(&f.socket, shared.clone())?;
             }
             let device = Arc::new(Mutex::new(dev));
-            let mut transport = MmioTransport::new(mem.clone(), device.clone())?;
-            if load_transports {
-                transport.restore_state(&s.transport)?;
-            }
-            let transport = self.attach(vm, s.slot, transport, "vhost-user-fs")?;
+            let state = (load_transports).then_some(&s.transport);
+            let transport =
+                self.reattach(vm, mem, s.slot, device.clone(), state, "vhost-user-fs")?;
             self.fs.push(FsParts {
                 slot: s.slot,
                 device,

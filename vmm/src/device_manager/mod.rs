@@ -31,10 +31,10 @@ use crate::devices::bus::{Bus, BusError};
 use crate::devices::virtio::mem::{
     HotplugMemory, MemError, RequestedSizeError, VirtioMem, REGION_ALIGN,
 };
-use crate::devices::virtio::mmio::{MmioError, MmioTransport, NOTIFY_OFFSET};
+use crate::devices::virtio::mmio::{MmioError, MmioTransport, MmioTransportState, NOTIFY_OFFSET};
 use crate::devices::virtio::pmem::{Pmem, PmemError};
 use crate::devices::virtio::vsock::{Limits, Vsock, VsockError};
-use crate::devices::virtio::{cmdline_fragment, MMIO_WINDOW_SIZE};
+use crate::devices::virtio::{cmdline_fragment, VirtioDevice, MMIO_WINDOW_SIZE};
 use crate::event_loop::Subscriber;
 use crate::snapshot::devices::{MemSnapshot, PmemSnapshot, VirtioStates, VsockSnapshot};
 use crate::GuestMemoryMmap;
@@ -286,11 +286,8 @@ impl DeviceManager {
             backend.set_file_backed();
         }
         let device = Arc::new(Mutex::new(VirtioMem::restore(d, Box::new(backend))?));
-        let mut transport = MmioTransport::new(mem.clone(), device.clone())?;
-        if !pooled {
-            transport.restore_state(&ms.transport)?;
-        }
-        let transport = self.attach(vm, ms.slot, transport, "virtio-mem")?;
+        let state = (!pooled).then_some(&ms.transport);
+        let transport = self.reattach(vm, mem, ms.slot, device.clone(), state, "virtio-mem")?;
         self.mem = Some(MemParts {
             slot: ms.slot,
             device,
@@ -516,11 +513,8 @@ impl DeviceManager {
                 Limits::default(),
                 &vs.device,
             )?));
-            let mut transport = MmioTransport::new(mem.clone(), device.clone())?;
-            if load_transports {
-                transport.restore_state(&vs.transport)?;
-            }
-            let transport = self.attach(vm, vs.slot, transport, "vsock")?;
+            let state = (load_transports).then_some(&vs.transport);
+            let transport = self.reattach(vm, mem, vs.slot, device.clone(), state, "vsock")?;
             self.vsock = Some(VsockParts {
                 slot: vs.slot,
                 device,
@@ -536,11 +530,8 @@ impl DeviceManager {
             if params.clone && !p.device.read_only {
                 return Err(DeviceError::PmemWritableClone(p.device.path.clone()));
             }
-            let mut transport = MmioTransport::new(mem.clone(), device.clone())?;
-            if load_transports {
-                transport.restore_state(&p.transport)?;
-            }
-            let transport = self.attach(vm, p.slot, transport, "pmem")?;
+            let state = (load_transports).then_some(&p.transport);
+            let transport = self.reattach(vm, mem, p.slot, device.clone(), state, "pmem")?;
             self.pmem.push(PmemParts {
                 slot: p.slot,
                 device,
@@ -587,6 +578,24 @@ impl DeviceManager {
 
     /// Wires a transport at `slot`: irqfd on its GSI, one ioeventfd per
     /// queue on QueueNotify, its window on the bus, its command-line fragment.
+    /// Attaches a restored device at its snapshot's slot; its transport's
+    /// registers come from `state` (None: a pooled VM loads them later).
+    fn reattach(
+        &mut self,
+        vm: &VmFd,
+        mem: &GuestMemoryMmap,
+        slot: MmioSlot,
+        device: Arc<Mutex<dyn VirtioDevice>>,
+        state: Option<&MmioTransportState>,
+        what: &'static str,
+    ) -> Result<Arc<Mutex<MmioTransport>>, DeviceError> {
+        let mut transport = MmioTransport::new(mem.clone(), device)?;
+        if let Some(state) = state {
+            transport.restore_state(state)?;
+        }
+        self.attach(vm, slot, transport, what)
+    }
+
     fn attach(
         &mut self,
         vm: &VmFd,

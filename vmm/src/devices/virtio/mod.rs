@@ -49,6 +49,19 @@ pub const INT_CONFIG: u32 = 0x2;
 /// Size of one virtio-mmio device window on the bus.
 pub const MMIO_WINDOW_SIZE: u64 = 0x1000;
 
+/// Answers a driver's read of `data.len()` bytes at `offset` of a config
+/// space whose bytes are `cfg`: what lies outside it reads as zeros.
+pub fn read_config_bytes(cfg: &[u8], offset: u64, data: &mut [u8]) {
+    data.fill(0);
+    let Ok(start) = usize::try_from(offset) else {
+        return;
+    };
+    if let Some(src) = cfg.get(start..) {
+        let n = src.len().min(data.len());
+        data[..n].copy_from_slice(&src[..n]);
+    }
+}
+
 /// Kernel command-line fragment that announces a virtio-mmio device at `base`
 /// with interrupt line `irq` (Linux `virtio_mmio.device=` syntax).
 pub fn cmdline_fragment(base: u64, irq: u32) -> String {

@@ -296,14 +296,7 @@ impl VirtioDevice for VhostUserFs {
         let mut cfg = [0u8; TAG_LEN + 4];
         cfg[..self.tag.len()].copy_from_slice(self.tag.as_bytes());
         cfg[TAG_LEN..].copy_from_slice(&1u32.to_le_bytes());
-        data.fill(0);
-        let Ok(start) = usize::try_from(offset) else {
-            return;
-        };
-        if let Some(src) = cfg.get(start..) {
-            let n = src.len().min(data.len());
-            data[..n].copy_from_slice(&src[..n]);
-        }
+        super::read_config_bytes(&cfg, offset, data);
     }
 
     fn write_config(&mut self, offset: u64, _data: &[u8]) {

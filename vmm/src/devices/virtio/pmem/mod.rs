@@ -310,14 +310,7 @@ impl VirtioDevice for Pmem {
         let mut cfg = [0u8; 16];
         cfg[..8].copy_from_slice(&self.guest_addr.to_le_bytes());
         cfg[8..].copy_from_slice(&self.region_size().to_le_bytes());
-        data.fill(0);
-        let Ok(start) = usize::try_from(offset) else {
-            return;
-        };
-        if let Some(src) = cfg.get(start..) {
-            let n = src.len().min(data.len());
-            data[..n].copy_from_slice(&src[..n]);
-        }
+        super::read_config_bytes(&cfg, offset, data);
     }
 
     fn write_config(&mut self, offset: u64, _data: &[u8]) {
