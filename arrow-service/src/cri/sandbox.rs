@@ -8,7 +8,7 @@ use k8s_cri::v1::{
 };
 use tonic::Status;
 
-use super::store::SandboxRecord;
+use super::store::{ContainerRecord, SandboxRecord};
 use super::{info, labels_match, new_id, now_ns, status, Cri, RUNTIME_HANDLER};
 use crate::error::Error;
 
@@ -93,13 +93,7 @@ impl Cri {
             Err(Error::NotFound(_)) => return Ok(()),
             Err(e) => return Err(status(e)),
         };
-        let containers: Vec<_> = self
-            .store
-            .containers()
-            .map_err(status)?
-            .into_iter()
-            .filter(|c| c.sandbox_id == sb.id)
-            .collect();
+        let containers = self.containers_of(&sb.id)?;
         for c in &containers {
             self.stop_container_record(c, 0).await?;
         }
@@ -113,6 +107,17 @@ impl Cri {
         Ok(())
     }
 
+    /// The container records of sandbox `id`.
+    fn containers_of(&self, id: &str) -> Result<Vec<ContainerRecord>, Status> {
+        Ok(self
+            .store
+            .containers()
+            .map_err(status)?
+            .into_iter()
+            .filter(|c| c.sandbox_id == id)
+            .collect())
+    }
+
     /// Removes the sandbox and its containers; an unknown sandbox is already removed.
     pub(super) async fn remove_sandbox(&self, reference: &str) -> Result<(), Status> {
         let sb = match self.store.sandbox(reference) {
@@ -120,13 +125,7 @@ impl Cri {
             Err(Error::NotFound(_)) => return Ok(()),
             Err(e) => return Err(status(e)),
         };
-        let containers: Vec<_> = self
-            .store
-            .containers()
-            .map_err(status)?
-            .into_iter()
-            .filter(|c| c.sandbox_id == sb.id)
-            .collect();
+        let containers = self.containers_of(&sb.id)?;
         for c in &containers {
             self.remove_container_record(c).await?;
         }
