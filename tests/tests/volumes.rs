@@ -28,7 +28,7 @@ use std::process::Command;
 
 use arrow_e2e::{
     boot_vmm, cmdline, explain, initrd, kvm_available, one_guest_at_a_time, sample_volume_pack,
-    static_c_app, SAMPLE_CONF as CONF, SAMPLE_TOKEN as TOKEN,
+    static_c_app, Run, SAMPLE_CONF as CONF, SAMPLE_TOKEN as TOKEN,
 };
 
 const MARKER: &str = "VOLUME-APP: status";
@@ -101,17 +101,7 @@ fn cold_boot_mounts_packed_volumes_read_only_and_fails_on_a_missing_tag() {
         "ainit: volume",
         1,
     );
-    assert_eq!(run.exit_code, Some(125), "{}", explain(&run));
-    assert!(
-        run.console_has("ainit: volume fs:nosuchtag at /data: error -"),
-        "{}",
-        explain(&run)
-    );
-    assert!(
-        !run.console_has("VOLUME-APP"),
-        "the app never ran: {}",
-        explain(&run)
-    );
+    assert_refused(&run, "ainit: volume fs:nosuchtag at /data: error -");
 }
 
 /// An image base (EROFS, mkfs.erofs from a real tree) with the app at /app
@@ -182,17 +172,7 @@ fn mount_points_follow_links_inside_the_root_but_never_onto_proc() {
         "ainit: volume",
         1,
     );
-    assert_eq!(run.exit_code, Some(125), "{}", explain(&run));
-    assert!(
-        run.console_has("ainit: volume pack:0 at /escape/x: error -1"),
-        "{}",
-        explain(&run)
-    );
-    assert!(
-        !run.console_has("VOLUME-APP"),
-        "the app never ran: {}",
-        explain(&run)
-    );
+    assert_refused(&run, "ainit: volume pack:0 at /escape/x: error -1");
 
     // 5. A dangling link as the mount point of a single file: not followed.
     let run = boot_vmm(
@@ -201,12 +181,7 @@ fn mount_points_follow_links_inside_the_root_but_never_onto_proc() {
         "ainit: volume",
         1,
     );
-    assert_eq!(run.exit_code, Some(125), "{}", explain(&run));
-    assert!(
-        run.console_has("ainit: volume pack:1 at /dangling: error -17"),
-        "{}",
-        explain(&run)
-    );
+    assert_refused(&run, "ainit: volume pack:1 at /dangling: error -17");
 }
 
 #[test]
@@ -284,5 +259,16 @@ fn virtio_fs_volumes_are_mounted_by_ainit_writable_or_read_only() {
     assert!(
         !share.join("new-file").exists(),
         "nothing written on the host"
+    );
+}
+
+/// ainit refused a volume: exit 125, `line` on the console, the app never ran.
+fn assert_refused(run: &Run, line: &str) {
+    assert_eq!(run.exit_code, Some(125), "{}", explain(run));
+    assert!(run.console_has(line), "{}", explain(run));
+    assert!(
+        !run.console_has("VOLUME-APP"),
+        "the app never ran: {}",
+        explain(run)
     );
 }
