@@ -21,6 +21,9 @@
 
 #[path = "../tests/common/mod.rs"]
 mod common;
+#[path = "support/summary.rs"]
+mod summary;
+use summary::summary;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -31,7 +34,7 @@ use common::cni::{Client, TestNet};
 use common::cri::CriClient;
 use common::Daemon;
 use k8s_cri::v1::*;
-use serde_json::{json, Value};
+use serde_json::json;
 
 const PORT: u16 = 5000;
 
@@ -40,26 +43,6 @@ fn env_or(name: &str, default: usize) -> usize {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
-}
-
-fn percentile(sorted: &[u64], p: f64) -> u64 {
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i.min(sorted.len() - 1)]
-}
-
-fn summary(name: &str, unit: &str, v: &mut [u64]) -> Value {
-    v.sort_unstable();
-    let (p50, p99, min, max) = (
-        percentile(v, 0.5),
-        percentile(v, 0.99),
-        v[0],
-        v[v.len() - 1],
-    );
-    println!(
-        "{name:<44} {unit:>4} {p50:>9} {p99:>9} {min:>9} {max:>9} {:>5}",
-        v.len()
-    );
-    json!({"name": name, "unit": unit, "p50": p50, "p99": p99, "min": min, "max": max, "n": v.len()})
 }
 
 fn pod_config(name: &str, host_port: u16) -> PodSandboxConfig {

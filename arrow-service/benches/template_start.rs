@@ -17,32 +17,15 @@
 
 #[path = "../tests/common/mod.rs"]
 mod common;
+#[path = "support/summary.rs"]
+mod summary;
+use summary::summary;
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use common::Daemon;
 use serde_json::{json, Value};
-
-fn percentile(sorted: &[u64], p: f64) -> u64 {
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i.min(sorted.len() - 1)]
-}
-
-fn summary(name: &str, unit: &str, v: &mut [u64]) -> Value {
-    v.sort_unstable();
-    let (p50, p99, min, max) = (
-        percentile(v, 0.5),
-        percentile(v, 0.99),
-        v[0],
-        v[v.len() - 1],
-    );
-    println!(
-        "{name:<44} {unit:>3} {p50:>9} {p99:>9} {min:>9} {max:>9} {:>5}",
-        v.len()
-    );
-    json!({"name": name, "unit": unit, "p50": p50, "p99": p99, "min": min, "max": max, "n": v.len()})
-}
 
 fn rollup_kib(pid: i32) -> (u64, u64, u64) {
     let text = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap_or_default();
