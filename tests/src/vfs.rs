@@ -1,7 +1,8 @@
-//! vhost-user-fs helpers shared by the e2e test (tests/vhost_user_fs.rs)
+//! Helpers shared by the e2e tests (tests/vhost_user_fs.rs, generic_template.rs)
 //! and the bench (benches/vhost_user_fs.rs): a real virtiofsd, and a
 //! generic template with volume slots.
 
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -72,23 +73,38 @@ pub fn text(o: &Output) -> String {
 /// vhost-user-fs slots (vol0.., no backend) and snapshots it at the app
 /// wait point into `dir/template`.
 pub fn template_with_slots(dir: &Path, initrd: &Path, slots: u8) -> PathBuf {
+    let args = ["--fs-slots".into(), slots.to_string().into()];
+    generic_template(dir, initrd, "", &args).0
+}
+
+/// Boots a 128 MiB generic template (`arrow.wait_app=1`, then `cmdline_extra`)
+/// from `initrd` with `extra` arrow-vmm arguments (slots), waits for
+/// KERNEL_READY (240 s), snapshots it into `dir/template` and stops it.
+/// Returns the snapshot and `GET /vm` at the wait point; the console is
+/// `dir/tpl.log`.
+pub fn generic_template(
+    dir: &Path,
+    initrd: &Path,
+    cmdline_extra: &str,
+    extra: &[OsString],
+) -> (PathBuf, serde_json::Value) {
     let sock = dir.join("tpl.sock");
     let tpl = dir.join("template");
+    let console = dir.join("tpl.log");
+    let log = || std::fs::read_to_string(&console).unwrap_or_default();
     let mut child = Command::new(arrow_vmm())
         .args(["run", "--kernel"])
         .arg(kernel())
         .arg("--initrd")
         .arg(initrd)
         .arg("--cmdline")
-        .arg(cmdline("arrow.wait_app=1"))
-        .args([
-            "--memory",
-            "128M",
-            "--fs-slots",
-            &slots.to_string(),
-            "--console",
-        ])
-        .arg(dir.join("tpl.log"))
+        .arg(cmdline(
+            format!("arrow.wait_app=1 {cmdline_extra}").trim_end(),
+        ))
+        .args(["--memory", "128M"])
+        .args(extra)
+        .arg("--console")
+        .arg(&console)
         .arg("--api-sock")
         .arg(&sock)
         .stdin(Stdio::null())
@@ -97,29 +113,31 @@ pub fn template_with_slots(dir: &Path, initrd: &Path, slots: u8) -> PathBuf {
         .spawn()
         .expect("spawn template");
     let t = Instant::now();
-    loop {
+    let vm = loop {
         let (st, v) = control_api(&sock, "GET", "/vm", "");
         let v: serde_json::Value = serde_json::from_str(&v).unwrap_or_default();
         if st == 200 && v["kernel_ready_ms"].is_u64() {
-            break;
+            break v;
         }
         if let Ok(Some(s)) = child.try_wait() {
-            panic!(
-                "the template exited ({s}) before KERNEL_READY\n{}",
-                std::fs::read_to_string(dir.join("tpl.log")).unwrap_or_default()
-            );
+            panic!("the template exited ({s}) before KERNEL_READY\n{}", log());
         }
-        assert!(t.elapsed() < Duration::from_secs(240), "no KERNEL_READY");
+        if t.elapsed() > Duration::from_secs(240) {
+            let _ = child.kill();
+            panic!("no KERNEL_READY within 240 s\n{}", log());
+        }
         std::thread::sleep(Duration::from_millis(100));
-    }
-    assert_eq!(control_api(&sock, "PUT", "/vm/pause", "").0, 200);
+    };
+    eprintln!("generic template: KERNEL_READY after {:.1?}", t.elapsed());
+    let (st, v) = control_api(&sock, "PUT", "/vm/pause", "");
+    assert_eq!(st, 200, "{v}");
     let body = serde_json::json!({ "dir": tpl }).to_string();
     let (st, v) = control_api(&sock, "PUT", "/vm/snapshot", &body);
     assert_eq!(st, 200, "{v}");
     assert_eq!(control_api(&sock, "PUT", "/vm/shutdown", "").0, 200);
     let o = finish(child);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
-    tpl
+    (tpl, vm)
 }
 
 /// `(copied KiB, ms)` from arrow-vmm's "converted to shared memory" log

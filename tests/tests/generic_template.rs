@@ -13,9 +13,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use arrow_e2e::vfs::{finish, generic_template as generic_template_at, text};
 use arrow_e2e::{
-    arrow_vmm, cmdline, kernel, kvm_available, one_guest_at_a_time, sample_volume_pack,
-    static_c_app, SAMPLE_CONF, SAMPLE_TOKEN,
+    arrow_vmm, kvm_available, one_guest_at_a_time, sample_volume_pack, static_c_app, SAMPLE_CONF,
+    SAMPLE_TOKEN,
 };
 
 const TIMEOUT: Duration = Duration::from_secs(240);
@@ -39,19 +40,6 @@ fn api(sock: &Path, method: &str, path: &str, body: &str) -> (u16, serde_json::V
         .unwrap_or(0);
     let body = resp.split("\r\n\r\n").nth(1).unwrap_or("");
     (status, serde_json::from_str(body).unwrap_or_default())
-}
-
-/// Waits for `child` under the timeout; returns its output.
-fn finish(mut child: std::process::Child) -> Output {
-    let t = Instant::now();
-    while child.try_wait().expect("wait").is_none() {
-        if t.elapsed() > TIMEOUT {
-            let _ = child.kill();
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    child.wait_with_output().expect("output")
 }
 
 /// Size of the template's image slot (pmem0) and of its volume slot (pmem1).
@@ -103,15 +91,6 @@ fn clone_with_slots(
     finish(child)
 }
 
-fn text(o: &Output) -> String {
-    format!(
-        "exit {:?}\n--- console ---\n{}\n--- stderr ---\n{}",
-        o.status.code(),
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
 fn initrd(dir: &Path) -> PathBuf {
     let e2e = std::fs::read(static_c_app("e2e-app", dir)).expect("e2e-app");
     let sum = std::fs::read(static_c_app("sum-app", dir)).expect("sum-app");
@@ -129,8 +108,6 @@ fn initrd(dir: &Path) -> PathBuf {
 
 /// Boots the generic template and snapshots it at the wait point.
 fn generic_template(dir: &Path) -> PathBuf {
-    let sock = dir.join("tpl.sock");
-    let tpl = dir.join("template");
     // The image slot and the volume slot: zeros until a clone maps an image
     // base or a packed volume image over them.
     let slot = |name: &str| {
@@ -143,59 +120,14 @@ fn generic_template(dir: &Path) -> PathBuf {
         pmem
     };
     let (pmem, volume_slot) = (slot("slot.img"), slot("volumes.slot"));
-    let mut child = Command::new(arrow_vmm())
-        .args(["run", "--kernel"])
-        .arg(kernel())
-        .arg("--initrd")
-        .arg(initrd(dir))
-        .arg("--cmdline")
-        .arg(cmdline(
-            "arrow.wait_app=1 arrow.hostname=template SECRET=template -- templatearg 5",
-        ))
-        .args(["--memory", "128M", "--console"])
-        .arg(dir.join("tpl.log"))
-        .arg("--pmem")
-        .arg(&pmem)
-        .arg("--pmem")
-        .arg(&volume_slot)
-        .arg("--api-sock")
-        .arg(&sock)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn template");
-    let t = Instant::now();
-    loop {
-        let (st, v) = api(&sock, "GET", "/vm", "");
-        if st == 200 && v["kernel_ready_ms"].is_u64() {
-            assert_eq!(v["app_abi"], 2, "{v}");
-            break;
-        }
-        if let Ok(Some(s)) = child.try_wait() {
-            panic!(
-                "the template exited ({s}) before KERNEL_READY\n{}",
-                std::fs::read_to_string(dir.join("tpl.log")).unwrap_or_default()
-            );
-        }
-        if t.elapsed() > TIMEOUT {
-            let _ = child.kill();
-            panic!(
-                "no KERNEL_READY within {TIMEOUT:?}\n{}",
-                std::fs::read_to_string(dir.join("tpl.log")).unwrap_or_default()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    eprintln!("generic template: KERNEL_READY after {:.1?}", t.elapsed());
-    let (st, v) = api(&sock, "PUT", "/vm/pause", "");
-    assert_eq!(st, 200, "{v}");
-    let body = serde_json::json!({ "dir": tpl }).to_string();
-    let (st, v) = api(&sock, "PUT", "/vm/snapshot", &body);
-    assert_eq!(st, 200, "{v}");
-    assert_eq!(api(&sock, "PUT", "/vm/shutdown", "").0, 200);
-    let o = finish(child);
-    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let args = ["--pmem".into(), pmem, "--pmem".into(), volume_slot];
+    let (tpl, vm) = generic_template_at(
+        dir,
+        &initrd(dir),
+        "arrow.hostname=template SECRET=template -- templatearg 5",
+        &args,
+    );
+    assert_eq!(vm["app_abi"], 2, "{vm}");
     let console = std::fs::read_to_string(dir.join("tpl.log")).unwrap_or_default();
     assert!(
         !console.contains("ARROW-E2E: hello"),
