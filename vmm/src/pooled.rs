@@ -51,10 +51,16 @@ impl PendingTemplate {
         DeviceManager::check_fs_restore(&self.virtio, &all).map_err(|e| e.to_string())?;
         memory::map_over(&rt.mem, &self.memory_file, &self.regions).map_err(|e| e.to_string())?;
         if !all.is_empty() {
-            let (shared, _) = SharedMemory::convert(&rt.mem, &self.memory_file, &self.regions)
+            let hotplug = DeviceManager::hotplug_region(&self.virtio);
+            let (shared, _) =
+                SharedMemory::convert(&rt.mem, &self.memory_file, &self.regions, hotplug)
+                    .map_err(|e| e.to_string())?;
+            let shared = Arc::new(shared);
+            rt.devices
+                .share_hotplug(&shared)
                 .map_err(|e| e.to_string())?;
             rt.devices
-                .connect_fs(&all, &Arc::new(shared))
+                .connect_fs(&all, &shared)
                 .map_err(|e| e.to_string())?;
         }
         if self.vcpus.len() != rt.handles.len() {

@@ -18,6 +18,24 @@
 //!   from then on (no longer shared with other clones through the page
 //!   cache): that is the per-clone cost, measured in docs/benchmarks.md.
 //!
+//! - The virtio-mem hotplug region ([`hotplug`]), when the VM has one, lies
+//!   in the same memfd after RAM: a cold boot maps it `MAP_SHARED` from the
+//!   start (sparse: nothing is allocated until the guest writes), a clone's
+//!   conversion copies its data extents (the blocks plugged when the
+//!   template was saved) like RAM's. Backends get it only in the pieces
+//!   with plugged memory (`VHOST_USER_ADD_MEM_REG` / `REM_MEM_REG`), and
+//!   unplugged memory is punched out of the memfd (`fallocate`), which frees
+//!   it in every process that maps it.
+//!
+//! Why one memfd for both, rather than a second one for the region: a
+//! second file buys nothing (backends map each table entry at its own
+//! offset either way) and would be a second descriptor to pass and keep.
+//! Why share plugged slots only, rather than the whole region up front: a
+//! hostile guest could otherwise point virtio-fs buffers into unplugged
+//! memory and have virtiofsd write there, allocating host memory up to the
+//! region's size that no plugged block accounts for (and that `actl update
+//! --memory` could never take back).
+//!
 //! Snapshots read guest memory through its mapping, so they do not care
 //! whether it is shared.
 
@@ -29,6 +47,10 @@ use vm_memory::{Address, FileOffset, GuestAddress, GuestMemoryBackend, GuestMemo
 
 use crate::snapshot::memory::RegionInfo;
 use crate::GuestMemoryMmap;
+
+mod hotplug;
+pub use hotplug::MemTableListener;
+use hotplug::HotplugShare;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SharedMemoryError {
@@ -65,7 +87,10 @@ pub struct ConvertStats {
 #[derive(Debug)]
 pub struct SharedMemory {
     file: File,
+    /// RAM regions: always in the backends' memory tables.
     regions: Vec<SharedRegion>,
+    /// The hotplug region, shared with backends slot by slot.
+    hotplug: Option<HotplugShare>,
 }
 
 fn memfd(size: u64) -> Result<File, SharedMemoryError> {
@@ -87,18 +112,34 @@ impl SharedMemory {
     pub fn create(
         ranges: &[(GuestAddress, usize)],
     ) -> Result<(GuestMemoryMmap, Self), SharedMemoryError> {
-        let total: u64 = ranges.iter().map(|r| r.1 as u64).sum();
+        Self::create_with_hotplug(ranges, None)
+    }
+
+    /// [`Self::create`] for RAM `ranges` and the virtio-mem region
+    /// `hotplug` (guest address, size), which the same memfd holds after
+    /// RAM; none of it is shared with backends until plugged
+    /// ([`Self::share_hotplug_slot`]).
+    pub fn create_with_hotplug(
+        ranges: &[(GuestAddress, usize)],
+        hotplug: Option<(u64, u64)>,
+    ) -> Result<(GuestMemoryMmap, Self), SharedMemoryError> {
+        let mut all = ranges.to_vec();
+        if let Some((addr, size)) = hotplug {
+            let size = usize::try_from(size).map_err(|_| SharedMemoryError::NoRegion { addr, size })?;
+            all.push((GuestAddress(addr), size));
+        }
+        let total: u64 = all.iter().map(|r| r.1 as u64).sum();
         let file = memfd(total)?;
         let mut offset = 0u64;
-        let mut with_files = Vec::with_capacity(ranges.len());
-        for &(addr, size) in ranges {
+        let mut with_files = Vec::with_capacity(all.len());
+        for &(addr, size) in &all {
             let fd = file.try_clone().map_err(SharedMemoryError::Create)?;
             with_files.push((addr, size, Some(FileOffset::new(fd, offset))));
             offset += size as u64;
         }
         let mem = GuestMemoryMmap::from_ranges_with_files(&with_files)
             .map_err(|e| SharedMemoryError::Map(e.to_string()))?;
-        let regions = mem
+        let regions: Vec<SharedRegion> = mem
             .iter()
             .map(|r| SharedRegion {
                 guest_addr: r.start_addr().raw_value(),
@@ -107,18 +148,33 @@ impl SharedMemory {
                 offset: r.file_offset().map_or(0, |f| f.start()),
             })
             .collect();
-        Ok((mem, Self { file, regions }))
+        Ok((mem, Self::split(file, regions, hotplug)))
+    }
+
+    /// Keeps the hotplug region (if any) apart from RAM.
+    fn split(file: File, all: Vec<SharedRegion>, hotplug: Option<(u64, u64)>) -> Self {
+        let is_hotplug = |r: &SharedRegion| hotplug.is_some_and(|(addr, _)| r.guest_addr == addr);
+        let hotplug = all.iter().find(|r| is_hotplug(r)).map(|r| HotplugShare::new(*r));
+        let regions = all.into_iter().filter(|r| !is_hotplug(r)).collect();
+        Self {
+            file,
+            regions,
+            hotplug,
+        }
     }
 
     /// Replaces the RAM regions `regions` of `mem`, a clone's copy-on-write
     /// mapping of `source` (the template's memory file, at each region's
     /// `file_offset`), by a memfd holding the same bytes, mapped at the same
     /// host addresses. Only `source`'s data extents are copied. vCPUs must
-    /// not run, and nothing may have written to `mem` yet.
+    /// not run, and nothing may have written to `mem` yet. `hotplug`: the
+    /// region of `regions` that is the virtio-mem region (its plugged
+    /// blocks are data extents and are copied like RAM).
     pub fn convert(
         mem: &GuestMemoryMmap,
         source: &File,
         regions: &[RegionInfo],
+        hotplug: Option<(u64, u64)>,
     ) -> Result<(Self, ConvertStats), SharedMemoryError> {
         let started = Instant::now();
         let total: u64 = regions.iter().map(|r| r.size).sum();
@@ -182,19 +238,14 @@ impl SharedMemory {
             ms = stats.elapsed.as_secs_f64() * 1e3,
             "clone RAM converted to shared memory for vhost-user backends"
         );
-        Ok((
-            Self {
-                file,
-                regions: shared,
-            },
-            stats,
-        ))
+        Ok((Self::split(file, shared, hotplug), stats))
     }
 
     pub fn fd(&self) -> RawFd {
         self.file.as_raw_fd()
     }
 
+    /// The RAM regions (without the hotplug region: see [`Self::table`]).
     pub fn regions(&self) -> &[SharedRegion] {
         &self.regions
     }
@@ -274,7 +325,7 @@ mod tests {
         let mem = crate::snapshot::memory::map_private(&path, &regions).unwrap();
         let host = mem.get_host_address(GuestAddress(0x20_0000)).unwrap();
         let file = File::open(&path).unwrap();
-        let (shared, stats) = SharedMemory::convert(&mem, &file, &regions).unwrap();
+        let (shared, stats) = SharedMemory::convert(&mem, &file, &regions, None).unwrap();
         assert_eq!(mem.get_host_address(GuestAddress(0x20_0000)).unwrap(), host);
         assert_eq!(
             mem.read_obj::<u32>(GuestAddress(0x20_0000)).unwrap(),
@@ -294,5 +345,38 @@ mod tests {
         file.read_exact_at(&mut b, regions[0].file_offset + 0x10)
             .unwrap_or_default();
         assert_ne!(u32::from_le_bytes(b), 7);
+    }
+
+    #[test]
+    fn convert_copies_plugged_hotplug_memory_into_the_memfd() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("memory.bin");
+        let region = 1u64 << 32;
+        let size = hotplug::SLOT_SIZE;
+        let src = GuestMemoryMmap::from_ranges(&[
+            (GuestAddress(0), 2 << 20),
+            (GuestAddress(region), size as usize),
+        ])
+        .unwrap();
+        src.write_obj(0xfeed_u32, GuestAddress(region + (4 << 20)))
+            .unwrap();
+        let (regions, _) = crate::snapshot::memory::dump(&src, &path).unwrap();
+        let mem = crate::snapshot::memory::map_private(&path, &regions).unwrap();
+        let file = File::open(&path).unwrap();
+        let (shared, _) =
+            SharedMemory::convert(&mem, &file, &regions, Some((region, size))).unwrap();
+        assert_eq!(shared.regions().len(), 1, "RAM only");
+        assert!(shared.has_hotplug());
+        // The plugged data is in the memfd, after RAM, and nothing else is.
+        assert_eq!(shared.hotplug_allocated(), Some(4096));
+        let mut b = [0u8; 4];
+        shared
+            .file
+            .read_exact_at(&mut b, (2 << 20) + (4 << 20))
+            .unwrap();
+        assert_eq!(u32::from_le_bytes(b), 0xfeed);
+        shared.share_hotplug_slot(0, true).unwrap();
+        assert_eq!(shared.table()[1].offset, 2 << 20);
+        assert_eq!(shared.table()[1].guest_addr, region);
     }
 }

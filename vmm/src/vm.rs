@@ -358,14 +358,11 @@ impl Vm {
         let (mem, shared) = if config.fs.is_empty() {
             (create_memory(&vm, config.mem_size, hotplug)?, None)
         } else {
-            if hotplug.is_some() {
-                return Err(VmError::Fs(
-                    "--fs and --memory-hotplug together are not supported yet: drop one".into(),
-                ));
-            }
-            let (mem, shared) = SharedMemory::create(&layout::ram_regions(config.mem_size))
-                .map_err(|e| VmError::MemoryAlloc(config.mem_size >> 20, e.to_string()))?;
-            register_memory(&vm, &mem, None)?;
+            // The hotplug region too: backends reach plugged blocks.
+            let (mem, shared) =
+                SharedMemory::create_with_hotplug(&layout::ram_regions(config.mem_size), hotplug)
+                    .map_err(|e| VmError::MemoryAlloc(config.mem_size >> 20, e.to_string()))?;
+            register_memory(&vm, &mem, hotplug)?;
             (mem, Some(Arc::new(shared)))
         };
         let lifecycle = Arc::new(Lifecycle::new(start).map_err(host_err("eventfd"))?);
@@ -388,7 +385,7 @@ impl Vm {
             devices.add_fs(&vm, &mem, &slot_tag(i), None, &lifecycle)?;
         }
         if let Some((addr, size)) = hotplug {
-            devices.add_mem(&vm, &mem, addr, size)?;
+            devices.add_mem(&vm, &mem, addr, size, shared.clone())?;
         }
         let mut cmdline = devices.add_to_cmdline(&host.adapt_cmdline(&config.cmdline));
         if let Some(c) = &config.core_dumps {
@@ -527,16 +524,13 @@ impl Vm {
                 .map_err(snapshot::SnapshotError::from)?;
             (mem, None)
         };
-        register_memory(
-            &vm,
-            &mem,
-            DeviceManager::hotplug_region(&state.devices.virtio),
-        )?;
+        let hotplug = DeviceManager::hotplug_region(&state.devices.virtio);
+        register_memory(&vm, &mem, hotplug)?;
         // Backends must map guest RAM: a clone's private mapping of the
         // template becomes a memfd copy (a pooled VM does it at start).
         let shared = if !config.pool && !config.fs.is_empty() {
             let file = std::fs::File::open(&mem_path).map_err(host_err("memory file"))?;
-            let (shared, _) = SharedMemory::convert(&mem, &file, &state.regions)
+            let (shared, _) = SharedMemory::convert(&mem, &file, &state.regions, hotplug)
                 .map_err(|e| VmError::Restore(e.to_string()))?;
             Some(Arc::new(shared))
         } else {
@@ -611,7 +605,7 @@ impl Vm {
             } else {
                 config.fs.clone()
             },
-            shared,
+            shared: shared.clone(),
             lifecycle: Some(lifecycle.clone()),
         };
         // A pooled VM's memory has no content yet: its devices are built and
@@ -627,7 +621,13 @@ impl Vm {
                 .map_err(|e| VmError::Restore(e.to_string()))?;
         }
         devices
-            .restore_mem(&vm, &mem, &state.devices.virtio, memory_file.is_some())
+            .restore_mem(
+                &vm,
+                &mem,
+                &state.devices.virtio,
+                memory_file.is_some(),
+                shared.clone(),
+            )
             .map_err(|e| VmError::Restore(e.to_string()))?;
         let pending = match memory_file {
             Some(memory_file) => {

@@ -41,11 +41,16 @@ impl DeviceManager {
     ) -> Result<(), DeviceError> {
         let slot = self.slots.allocate()?;
         let mut dev = VhostUserFs::new(tag, lifecycle.clone())?;
+        let mut watched = None;
         if let Some((socket, shared)) = backend {
-            dev.connect(socket, shared)?;
+            dev.connect(socket, shared.clone())?;
+            watched = Some(shared);
         }
         tracing::info!(tag, socket = ?dev.socket(), "vhost-user-fs device");
         let device = Arc::new(Mutex::new(dev));
+        if let Some(shared) = watched {
+            watch(&shared, &device);
+        }
         let transport = MmioTransport::new(mem.clone(), device.clone())?;
         let transport = self.attach(vm, slot, transport, "vhost-user-fs")?;
         self.fs.push(FsParts {
@@ -118,10 +123,15 @@ impl DeviceManager {
         for s in &states.fs {
             let mut dev = VhostUserFs::restore(&s.device, lifecycle.clone())?;
             let backend = params.fs.iter().find(|f| f.tag == s.device.tag);
+            let mut watched = None;
             if let (Some(f), Some(shared)) = (backend, &params.shared) {
                 dev.connect(&f.socket, shared.clone())?;
+                watched = Some(shared);
             }
             let device = Arc::new(Mutex::new(dev));
+            if let Some(shared) = watched {
+                watch(shared, &device);
+            }
             let state = (load_transports).then_some(&s.transport);
             let transport =
                 self.reattach(vm, mem, s.slot, device.clone(), state, "vhost-user-fs")?;
@@ -156,9 +166,16 @@ impl DeviceManager {
                         .join(", "),
                 })?;
             lock(&parts.device).connect(&f.socket, shared.clone())?;
+            watch(shared, &parts.device);
         }
         Ok(())
     }
+}
+
+/// The device's backend follows the hotplug slots shared from `shared`.
+fn watch(shared: &Arc<SharedMemory>, device: &Arc<Mutex<VhostUserFs>>) {
+    let weak: std::sync::Weak<Mutex<VhostUserFs>> = Arc::downgrade(device);
+    shared.watch(weak);
 }
 
 impl From<FsError> for DeviceError {

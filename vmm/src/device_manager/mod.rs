@@ -245,15 +245,21 @@ impl DeviceManager {
     /// from [`Self::reserve_hotplug`], which must be a region of `mem` that
     /// is not registered with KVM (the device registers the parts that get
     /// plugged).
+    /// `shared`: guest memory is this memfd (`--fs`), which holds the region.
     pub fn add_mem(
         &mut self,
         vm: &Arc<VmFd>,
         mem: &GuestMemoryMmap,
         addr: u64,
         size: u64,
+        shared: Option<Arc<crate::shared_memory::SharedMemory>>,
     ) -> Result<(), DeviceError> {
         let slot = self.slots.allocate()?;
-        let backend = HotplugMemory::new(mem, addr, size, vm.clone()).map_err(MemError::from)?;
+        let mut backend =
+            HotplugMemory::new(mem, addr, size, vm.clone()).map_err(MemError::from)?;
+        if let Some(shared) = shared {
+            backend.set_shared(shared).map_err(MemError::from)?;
+        }
         let device = Arc::new(Mutex::new(VirtioMem::new(addr, size, Box::new(backend))?));
         let transport = MmioTransport::new(mem.clone(), device.clone())?;
         let transport = self.attach(vm, slot, transport, "virtio-mem")?;
@@ -269,12 +275,15 @@ impl DeviceManager {
     /// register the plugged blocks' memory slots again). `pooled`: guest
     /// memory is a reservation the template's file is mapped over at start
     /// (the transport loads its state then, in `load_transport_states`).
+    /// `shared`: guest memory was converted to this memfd for vhost-user
+    /// backends (the region's plugged slots are shared with them).
     pub fn restore_mem(
         &mut self,
         vm: &Arc<VmFd>,
         mem: &GuestMemoryMmap,
         states: &VirtioStates,
         pooled: bool,
+        shared: Option<Arc<crate::shared_memory::SharedMemory>>,
     ) -> Result<(), DeviceError> {
         let Some(ms) = &states.mem else {
             return Ok(());
@@ -285,6 +294,9 @@ impl DeviceManager {
         if pooled {
             backend.set_file_backed();
         }
+        if let Some(shared) = shared {
+            backend.set_shared(shared).map_err(MemError::from)?;
+        }
         let device = Arc::new(Mutex::new(VirtioMem::restore(d, Box::new(backend))?));
         let state = (!pooled).then_some(&ms.transport);
         let transport = self.reattach(vm, mem, ms.slot, device.clone(), state, "virtio-mem")?;
@@ -293,6 +305,18 @@ impl DeviceManager {
             device,
             transport,
         });
+        Ok(())
+    }
+
+    /// A pooled clone's RAM became `shared` at start: the virtio-mem
+    /// device's plugged slots are shared with the backends from now on.
+    pub fn share_hotplug(
+        &self,
+        shared: &Arc<crate::shared_memory::SharedMemory>,
+    ) -> Result<(), DeviceError> {
+        if let Some(m) = &self.mem {
+            lock(&m.device).set_shared(shared.clone())?;
+        }
         Ok(())
     }
 

@@ -12,6 +12,10 @@
 //!   ADDR / BASE / CALL / KICK / ENABLE.
 //! - [`Backend::stop`]: GET_VRING_BASE per queue (the backend stops the
 //!   rings), on a driver reset.
+//! - [`Backend::sync_memory`]: the hotplug slots shared with backends
+//!   changed ([`crate::shared_memory`]): ADD_MEM_REG / REM_MEM_REG for the
+//!   difference when the backend offers CONFIGURE_MEM_SLOTS (virtiofsd
+//!   does), else SET_MEM_TABLE with the whole new table.
 
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixStream;
@@ -24,7 +28,7 @@ use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
 use vm_memory::{GuestAddress, GuestMemoryBackend};
 use vmm_sys_util::eventfd::EventFd;
 
-use crate::shared_memory::SharedMemory;
+use crate::shared_memory::{SharedMemory, SharedRegion};
 use crate::GuestMemoryMmap;
 
 /// VHOST_USER_F_PROTOCOL_FEATURES: a vhost-user feature bit, never shown
@@ -54,6 +58,8 @@ pub enum BackendError {
     RingAddress { index: usize, addr: u64 },
     #[error("guest memory is not shared (a vhost-user backend needs a memfd)")]
     NotShared,
+    #[error("the backend takes at most {max} memory regions, guest memory needs {needed}")]
+    TooManyRegions { max: u64, needed: usize },
 }
 
 /// What [`Backend::start`] needs of one queue, as the guest configured it
@@ -75,6 +81,21 @@ pub struct Backend {
     /// Virtio features the backend offers (without PROTOCOL_FEATURES).
     features: u64,
     protocol: bool,
+    /// The backend takes ADD_MEM_REG / REM_MEM_REG (at most this many
+    /// regions in all).
+    mem_slots: Option<u64>,
+    /// The hotplug slots in the backend's memory table.
+    announced: Vec<SharedRegion>,
+}
+
+fn region_info(r: &SharedRegion, fd: RawFd) -> VhostUserMemoryRegionInfo {
+    VhostUserMemoryRegionInfo {
+        guest_phys_addr: r.guest_addr,
+        memory_size: r.size,
+        userspace_addr: r.host_addr,
+        mmap_offset: r.offset,
+        mmap_handle: fd,
+    }
 }
 
 fn req(what: &'static str) -> impl FnOnce(vhost::Error) -> BackendError {
@@ -97,16 +118,26 @@ impl Backend {
         frontend.set_owner().map_err(req("SET_OWNER"))?;
         let all = frontend.get_features().map_err(req("GET_FEATURES"))?;
         let protocol = all & PROTOCOL_FEATURES != 0;
+        let mut mem_slots = None;
         if protocol {
             let offered = frontend
                 .get_protocol_features()
                 .map_err(req("GET_PROTOCOL_FEATURES"))?;
-            let wanted = offered & VhostUserProtocolFeatures::REPLY_ACK;
+            let wanted = offered
+                & (VhostUserProtocolFeatures::REPLY_ACK
+                    | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS);
             frontend
                 .set_protocol_features(wanted)
                 .map_err(req("SET_PROTOCOL_FEATURES"))?;
             if wanted.contains(VhostUserProtocolFeatures::REPLY_ACK) {
                 frontend.set_hdr_flags(VhostUserHeaderFlag::NEED_REPLY);
+            }
+            if wanted.contains(VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS) {
+                mem_slots = Some(
+                    frontend
+                        .get_max_mem_slots()
+                        .map_err(req("GET_MAX_MEM_SLOTS"))?,
+                );
             }
         }
         Ok(Self {
@@ -114,6 +145,8 @@ impl Backend {
             socket: socket.to_path_buf(),
             features: all & !PROTOCOL_FEATURES,
             protocol,
+            mem_slots,
+            announced: Vec::new(),
         })
     }
 
@@ -124,6 +157,67 @@ impl Backend {
 
     pub fn socket(&self) -> &Path {
         &self.socket
+    }
+
+    /// Whether the backend takes single memory regions (ADD_MEM_REG).
+    pub fn configures_mem_slots(&self) -> bool {
+        self.mem_slots.is_some()
+    }
+
+    /// The hotplug slots in the backend's memory table (tests, logs).
+    pub fn announced(&self) -> &[SharedRegion] {
+        &self.announced
+    }
+
+    fn check_room(&self, needed: usize) -> Result<(), BackendError> {
+        match self.mem_slots {
+            Some(max) if needed as u64 > max => Err(BackendError::TooManyRegions { max, needed }),
+            _ => Ok(()),
+        }
+    }
+
+    /// Brings the backend's memory table in line with `shared.table()`
+    /// (only the hotplug slots change). Call once the backend has a table
+    /// ([`Self::start`]).
+    pub fn sync_memory(&mut self, shared: &SharedMemory) -> Result<(), BackendError> {
+        let table = shared.table();
+        let want: Vec<SharedRegion> = table
+            .iter()
+            .filter(|r| shared.is_hotplug(r))
+            .copied()
+            .collect();
+        if want == self.announced {
+            return Ok(());
+        }
+        let fd = shared.fd();
+        if self.mem_slots.is_none() {
+            let all: Vec<_> = table.iter().map(|r| region_info(r, fd)).collect();
+            self.frontend
+                .set_mem_table(&all)
+                .map_err(req("SET_MEM_TABLE"))?;
+            self.announced = want;
+            return Ok(());
+        }
+        self.check_room(table.len())?;
+        // Removals first: the backend must not map a range the guest lost.
+        while let Some(pos) = self.announced.iter().position(|r| !want.contains(r)) {
+            let r = self.announced[pos];
+            self.frontend
+                .remove_mem_region(&region_info(&r, fd))
+                .map_err(req("REM_MEM_REG"))?;
+            self.announced.remove(pos);
+            tracing::debug!(socket = %self.socket.display(), gpa = r.guest_addr, size = r.size, "vhost-user: hotplug memory taken from the backend");
+        }
+        for r in want {
+            if !self.announced.contains(&r) {
+                self.frontend
+                    .add_mem_region(&region_info(&r, fd))
+                    .map_err(req("ADD_MEM_REG"))?;
+                self.announced.push(r);
+                tracing::debug!(socket = %self.socket.display(), gpa = r.guest_addr, size = r.size, "vhost-user: hotplug memory shared with the backend");
+            }
+        }
+        Ok(())
     }
 
     /// The connection's descriptor (to watch for a hang-up).
@@ -150,18 +244,22 @@ impl Backend {
         let features = acked | if self.protocol { PROTOCOL_FEATURES } else { 0 };
         let f = &mut self.frontend;
         f.set_features(features).map_err(req("SET_FEATURES"))?;
-        let regions: Vec<VhostUserMemoryRegionInfo> = shared
-            .regions()
-            .iter()
-            .map(|r| VhostUserMemoryRegionInfo {
-                guest_phys_addr: r.guest_addr,
-                memory_size: r.size,
-                userspace_addr: r.host_addr,
-                mmap_offset: r.offset,
-                mmap_handle: shared.fd(),
-            })
-            .collect();
+        // RAM and the hotplug slots with plugged memory; later changes go
+        // through sync_memory.
+        let table = shared.table();
+        let regions: Vec<VhostUserMemoryRegionInfo> =
+            table.iter().map(|r| region_info(r, shared.fd())).collect();
+        match self.mem_slots {
+            Some(max) if regions.len() as u64 > max => {
+                return Err(BackendError::TooManyRegions {
+                    max,
+                    needed: regions.len(),
+                })
+            }
+            _ => {}
+        }
         f.set_mem_table(&regions).map_err(req("SET_MEM_TABLE"))?;
+        self.announced = table.into_iter().filter(|r| shared.is_hotplug(r)).collect();
         for (index, ((v, kick), call)) in vrings.iter().zip(kicks).zip(calls).enumerate() {
             // vhost-user ring addresses are this process's addresses; each
             // ring must lie wholly inside one RAM region (the transport

@@ -12,7 +12,9 @@
 //!   loop reads ([`event_handler`]); it sets the VRING bit of InterruptStatus
 //!   and raises the interrupt (Linux's virtio-mmio driver reads
 //!   InterruptStatus, so an irqfd alone would not do).
-//! - Guest RAM must be shared memory ([`crate::shared_memory`]).
+//! - Guest RAM must be shared memory ([`crate::shared_memory`]). With a
+//!   virtio-mem region, the backend's memory table follows what is plugged
+//!   ([`VhostUserFs`] is a [`MemTableListener`] of the shared memory).
 //! - A backend that hangs up stops the VM with the reason
 //!   ("vhost-user-fs TAG: backend SOCKET closed the connection", exit 125).
 //! - Slots (`--fs-slots`): devices without a backend. The guest probes and
@@ -45,7 +47,7 @@ use super::{
 };
 use crate::exit::StopReason;
 use crate::lifecycle::Lifecycle;
-use crate::shared_memory::SharedMemory;
+use crate::shared_memory::{MemTableListener, SharedMemory};
 use crate::GuestMemoryMmap;
 pub use backend::{Backend, BackendError, VringSetup};
 
@@ -237,6 +239,32 @@ impl VhostUserFs {
         Ok(())
     }
 
+    /// Brings the backend's memory table up to date with the shared hotplug
+    /// slots, once the backend has one (before, [`Backend::start`] sends
+    /// the current table).
+    pub fn sync_memory(&mut self) -> Result<(), FsError> {
+        let started = self.active.as_ref().is_some_and(|a| a.started);
+        let (Some(backend), Some(shared), true) =
+            (self.backend.as_mut(), self.shared.as_ref(), started)
+        else {
+            return Ok(());
+        };
+        backend
+            .sync_memory(shared)
+            .map_err(|source| FsError::Backend {
+                tag: self.tag.clone(),
+                source,
+            })
+    }
+
+    /// The hotplug slots in the backend's memory table (tests).
+    pub fn announced_memory(&self) -> Vec<crate::shared_memory::SharedRegion> {
+        self.backend
+            .as_ref()
+            .map(|b| b.announced().to_vec())
+            .unwrap_or_default()
+    }
+
     /// The backend used buffers on queue `index`: tell the guest.
     pub(crate) fn signal_used(&mut self, index: usize) {
         let Some(evt) = self.call_evts.get(index) else {
@@ -268,6 +296,15 @@ impl VhostUserFs {
     /// The connection's descriptor, while connected.
     pub(crate) fn backend_fd(&self) -> Option<std::os::fd::RawFd> {
         self.backend.as_ref().map(|b| b.raw_fd())
+    }
+}
+
+impl MemTableListener for std::sync::Mutex<VhostUserFs> {
+    fn mem_table_changed(&self) -> Result<(), String> {
+        self.lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .sync_memory()
+            .map_err(|e| e.to_string())
     }
 }
 

@@ -14,7 +14,12 @@
 //! Discarding: on an anonymous mapping `MADV_DONTNEED` frees the pages; on
 //! a clone's private mapping of a template's memory file it would bring
 //! the template's pages back, so fresh anonymous memory is mapped over the
-//! range instead.
+//! range instead. When vhost-user backends map guest memory
+//! ([`crate::shared_memory`], `--fs`), the region is part of a memfd:
+//! unplugged ranges are punched out of it (which frees them in the
+//! backends' mappings too), and each slot is shared with the backends
+//! exactly while it is registered with KVM (taken from them before KVM
+//! loses it and before its memory is freed).
 
 use std::io;
 use std::sync::Arc;
@@ -23,6 +28,7 @@ use kvm_bindings::kvm_userspace_memory_region;
 use kvm_ioctls::VmFd;
 use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
 
+use crate::shared_memory::SharedMemory;
 use crate::GuestMemoryMmap;
 
 /// KVM slot granularity inside the region (also Linux's x86-64 memory block).
@@ -64,6 +70,8 @@ pub enum BackendError {
     Slot(io::Error),
     #[error("cannot give memory back to the host: {0}")]
     Discard(io::Error),
+    #[error("cannot update the vhost-user backends' memory tables: {0}")]
+    Share(String),
 }
 
 /// The hotplug region's host mapping and its KVM slots.
@@ -78,6 +86,8 @@ pub struct HotplugMemory<S: SlotControl> {
     /// Plugged bytes per slot.
     plugged: Vec<u64>,
     slots: S,
+    /// Guest memory as a memfd that vhost-user backends map.
+    shared: Option<Arc<SharedMemory>>,
 }
 
 impl<S: SlotControl> HotplugMemory<S> {
@@ -112,7 +122,23 @@ impl<S: SlotControl> HotplugMemory<S> {
             file_backed: region.file_offset().is_some(),
             plugged: vec![0; (size / SLOT_SIZE) as usize],
             slots,
+            shared: None,
         })
+    }
+
+    /// Guest memory is (now) `shared`, a memfd backends map, whose hotplug
+    /// region is this one: the slots registered so far are shared with the
+    /// backends, unplugged memory is punched out of the memfd from now on.
+    pub fn set_shared(&mut self, shared: Arc<SharedMemory>) -> Result<(), BackendError> {
+        for i in 0..self.plugged.len() {
+            if self.plugged[i] > 0 {
+                shared
+                    .share_hotplug_slot(i, true)
+                    .map_err(BackendError::Share)?;
+            }
+        }
+        self.shared = Some(shared);
+        Ok(())
     }
 
     fn slot_range(&self, offset: u64, len: u64) -> std::ops::Range<usize> {
@@ -125,7 +151,7 @@ impl<S: SlotControl> HotplugMemory<S> {
         (offset + len).min(s + SLOT_SIZE) - offset.max(s)
     }
 
-    fn register(&self, i: usize, on: bool) -> Result<(), BackendError> {
+    fn set_kvm_slot(&self, i: usize, on: bool) -> Result<(), BackendError> {
         let off = i as u64 * SLOT_SIZE;
         self.slots
             .set_slot(
@@ -135,6 +161,30 @@ impl<S: SlotControl> HotplugMemory<S> {
                 self.host_addr as u64 + off,
             )
             .map_err(BackendError::Slot)
+    }
+
+    /// Shows slot `i` to the guest (KVM) and to the vhost-user backends, or
+    /// takes it from both: the backends get it after KVM and lose it
+    /// before, so they never map what the guest cannot reach.
+    fn register(&self, i: usize, on: bool) -> Result<(), BackendError> {
+        let share = |on: bool| match &self.shared {
+            Some(s) => s.share_hotplug_slot(i, on).map_err(BackendError::Share),
+            None => Ok(()),
+        };
+        if on {
+            self.set_kvm_slot(i, true)?;
+            if let Err(e) = share(true) {
+                let _ = self.set_kvm_slot(i, false);
+                return Err(e);
+            }
+        } else {
+            share(false)?;
+            if let Err(e) = self.set_kvm_slot(i, false) {
+                let _ = share(true);
+                return Err(e);
+            }
+        }
+        Ok(())
     }
 
     /// Makes `len` bytes at region offset `offset` reachable by the guest.
@@ -165,22 +215,30 @@ impl<S: SlotControl> HotplugMemory<S> {
     /// plugged, in-bounds, block-aligned ranges.
     pub fn unplug(&mut self, offset: u64, len: u64) -> Result<(), BackendError> {
         debug_assert!(offset + len <= self.size);
-        self.discard(offset, len)?;
-        // The counts change only once every slot left empty is removed: on
-        // a failure the device answers BUSY and keeps the blocks plugged,
-        // so the counts (and slots) must still include them, or a later
-        // unplug would remove a slot under blocks that are still plugged.
+        // The counts change only once every slot left empty is removed and
+        // the memory freed: on a failure the device answers BUSY and keeps
+        // the blocks plugged, so the counts (and slots) must still include
+        // them, or a later unplug would remove a slot under blocks that are
+        // still plugged. Slots go first, so that neither the guest nor a
+        // backend can write the range again once it is freed.
         let mut removed = Vec::new();
+        let undo = |this: &Self, removed: Vec<usize>| {
+            for j in removed {
+                let _ = this.register(j, true);
+            }
+        };
         for i in self.slot_range(offset, len) {
             if self.plugged[i] <= Self::overlap(offset, len, i) {
                 if let Err(e) = self.register(i, false) {
-                    for j in removed {
-                        let _ = self.register(j, true);
-                    }
+                    undo(self, removed);
                     return Err(e);
                 }
                 removed.push(i);
             }
+        }
+        if let Err(e) = self.discard(offset, len) {
+            undo(self, removed);
+            return Err(e);
         }
         for i in self.slot_range(offset, len) {
             self.plugged[i] = self.plugged[i].saturating_sub(Self::overlap(offset, len, i));
@@ -189,6 +247,13 @@ impl<S: SlotControl> HotplugMemory<S> {
     }
 
     fn discard(&self, offset: u64, len: u64) -> Result<(), BackendError> {
+        if let Some(shared) = &self.shared {
+            // Shared mappings of a memfd: MADV_DONTNEED would leave the
+            // pages in the file (and in the backends' mappings).
+            return shared
+                .punch_hotplug(offset, len)
+                .map_err(BackendError::Discard);
+        }
         let addr = (self.host_addr as u64 + offset) as *mut libc::c_void;
         let len = len as usize;
         if self.file_backed {
@@ -239,7 +304,13 @@ impl<S: SlotControl> HotplugMemory<S> {
     /// zero page, which reads of untouched memory map, is not counted, and
     /// on a clone the template's pages are counted while the region still
     /// maps them).
+    ///
+    /// With shared memory it is what the memfd holds in the region: pages a
+    /// backend wrote count although this process never touched them.
     pub fn resident_bytes(&self) -> Option<u64> {
+        if let Some(shared) = &self.shared {
+            return shared.hotplug_allocated();
+        }
         let smaps = std::fs::read_to_string("/proc/self/smaps").ok()?;
         let (start, end) = (self.host_addr as u64, self.host_addr as u64 + self.size);
         let mut inside = false;
@@ -278,6 +349,10 @@ pub trait MemoryBackend: Send {
     fn resident_bytes(&self) -> Option<u64> {
         None
     }
+    /// Guest memory became `shared` (a clone's RAM converted for backends).
+    fn set_shared(&mut self, _shared: Arc<SharedMemory>) -> Result<(), BackendError> {
+        Ok(())
+    }
 }
 
 impl<S: SlotControl> MemoryBackend for HotplugMemory<S> {
@@ -289,5 +364,8 @@ impl<S: SlotControl> MemoryBackend for HotplugMemory<S> {
     }
     fn resident_bytes(&self) -> Option<u64> {
         HotplugMemory::resident_bytes(self)
+    }
+    fn set_shared(&mut self, shared: Arc<SharedMemory>) -> Result<(), BackendError> {
+        HotplugMemory::set_shared(self, shared)
     }
 }

@@ -211,6 +211,15 @@ impl VirtioMem {
         }
     }
 
+    /// Guest memory became `shared` with vhost-user backends (a pooled
+    /// clone's RAM converted at start): plugged slots are shared from now on.
+    pub fn set_shared(
+        &mut self,
+        shared: std::sync::Arc<crate::shared_memory::SharedMemory>,
+    ) -> Result<(), MemError> {
+        Ok(self.backend.set_shared(shared)?)
+    }
+
     /// The driver has started the device (DRIVER_OK).
     pub fn driver_active(&self) -> bool {
         self.active.is_some()
