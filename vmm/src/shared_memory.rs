@@ -50,6 +50,11 @@ use crate::GuestMemoryMmap;
 
 mod hotplug;
 pub use hotplug::MemTableListener;
+
+/// Granularity in which the hotplug region is shared with backends.
+pub fn hotplug_slot_size() -> u64 {
+    hotplug::SLOT_SIZE
+}
 use hotplug::HotplugShare;
 
 #[derive(Debug, thiserror::Error)]
@@ -125,7 +130,8 @@ impl SharedMemory {
     ) -> Result<(GuestMemoryMmap, Self), SharedMemoryError> {
         let mut all = ranges.to_vec();
         if let Some((addr, size)) = hotplug {
-            let size = usize::try_from(size).map_err(|_| SharedMemoryError::NoRegion { addr, size })?;
+            let size =
+                usize::try_from(size).map_err(|_| SharedMemoryError::NoRegion { addr, size })?;
             all.push((GuestAddress(addr), size));
         }
         let total: u64 = all.iter().map(|r| r.1 as u64).sum();
@@ -154,7 +160,10 @@ impl SharedMemory {
     /// Keeps the hotplug region (if any) apart from RAM.
     fn split(file: File, all: Vec<SharedRegion>, hotplug: Option<(u64, u64)>) -> Self {
         let is_hotplug = |r: &SharedRegion| hotplug.is_some_and(|(addr, _)| r.guest_addr == addr);
-        let hotplug = all.iter().find(|r| is_hotplug(r)).map(|r| HotplugShare::new(*r));
+        let hotplug = all
+            .iter()
+            .find(|r| is_hotplug(r))
+            .map(|r| HotplugShare::new(*r));
         let regions = all.into_iter().filter(|r| !is_hotplug(r)).collect();
         Self {
             file,

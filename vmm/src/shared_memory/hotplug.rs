@@ -270,7 +270,10 @@ mod tests {
         assert!(!shared.is_hotplug(&shared.regions()[0]));
         shared.share_hotplug_slot(1, false).unwrap();
         assert_eq!(shared.table().len(), 1);
-        assert!(shared.share_hotplug_slot(2, true).is_err(), "past the region");
+        assert!(
+            shared.share_hotplug_slot(2, true).is_err(),
+            "past the region"
+        );
     }
 
     #[test]
@@ -287,7 +290,11 @@ mod tests {
         let e = shared.share_hotplug_slot(1, true).unwrap_err();
         assert!(e.contains("refused"), "{e}");
         assert_eq!(shared.table().len(), 2, "slot 1 was not shared");
-        assert_eq!(l.calls.load(Ordering::SeqCst), 3, "told again of the old table");
+        assert_eq!(
+            l.calls.load(Ordering::SeqCst),
+            3,
+            "told again of the old table"
+        );
         l.fail.store(false, Ordering::SeqCst);
         drop(l);
         shared.share_hotplug_slot(1, true).unwrap();
@@ -305,12 +312,14 @@ mod tests {
         shared.punch_hotplug(2 << 20, 2 << 20).unwrap();
         assert_eq!(shared.hotplug_allocated(), Some(2 << 20));
         assert_eq!(
-            mem.read_obj::<u8>(GuestAddress(REGION + (2 << 20))).unwrap(),
+            mem.read_obj::<u8>(GuestAddress(REGION + (2 << 20)))
+                .unwrap(),
             0,
             "punched pages read as zeroes"
         );
         assert_eq!(
-            mem.read_obj::<u8>(GuestAddress(REGION + (4 << 20))).unwrap(),
+            mem.read_obj::<u8>(GuestAddress(REGION + (4 << 20)))
+                .unwrap(),
             7
         );
         assert!(shared.punch_hotplug(REGION_SIZE - 4096, 8192).is_err());

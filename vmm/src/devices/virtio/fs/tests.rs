@@ -189,11 +189,23 @@ fn fuse_call(
     n: u16,
     req: &[u8],
 ) -> Vec<u8> {
+    fuse_call_at(t, dev, mem, n, req, BUFS)
+}
+
+/// [`fuse_call`] with the request and reply buffers at `bufs`.
+fn fuse_call_at(
+    t: &mut MmioTransport,
+    dev: &Arc<Mutex<VhostUserFs>>,
+    mem: &GuestMemoryMmap,
+    n: u16,
+    req: &[u8],
+    bufs: u64,
+) -> Vec<u8> {
     let base = RINGS + 0x4000; // queue 1
     let (d0, d1) = (u64::from(n) * 2, u64::from(n) * 2 + 1);
     let (req_addr, reply_addr) = (
-        BUFS + u64::from(n) * 0x2000,
-        BUFS + u64::from(n) * 0x2000 + 0x1000,
+        bufs + u64::from(n) * 0x2000,
+        bufs + u64::from(n) * 0x2000 + 0x1000,
     );
     mem.write_slice(req, GuestAddress(req_addr)).unwrap();
     // struct virtq_desc { le64 addr; le32 len; le16 flags; le16 next; }
@@ -481,4 +493,95 @@ fn a_driver_reset_and_reprobe_works_with_the_same_backend() {
         assert_eq!(fuse_out(&reply).1, 40 + round, "round {round}");
     }
     assert!(lc.reason().is_none(), "{:?}", lc.reason());
+}
+
+#[test]
+fn plugged_hotplug_memory_reaches_virtiofsd_and_leaves_it_on_unplug() {
+    use crate::shared_memory::hotplug_slot_size as slot_size;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("share");
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::write(dir.join("hello"), b"from the host\n").unwrap();
+    let fsd = Virtiofsd::start(&dir, &tmp.path().join("fs.sock"));
+    let region = 1u64 << 32;
+    let (mem, shared) = SharedMemory::create_with_hotplug(
+        &[(GuestAddress(0), 1 << 20)],
+        Some((region, 2 * slot_size())),
+    )
+    .unwrap();
+    let shared = Arc::new(shared);
+    let mut dev = VhostUserFs::new("myfs", lifecycle()).unwrap();
+    dev.connect(&fsd.socket, shared.clone()).unwrap();
+    let dev = Arc::new(Mutex::new(dev));
+    let weak: std::sync::Weak<Mutex<VhostUserFs>> = Arc::downgrade(&dev);
+    shared.watch(weak);
+    // Plugged before the driver starts: in the first SET_MEM_TABLE.
+    shared.share_hotplug_slot(1, true).unwrap();
+    assert!(
+        dev.lock().unwrap().announced_memory().is_empty(),
+        "no table yet"
+    );
+    let mut t = MmioTransport::new(mem.clone(), dev.clone()).unwrap();
+    assert_ne!(driver_probe(&mut t, QSIZE) & status::DRIVER_OK, 0);
+    let slot = |i: u64| {
+        shared
+            .table()
+            .into_iter()
+            .find(|r| r.guest_addr == region + i * slot_size())
+    };
+    assert_eq!(
+        dev.lock().unwrap().announced_memory(),
+        vec![slot(1).unwrap()]
+    );
+    let mut init = Vec::new();
+    init.extend_from_slice(&7u32.to_le_bytes());
+    init.extend_from_slice(&31u32.to_le_bytes());
+    init.extend_from_slice(&[0u8; 56]);
+    let reply = fuse_call(&mut t, &dev, &mem, 0, &fuse_in(26, 1, 0, &init));
+    assert_eq!(fuse_out(&reply), (0, 1), "FUSE_INIT");
+
+    // Plugged while the backend runs: ADD_MEM_REG (virtiofsd offers
+    // CONFIGURE_MEM_SLOTS), and a request whose buffers lie there works.
+    assert!(
+        dev.lock()
+            .unwrap()
+            .backend
+            .as_ref()
+            .unwrap()
+            .configures_mem_slots(),
+        "virtiofsd takes single memory regions"
+    );
+    shared.share_hotplug_slot(0, true).unwrap();
+    let announced = dev.lock().unwrap().announced_memory();
+    assert_eq!(announced.len(), 2);
+    assert!(announced.contains(&slot(0).unwrap()));
+    for (n, bufs) in [
+        (1u16, region + 0x10_0000),
+        (2, region + slot_size() + 0x20_0000),
+    ] {
+        let reply = fuse_call_at(
+            &mut t,
+            &dev,
+            &mem,
+            n,
+            &fuse_in(1, u64::from(n) + 1, 1, b"hello\0"),
+            bufs,
+        );
+        assert_eq!(
+            fuse_out(&reply),
+            (0, u64::from(n) + 1),
+            "FUSE_LOOKUP, buffers at {bufs:#x}"
+        );
+        let size = u64::from_le_bytes(reply[64..72].try_into().unwrap());
+        assert_eq!(size, 14);
+    }
+
+    // Unplugged: REM_MEM_REG; the backend keeps serving RAM buffers.
+    shared.share_hotplug_slot(0, false).unwrap();
+    shared.share_hotplug_slot(1, false).unwrap();
+    assert!(dev.lock().unwrap().announced_memory().is_empty());
+    let reply = fuse_call(&mut t, &dev, &mem, 3, &fuse_in(1, 4, 1, b"hello\0"));
+    assert_eq!(fuse_out(&reply), (0, 4), "FUSE_LOOKUP after the unplug");
+    shared.punch_hotplug(0, 2 * slot_size()).unwrap();
+    assert_eq!(shared.hotplug_allocated(), Some(0));
 }

@@ -620,3 +620,107 @@ fn a_failed_slot_removal_keeps_the_slot_for_the_blocks_still_plugged() {
     assert_eq!(f.resp_type(REQ_UNPLUG, REGION, 1), RESP_ACK);
     assert_eq!(f.slot_calls(), vec![(FIRST_SLOT, REGION, 0)]);
 }
+
+/// A vhost-user backend's view, as the shared memory reports it: the
+/// hotplug entries of the table and the KVM slot calls made so far, at
+/// each change.
+struct TableLog {
+    shared: std::sync::Weak<crate::shared_memory::SharedMemory>,
+    slots: SlotLog,
+    seen: Mutex<Vec<(Vec<u64>, usize)>>,
+    fail: std::sync::atomic::AtomicBool,
+}
+
+impl crate::shared_memory::MemTableListener for TableLog {
+    fn mem_table_changed(&self) -> Result<(), String> {
+        let shared = self.shared.upgrade().ok_or("gone")?;
+        let hotplug = shared
+            .table()
+            .iter()
+            .filter(|r| shared.is_hotplug(r))
+            .map(|r| r.guest_addr)
+            .collect();
+        let kvm_calls = self.slots.lock().unwrap().len();
+        self.seen.lock().unwrap().push((hotplug, kvm_calls));
+        if self.fail.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err("backend refused the region".into());
+        }
+        Ok(())
+    }
+}
+
+#[test]
+fn with_shared_memory_plugged_slots_reach_the_backends_and_unplug_punches_the_memfd() {
+    use std::sync::atomic::Ordering;
+    let (mem, shared) = crate::shared_memory::SharedMemory::create_with_hotplug(
+        &[(GuestAddress(0), 0x10_0000)],
+        Some((REGION, REGION_SIZE)),
+    )
+    .unwrap();
+    let shared = Arc::new(shared);
+    let slots = FakeSlots::default();
+    let listener = Arc::new(TableLog {
+        shared: Arc::downgrade(&shared),
+        slots: slots.log.clone(),
+        seen: Mutex::new(Vec::new()),
+        fail: Default::default(),
+    });
+    let weak: std::sync::Weak<TableLog> = Arc::downgrade(&listener);
+    shared.watch(weak);
+    let mut hp = HotplugMemory::new(&mem, REGION, REGION_SIZE, slots.clone()).unwrap();
+    hp.set_shared(shared.clone()).unwrap();
+    let mut dev = VirtioMem::new(REGION, REGION_SIZE, Box::new(hp)).unwrap();
+    let driver = Driver::new(&mem);
+    let irq = activate(&mut dev, &mem, &driver);
+    let mut f = Fixture {
+        mem,
+        dev,
+        driver,
+        slots,
+        irq,
+    };
+    f.dev.set_requested(8 * MIB).unwrap();
+    let slot1 = REGION + SLOT_SIZE;
+
+    // PLUG in slot 1: KVM first, then the backends' table.
+    assert_eq!(f.resp_type(REQ_PLUG, slot1, 2), RESP_ACK);
+    assert_eq!(f.slot_calls(), vec![(FIRST_SLOT + 1, slot1, SLOT_SIZE)]);
+    assert_eq!(
+        listener.seen.lock().unwrap().pop(),
+        Some((vec![slot1], 1)),
+        "the backends got slot 1 after KVM"
+    );
+    // Guest writes land in the memfd (and so in the backends' view).
+    let data = vec![0xa5u8; 4 * MIB as usize];
+    f.mem.write_slice(&data, GuestAddress(slot1)).unwrap();
+    assert_eq!(f.dev.status().host_resident, Some(4 * MIB));
+
+    // A backend refuses: the PLUG is NACKed, KVM's slot 0 taken back.
+    listener.fail.store(true, Ordering::SeqCst);
+    assert_eq!(f.resp_type(REQ_PLUG, REGION, 1), RESP_NACK);
+    assert_eq!(
+        f.slot_calls(),
+        vec![(FIRST_SLOT, REGION, SLOT_SIZE), (FIRST_SLOT, REGION, 0)]
+    );
+    assert_eq!(f.block_state(REGION, 1), STATE_UNPLUGGED);
+    listener.fail.store(false, Ordering::SeqCst);
+    listener.seen.lock().unwrap().clear();
+
+    // UNPLUG of half: the slot stays, the block's pages leave the memfd.
+    assert_eq!(f.resp_type(REQ_UNPLUG, slot1, 1), RESP_ACK);
+    assert_eq!(f.slot_calls(), vec![]);
+    assert!(listener.seen.lock().unwrap().is_empty());
+    assert_eq!(f.dev.status().host_resident, Some(2 * MIB));
+    // The last block: the backends lose the slot before KVM does, then
+    // the memory goes back to the host.
+    assert_eq!(f.resp_type(REQ_UNPLUG, slot1 + BLOCK_SIZE, 1), RESP_ACK);
+    assert_eq!(f.slot_calls(), vec![(FIRST_SLOT + 1, slot1, 0)]);
+    assert_eq!(
+        listener.seen.lock().unwrap().clone(),
+        vec![(vec![], 0)],
+        "the backends lost slot 1 while KVM still had it"
+    );
+    assert_eq!(f.dev.status().host_resident, Some(0));
+    assert_eq!(shared.table().len(), 1, "RAM only");
+    assert_eq!(f.mem.read_obj::<u8>(GuestAddress(slot1)).unwrap(), 0);
+}
