@@ -280,8 +280,18 @@ impl Runtime {
             kernel_ready_abi,
             virtio: self.devices.save(),
         };
-        let (regions, pages) = snapshot::memory::dump(&self.mem, &dir.join(snapshot::MEMORY_FILE))
-            .map_err(|e| e.to_string())?;
+        let unplugged = devices
+            .virtio
+            .mem
+            .as_ref()
+            .map(|m| m.device.unplugged_ranges())
+            .unwrap_or_default();
+        let (regions, pages) = snapshot::memory::dump_skipping(
+            &self.mem,
+            &dir.join(snapshot::MEMORY_FILE),
+            &unplugged,
+        )
+        .map_err(|e| e.to_string())?;
         let state = SnapshotState {
             arrow_vmm_version: env!("CARGO_PKG_VERSION").to_string(),
             cpu: CpuSignature::host(),

@@ -124,6 +124,9 @@ const EVENT_LOOP: &[libc::c_long] = &[
     libc::SYS_copy_file_range,
     // PUT /vm/start with "fs": the clone's RAM becomes a memfd copy.
     libc::SYS_memfd_create,
+    // virtio-mem unplug with --fs: unplugged blocks are punched out of the
+    // guest-RAM memfd (shared_memory/hotplug.rs).
+    libc::SYS_fallocate,
 ];
 
 #[derive(Debug, thiserror::Error)]

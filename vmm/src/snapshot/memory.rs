@@ -113,6 +113,18 @@ pub fn validate_regions(regions: &[RegionInfo], file_len: u64) -> Result<u64, Me
 /// Writes every page that is not all zeroes; returns the regions' layout and
 /// the number of pages written.
 pub fn dump(mem: &GuestMemoryMmap, path: &Path) -> Result<(Vec<RegionInfo>, u64), MemoryError> {
+    dump_skipping(mem, path, &[])
+}
+
+/// [`dump`] that never reads the guest ranges `skip` (guest address, size):
+/// they are holes in the file. Unplugged hotplug memory is skipped so: it
+/// is zero by definition, and reading a shared memfd mapping (`--fs`) would
+/// allocate every page read.
+pub fn dump_skipping(
+    mem: &GuestMemoryMmap,
+    path: &Path,
+    skip: &[(u64, u64)],
+) -> Result<(Vec<RegionInfo>, u64), MemoryError> {
     let werr = |source| MemoryError::Write {
         path: path.display().to_string(),
         source,
@@ -132,6 +144,14 @@ pub fn dump(mem: &GuestMemoryMmap, path: &Path) -> Result<(Vec<RegionInfo>, u64)
         let mut pos = 0u64;
         while pos < len {
             let n = CHUNK.min((len - pos) as usize);
+            let at = region.start_addr().raw_value() + pos;
+            if skip
+                .iter()
+                .any(|&(a, l)| at >= a && at + n as u64 <= a.saturating_add(l))
+            {
+                pos += n as u64;
+                continue;
+            }
             mem.read_slice(&mut buf[..n], region.start_addr().unchecked_add(pos))?;
             for (i, page) in buf[..n].chunks(PAGE).enumerate() {
                 if page.iter().any(|&b| b != 0) {

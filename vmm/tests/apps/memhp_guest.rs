@@ -90,6 +90,21 @@ pub fn boot(
     app_args: &str,
     timeout: Duration,
 ) -> Result<Guest, String> {
+    let (mib, args) = ((boot_mib, region_mib), (app_args, "", &[][..]));
+    boot_with(bin, kernel, initrd, sock, mib, args, timeout)
+}
+
+/// [`boot`] with more kernel parameters and arrow-vmm arguments (`args`:
+/// app arguments, kernel parameters, VMM arguments).
+pub fn boot_with(
+    bin: &Path,
+    kernel: &Path,
+    initrd: &Path,
+    sock: &Path,
+    (boot_mib, region_mib): (u64, u64),
+    (app_args, params, vmm_args): (&str, &str, &[&std::ffi::OsStr]),
+    timeout: Duration,
+) -> Result<Guest, String> {
     let mut cmd = Command::new(bin);
     cmd.arg("run")
         .arg("--kernel")
@@ -98,8 +113,9 @@ pub fn boot(
         .arg(initrd)
         .arg("--cmdline")
         .arg(format!(
-            "console=ttyS0 reboot=k panic=-1 arrow.app=/app -- {app_args}"
+            "console=ttyS0 reboot=k panic=-1 arrow.app=/app {params} -- {app_args}"
         ))
+        .args(vmm_args)
         .arg("--memory")
         .arg(format!("{boot_mib}M"))
         .arg("--memory-hotplug")

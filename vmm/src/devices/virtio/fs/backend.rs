@@ -260,6 +260,7 @@ impl Backend {
         }
         f.set_mem_table(&regions).map_err(req("SET_MEM_TABLE"))?;
         self.announced = table.into_iter().filter(|r| shared.is_hotplug(r)).collect();
+        tracing::debug!(socket = %self.socket.display(), regions = regions.len(), hotplug = self.announced.len(), "vhost-user: memory table sent");
         for (index, ((v, kick), call)) in vrings.iter().zip(kicks).zip(calls).enumerate() {
             // vhost-user ring addresses are this process's addresses; each
             // ring must lie wholly inside one RAM region (the transport

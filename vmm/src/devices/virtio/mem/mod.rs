@@ -120,6 +120,29 @@ struct Active {
     acked_features: u64,
 }
 
+impl MemState {
+    /// Guest ranges (address, size) of the unplugged blocks: zero by
+    /// definition, a snapshot need not read them.
+    pub fn unplugged_ranges(&self) -> Vec<(u64, u64)> {
+        let mut out = Vec::new();
+        let mut next = 0u64;
+        let block = self.block_size;
+        for run in self.plugged.plugged_runs() {
+            if run.first > next {
+                out.push((self.addr + next * block, (run.first - next) * block));
+            }
+            next = run.first + run.count;
+        }
+        if next < self.plugged.len() {
+            out.push((
+                self.addr + next * block,
+                (self.plugged.len() - next) * block,
+            ));
+        }
+        out
+    }
+}
+
 /// The virtio-mem device model.
 pub struct VirtioMem {
     addr: u64,
