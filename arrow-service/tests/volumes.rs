@@ -91,17 +91,24 @@ fn packed_volumes_reach_the_vmm_and_bad_ones_are_refused() {
         json!([{"host_path": cfg_s, "guest_path": "/x", "mode": "ro"}]),
     );
     assert!(e.contains("mode"), "{e}");
-    // Writable volumes and memory hotplug cannot be combined (arrow-vmm): refused when
-    // asked for, and off by default.
-    let body =
-        json!({"image": "long", "memory_max": "256M", "volumes": [vol(&data_s, "/d", false)]});
-    let e = d.post("/instances", Some(body)).unwrap_err();
-    assert!(e.0 == 400 && e.1.contains("hotplug"), "{e:?}");
-    let body = json!({"image": "long", "name": "nohp", "volumes": [vol(&data_s, "/d", false)]});
+    // Writable volumes and memory hotplug combine: memory_max is taken, and the
+    // default (4 x memory) applies as without volumes.
+    let body = json!({"image": "long", "name": "hp", "memory_max": "256M", "volumes": [vol(&data_s, "/d", false)]});
     let i = d.post("/instances", Some(body)).unwrap();
-    assert_eq!(i["spec"]["memory_max_mib"], i["spec"]["memory_mib"], "{i}");
-    d.call(hyper::Method::DELETE, "/instances/nohp", None)
-        .unwrap();
+    assert_eq!(i["spec"]["memory_max_mib"], 256, "{i}");
+    let body = json!({"image": "long", "name": "hp4", "volumes": [vol(&data_s, "/d", false)]});
+    let i = d.post("/instances", Some(body)).unwrap();
+    assert_eq!(
+        i["spec"]["memory_max_mib"].as_u64(),
+        i["spec"]["memory_mib"]
+            .as_u64()
+            .map(|m| (m * 4).min(256 << 10)),
+        "{i}"
+    );
+    for name in ["hp", "hp4"] {
+        d.call(hyper::Method::DELETE, &format!("/instances/{name}"), None)
+            .unwrap();
+    }
     let out = d.actl(&["run", "-d", "-v", "/only-one-part", "long"]);
     assert!(!out.status.success());
     assert!(

@@ -198,7 +198,6 @@ impl Supervisor {
         )?;
         // Hotplug headroom. A clone of a template has what its template has:
         // arrowd's templates are booted without a hotplug region for now.
-        let writable_volumes = req.volumes.iter().any(|v| !v.read_only);
         let memory_max_mib = match (&req.memory_max, &template) {
             (Some(_), Some(t)) => {
                 return Err(Error::Invalid(format!(
@@ -208,20 +207,14 @@ impl Supervisor {
             }
             (None, Some(_)) => r.memory_mib,
             (Some(m), None) => memory(m)?,
-            // arrow-vmm cannot combine virtiofsd-served volumes (guest RAM in a shared
-            // memfd) with a hotplug region yet: writable volumes mean no hotplug.
-            (None, None) if writable_volumes => r.memory_mib,
+            // Writable volumes (virtiofsd) and hotplug combine: arrow-vmm shares the
+            // plugged memory with the file server (docs/arrow-vmm.md).
             (None, None) => r
                 .memory_mib
                 .saturating_mul(4)
                 .min(MAX_MEMORY_MIB as u32)
                 .max(r.memory_mib),
         };
-        if writable_volumes && memory_max_mib > r.memory_mib {
-            return Err(Error::Invalid(format!(
-                "memory_max {memory_max_mib} MiB (memory hotplug) cannot be combined with writable volumes yet: their file server needs guest memory arrow-vmm cannot hotplug; leave memory_max out or make the volumes read-only"
-            )));
-        }
         if memory_max_mib < r.memory_mib {
             return Err(Error::Invalid(format!(
                 "memory_max {memory_max_mib} MiB is less than memory {} MiB: give at least the boot memory",

@@ -57,9 +57,8 @@ pub(crate) fn cold_boot_args(
     let mut devices = root.to_vec();
     devices.extend(plan.vmm_args(&sockets));
     let mut args = boot_args(kernel, &devices, &cmdline, spec.memory_mib, spec.vcpus);
-    // arrow-vmm does not combine --fs with a hotplug region yet: a read-only volume too
-    // large to pack costs this run its hotplug headroom (logged by the caller).
-    if spec.memory_max_mib > spec.memory_mib && !plan.has_fs() {
+    // With --fs too: arrow-vmm shares plugged memory with virtiofsd.
+    if spec.memory_max_mib > spec.memory_mib {
         args.extend([
             "--memory-hotplug".into(),
             format!("{}M", spec.memory_max_mib - spec.memory_mib).into(),
@@ -272,12 +271,6 @@ impl Supervisor {
         cgroup_procs: Option<std::ffi::CString>,
     ) -> std::io::Result<(tokio::process::Child, i32, u64)> {
         let run_dir = self.run_dir(&rec.id);
-        if plan.has_fs() && rec.spec.memory_max_mib > rec.spec.memory_mib {
-            tracing::warn!(
-                instance = %rec.id,
-                "a read-only volume too large to pack is served by virtiofsd: this run has no memory hotplug (arrow-vmm cannot combine them yet)"
-            );
-        }
         let args = cold_boot_args(kernel, boot, &rec.spec, &run_dir, plan);
         self.spawn_vmm(&run_dir, args, cgroup_procs)
     }
