@@ -3,7 +3,8 @@
 //! one `VOLPROBE …` line each. Cold boots: a packed read-only volume and a live writable
 //! one (the host sees the guest's write, a second instance sees the first's), read-only
 //! stays read-only (packed and virtiofsd-served), symlinks pointing out of a volume do not
-//! reach the host; a CRI container with kubelet-like mounts; clones of the generic
+//! reach the host; `actl update --memory` grows and shrinks an instance with a writable
+//! volume (memory hotplug beside virtiofsd); a CRI container with kubelet-like mounts; clones of the generic
 //! template with their own volumes. The kernel is ARROW_TEST_KERNEL, or the cached build of
 //! guest-kernel/build.sh (built on first use); virtiofsd is the project's (built into
 //! ~/.cache/arrow/tools on first use).
@@ -188,6 +189,59 @@ fn packed_and_live_volumes_in_cold_boots() {
         std::fs::read_to_string(h.data.join("from-b.txt")).unwrap(),
         "from-guest-b"
     );
+
+    // A writable volume and memory hotplug together: `actl update --memory` grows the
+    // running instance and shrinks it again while its volume stays served.
+    let out = d.actl(&[
+        "run",
+        "-d",
+        "--name",
+        "c",
+        "-v",
+        &data,
+        "volprobe",
+        "write",
+        "/data/from-c.txt",
+        "from-guest-c",
+        "sleep",
+        "600",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let inst = d.wait_state("c", "running");
+    assert_eq!(inst["spec"]["memory_max_mib"], 256, "{inst}");
+    let t = std::time::Instant::now();
+    while !h.data.join("from-c.txt").exists() {
+        assert!(t.elapsed().as_secs() < 120, "c never wrote\n{}", diag(&d, "c"));
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let argv = std::fs::read(format!("/proc/{}/cmdline", inst["pid"])).unwrap_or_default();
+    let argv = String::from_utf8_lossy(&argv).replace('\0', " ");
+    assert!(
+        argv.contains("--memory-hotplug 192M") && argv.contains("--fs "),
+        "{argv}"
+    );
+    for (size, mib) in [("128M", 128), ("64M", 64)] {
+        let out = d.actl(&["update", "--memory", size, "c"]);
+        assert!(out.status.success(), "{}\n{}", stderr(&out), diag(&d, "c"));
+        let t = std::time::Instant::now();
+        loop {
+            let st = d
+                .post("/instances/c/update", Some(json!({ "memory": size })))
+                .unwrap();
+            if st["current_mib"] == mib {
+                break;
+            }
+            assert!(
+                t.elapsed().as_secs() < 180,
+                "c stays at {st} after update --memory {size}\n{}",
+                diag(&d, "c")
+            );
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+        eprintln!("instance c (writable volume): memory {size} reached in {:.1} s", t.elapsed().as_secs_f64());
+    }
+    assert_eq!(d.get("/instances/c").unwrap()["state"], "running");
+    assert!(d.actl(&["rm", "-f", "c"]).status.success());
 
     // Escape attempts by path are refused before anything runs.
     let bad = json!({"image": "volprobe", "volumes": [{"host_path": h.data, "guest_path": "/data/../etc"}]});
