@@ -211,7 +211,11 @@ fn packed_and_live_volumes_in_cold_boots() {
     assert_eq!(inst["spec"]["memory_max_mib"], 256, "{inst}");
     let t = std::time::Instant::now();
     while !h.data.join("from-c.txt").exists() {
-        assert!(t.elapsed().as_secs() < 120, "c never wrote\n{}", diag(&d, "c"));
+        assert!(
+            t.elapsed().as_secs() < 120,
+            "c never wrote\n{}",
+            diag(&d, "c")
+        );
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
     let argv = std::fs::read(format!("/proc/{}/cmdline", inst["pid"])).unwrap_or_default();
@@ -238,7 +242,10 @@ fn packed_and_live_volumes_in_cold_boots() {
             );
             std::thread::sleep(std::time::Duration::from_millis(200));
         }
-        eprintln!("instance c (writable volume): memory {size} reached in {:.1} s", t.elapsed().as_secs_f64());
+        eprintln!(
+            "instance c (writable volume): memory {size} reached in {:.1} s",
+            t.elapsed().as_secs_f64()
+        );
     }
     assert_eq!(d.get("/instances/c").unwrap()["state"], "running");
     assert!(d.actl(&["rm", "-f", "c"]).status.success());
