@@ -17,9 +17,10 @@
 //! - a clone of the template (a second virtiofsd) restores with both: 256
 //!   MiB plugged, its memfd holds the plugged data, its backend's first
 //!   memory table carries the plugged slots, and unplugging gives it all
-//!   back. (Its app cannot use the volume: the new virtiofsd never saw the
+//!   back; so does a pooled clone (`restore --pool`, the backend given at
+//!   `PUT /vm/start`). (Their apps cannot use the volume: the new virtiofsd never saw the
 //!   guest's FUSE_INIT, a limitation of restoring mounted volumes that
-//!   docs/volumes.md describes; the clone is killed.)
+//!   docs/arrow-vmm.md describes; the clones are killed.)
 //!
 //! No KVM, no kernel, no virtiofsd or no musl-gcc is a failure with the
 //! reason, never a skip. `cargo test -p arrow-vmm --test memhp_fs_kvm --
@@ -239,4 +240,62 @@ fn volume_io_from_plugged_memory_unplug_snapshot_and_clone() {
         "the clone's unplugged memory is still in its memfd"
     );
     c.kill();
+
+    // A pooled clone: RAM converted and the backend connected at PUT /vm/start.
+    let share3 = dir.path().join("share3");
+    std::fs::create_dir(&share3).unwrap();
+    let fs_sock3 = dir.path().join("fs3.sock");
+    let _fsd3 = virtiofsd(&share3, &fs_sock3);
+    let pool_sock = dir.path().join("pool.sock");
+    let mut cmd = Command::new(&bin);
+    cmd.env("RUST_LOG", "warn,arrow_vmm::devices::virtio::fs=debug")
+        .args(["restore", "--clone", "--pool", "--from"])
+        .arg(&snap)
+        .arg("--api-sock")
+        .arg(&pool_sock);
+    let mut p = Guest::spawn(
+        cmd,
+        &Vmm::Arrow(bin.clone()),
+        &dir.path().join("unused3"),
+        GUEST_TIMEOUT,
+    )
+    .unwrap_or_else(|e| fail(None, "starting the pooled clone", e));
+    let t = Instant::now();
+    while !pool_sock.exists() && t.elapsed() < Duration::from_secs(60) {
+        p.check_alive()
+            .unwrap_or_else(|e| fail(Some(&p), "pooled clone start", e));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let body = format!(
+        r#"{{"fs": [{{"tag": "myfs", "socket": "{}"}}]}}"#,
+        fs_sock3.display()
+    );
+    api_ok(&p, &pool_sock, "/vm/start", &body);
+    let m = memory(&pool_sock).unwrap_or_else(|e| fail(Some(&p), "pooled clone memory", e));
+    assert_eq!(m["plugged_mib"], 256, "{m}");
+    let (_, pool_before) =
+        rss_kib(p.pid(), &pool_sock).unwrap_or_else(|e| fail(Some(&p), "pooled RSS", e));
+    assert!(
+        pool_before >= 8 << 10,
+        "the pooled clone's memfd lacks the plugged data: {pool_before} KiB"
+    );
+    let log = plain(&p.console());
+    assert!(
+        log.contains("memory table sent") && log.contains("hotplug=2"),
+        "the pooled clone's backend did not get the 2 plugged slots\n{log}"
+    );
+    request(&pool_sock, 0).unwrap_or_else(|e| fail(Some(&p), "pooled clone shrinks", e));
+    wait_plugged(&mut p, &pool_sock, 0)
+        .unwrap_or_else(|e| fail(Some(&p), "pooled clone shrinks", e));
+    let (_, pool_after) =
+        rss_kib(p.pid(), &pool_sock).unwrap_or_else(|e| fail(Some(&p), "pooled RSS", e));
+    eprintln!(
+        "pooled clone: region in its memfd {} MiB -> {pool_after} KiB after unplug",
+        pool_before >> 10
+    );
+    assert_eq!(
+        pool_after, 0,
+        "the pooled clone's unplugged memory is still in its memfd"
+    );
+    p.kill();
 }
