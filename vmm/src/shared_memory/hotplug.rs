@@ -8,7 +8,8 @@
 //! with KVM, i.e. while at least one of its blocks is plugged. So a guest
 //! can never make a backend map memory the guest itself cannot reach, and
 //! what a backend may allocate by writing guest buffers is bounded by the
-//! same ranges the guest can write to directly.
+//! same ranges the guest can write to directly (and goes back to the host
+//! with them: a slot is punched out whole when it is removed).
 //!
 //! Changes reach each backend through its device ([`MemTableListener`]):
 //! `VHOST_USER_ADD_MEM_REG` / `REM_MEM_REG` when the backend offers

@@ -236,9 +236,15 @@ impl<S: SlotControl> HotplugMemory<S> {
                 removed.push(i);
             }
         }
-        if let Err(e) = self.discard(offset, len) {
-            undo(self, removed);
-            return Err(e);
+        // A removed slot has no plugged block left: all of it goes back,
+        // including unplugged blocks a guest (or, through it, a backend)
+        // wrote while the slot was registered.
+        let whole = removed.iter().map(|&i| (i as u64 * SLOT_SIZE, SLOT_SIZE));
+        for (off, n) in std::iter::once((offset, len)).chain(whole) {
+            if let Err(e) = self.discard(off, n) {
+                undo(self, removed);
+                return Err(e);
+            }
         }
         for i in self.slot_range(offset, len) {
             self.plugged[i] = self.plugged[i].saturating_sub(Self::overlap(offset, len, i));

@@ -769,3 +769,45 @@ fn a_snapshot_skips_the_unplugged_ranges() {
     );
     assert!(pages >= 1);
 }
+
+#[test]
+fn a_removed_slot_gives_back_unplugged_blocks_a_hostile_guest_wrote() {
+    let (mem, shared) = crate::shared_memory::SharedMemory::create_with_hotplug(
+        &[(GuestAddress(0), 0x10_0000)],
+        Some((REGION, REGION_SIZE)),
+    )
+    .unwrap();
+    let shared = Arc::new(shared);
+    let slots = FakeSlots::default();
+    let mut hp = HotplugMemory::new(&mem, REGION, REGION_SIZE, slots.clone()).unwrap();
+    hp.set_shared(shared.clone()).unwrap();
+    let mut dev = VirtioMem::new(REGION, REGION_SIZE, Box::new(hp)).unwrap();
+    let driver = Driver::new(&mem);
+    let irq = activate(&mut dev, &mem, &driver);
+    let mut f = Fixture {
+        mem,
+        dev,
+        driver,
+        slots,
+        irq,
+    };
+    f.dev.set_requested(2 * MIB).unwrap();
+    assert_eq!(f.resp_type(REQ_PLUG, REGION, 1), RESP_ACK);
+    // The slot is registered: the guest can write its unplugged blocks
+    // (UNPLUGGED_INACCESSIBLE forbids it; a hostile guest does it anyway).
+    let junk = vec![1u8; 8 * MIB as usize];
+    f.mem
+        .write_slice(&junk, GuestAddress(REGION + 16 * MIB))
+        .unwrap();
+    assert_eq!(f.dev.status().host_resident, Some(8 * MIB));
+    assert_eq!(f.resp_type(REQ_UNPLUG, REGION, 1), RESP_ACK);
+    assert_eq!(
+        f.slot_calls(),
+        vec![(FIRST_SLOT, REGION, SLOT_SIZE), (FIRST_SLOT, REGION, 0)]
+    );
+    assert_eq!(
+        f.dev.status().host_resident,
+        Some(0),
+        "the whole slot went back with it"
+    );
+}
