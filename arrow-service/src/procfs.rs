@@ -89,7 +89,7 @@ impl FoundVmm {
 }
 
 /// Real and effective uid of `pid`.
-fn uids(pid: i32) -> Option<(u32, u32)> {
+pub(crate) fn uids(pid: i32) -> Option<(u32, u32)> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let line = text.lines().find_map(|l| l.strip_prefix("Uid:"))?;
     let mut f = line.split_whitespace().map(|x| x.parse::<u32>().ok());
@@ -97,7 +97,7 @@ fn uids(pid: i32) -> Option<(u32, u32)> {
 }
 
 /// The value of `key` in `pid`'s initial environment.
-fn environ_var(pid: i32, key: &str) -> Option<String> {
+pub(crate) fn environ_var(pid: i32, key: &str) -> Option<String> {
     let env = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
     env.split(|b| *b == 0).find_map(|kv| {
         let rest = kv.strip_prefix(key.as_bytes())?.strip_prefix(b"=")?;

@@ -22,6 +22,10 @@ pub struct Recovery {
     pub closed: usize,
     /// VMMs nobody claimed, killed.
     pub strays_killed: usize,
+    /// virtiofsd processes of re-adopted instances, watched again.
+    pub backends_adopted: usize,
+    /// virtiofsd processes of instances no longer running, killed.
+    pub backends_killed: usize,
 }
 
 impl Supervisor {
@@ -38,6 +42,7 @@ impl Supervisor {
             }
         }
         let mut out = Recovery::default();
+        let mut adopted = std::collections::HashSet::new();
         for rec in self.db.list()? {
             if !rec.state.is_active() {
                 continue;
@@ -66,6 +71,7 @@ impl Supervisor {
                     }
                     tracing::info!(instance = %rec.id, pid = f.pid, "re-adopted running instance");
                     self.monitor_adopted(rec.id.clone(), f.pid, f.start);
+                    adopted.insert(rec.id.clone());
                     out.adopted += 1;
                 }
                 other => {
@@ -97,11 +103,14 @@ impl Supervisor {
                 out.strays_killed += 1;
             }
         }
+        (out.backends_adopted, out.backends_killed) = self.recover_backends(&adopted);
         self.changed();
         tracing::info!(
             adopted = out.adopted,
             closed = out.closed,
             strays_killed = out.strays_killed,
+            backends_adopted = out.backends_adopted,
+            backends_killed = out.backends_killed,
             "recovery done"
         );
         Ok(out)
