@@ -76,10 +76,94 @@ fn vol(p: &Path, guest: &str, ro: bool) -> String {
     format!("{}:{guest}{}", p.display(), if ro { ":ro" } else { "" })
 }
 
+fn ns(pid: i32, kind: &str) -> PathBuf {
+    std::fs::read_link(format!("/proc/{pid}/ns/{kind}")).unwrap()
+}
+
+fn proc_line(pid: i32, file: &str, prefix: &str) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/{file}"))
+        .unwrap()
+        .lines()
+        .find(|l| l.starts_with(prefix))
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// Instance `c` serves `data` (host directory `dir`) through virtiofsd and keeps running.
+/// Its virtiofsd (the PID in `virtiofsd.json`) is in the instance's cgroup, has its own
+/// IPC and UTS namespaces, no_new_privs and arrowd's open-files limit (4096 here). After kill -9 of
+/// arrowd and a restart it is watched again: kill -9 of it fails the instance with a
+/// reason naming virtiofsd; after the instance is removed no virtiofsd of it is left.
+fn readopted_virtiofsd_is_jailed_and_watched(d: &mut Daemon, dir: &Path, data: &str) {
+    let out = d.actl(&[
+        "run",
+        "-d",
+        "--name",
+        "c",
+        "-v",
+        data,
+        "volprobe",
+        "write",
+        "/data/c.txt",
+        "from-c",
+        "sleep",
+        "600",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let t = std::time::Instant::now();
+    while std::fs::read_to_string(dir.join("c.txt")).unwrap_or_default() != "from-c" {
+        assert!(t.elapsed() < common::TIMEOUT, "{}", diag(d, "c"));
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let inst = d.wait_state("c", "running");
+    let run_dir = PathBuf::from(inst["run_dir"].as_str().unwrap());
+    let record: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(run_dir.join("virtiofsd.json")).unwrap()).unwrap();
+    let vpid = record[0]["pid"].as_i64().unwrap() as i32;
+    let arrowd = d.child.as_ref().unwrap().id() as i32;
+    assert!(proc_line(vpid, "cmdline", "").contains("virtiofsd"));
+    match inst["cgroup"].as_str() {
+        Some(cg) => {
+            let line = proc_line(vpid, "cgroup", "0::");
+            let rel = line.trim_start_matches("0::");
+            assert!(!rel.is_empty() && cg.ends_with(rel), "virtiofsd in {line}, instance in {cg}");
+        }
+        None => eprintln!(
+            "skipping the cgroup check: this host gives arrowd no cgroup v2 hierarchy (instances run without cgroups; see arrowd's log)"
+        ),
+    }
+    for kind in ["ipc", "uts"] {
+        assert_ne!(
+            ns(vpid, kind),
+            ns(arrowd, kind),
+            "virtiofsd's {kind} namespace"
+        );
+    }
+    assert_eq!(proc_line(vpid, "status", "NoNewPrivs:"), "NoNewPrivs:\t1");
+    let files: Vec<String> = proc_line(vpid, "limits", "Max open files")
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(files[3..5], ["4096", "4096"], "{files:?}");
+
+    d.signal(libc::SIGKILL);
+    d.start();
+    assert_eq!(d.wait_state("c", "running")["pid"], inst["pid"]);
+    assert!(d.log().contains("re-adopted virtiofsd"), "{}", d.log());
+    common::kill(vpid, libc::SIGKILL);
+    let failed = d.wait_state("c", "failed");
+    let reason = failed["reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("virtiofsd serving volume"), "{failed}");
+    eprintln!("after kill -9 of the re-adopted virtiofsd: {reason}");
+    d.call(hyper::Method::DELETE, "/instances/c", None).unwrap();
+    assert!(arrow_service::procfs::start_time(vpid).is_none());
+    assert!(!run_dir.exists());
+}
+
 #[test]
 fn packed_and_live_volumes_in_cold_boots() {
     let vfsd = virtiofsd();
-    let d = Daemon::with_real_kernel(&["--virtiofsd", &vfsd]);
+    let mut d = Daemon::with_real_kernel(&["--virtiofsd", &vfsd, "--virtiofsd-max-files", "4096"]);
     build_volprobe(&d);
     let h = host(d.dir.path());
     // A read-only directory too large to pack: served by virtiofsd --readonly.
@@ -194,6 +278,10 @@ fn packed_and_live_volumes_in_cold_boots() {
     let (code, msg) = d.post("/instances", Some(bad)).unwrap_err();
     assert_eq!(code, 400, "{msg}");
     assert!(msg.contains("'..'"), "{msg}");
+
+    // A running instance's virtiofsd: jailed, re-adopted after kill -9 of arrowd, and
+    // its death then fails the instance with the reason.
+    readopted_virtiofsd_is_jailed_and_watched(&mut d, &h.data, &data);
 
     // virtiofsd is gone with its VMM.
     let left = std::process::Command::new("pgrep")

@@ -70,7 +70,16 @@ impl VfsJail {
                 missing.join("/")
             );
         }
-        let max_files = max_files.max(1);
+        let max_files = match hard_nofile() {
+            Some(hard) if max_files > hard && !has_cap_sys_resource() => {
+                tracing::warn!(
+                    "virtiofsd processes get at most {hard} open files, not {max_files}: that is arrowd's own hard RLIMIT_NOFILE, and raising it needs CAP_SYS_RESOURCE, which arrowd lacks; raise arrowd's limit (LimitNOFILE= in its unit) or lower --virtiofsd-max-files to silence this"
+                );
+                hard
+            }
+            _ => max_files,
+        }
+        .max(1);
         tracing::info!(
             max_files,
             namespaces = namespaces != 0,
@@ -130,6 +139,29 @@ impl VfsJail {
     }
 }
 
+/// arrowd's own hard RLIMIT_NOFILE.
+fn hard_nofile() -> Option<u64> {
+    let mut r = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the struct we pass and nothing else.
+    (unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) } == 0).then_some(r.rlim_max)
+}
+
+/// CAP_SYS_RESOURCE's bit (linux/capability.h).
+const CAP_SYS_RESOURCE: u32 = 24;
+
+/// Whether arrowd may raise hard limits (CAP_SYS_RESOURCE in its effective set).
+fn has_cap_sys_resource() -> bool {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+        .is_some_and(|caps| caps & (1 << CAP_SYS_RESOURCE) != 0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -149,6 +181,17 @@ mod tests {
     fn a_child_is_jailed() {
         let jail = VfsJail::init(1234);
         assert_eq!(jail.max_files(), 1234);
+        // Above arrowd's own hard limit only with CAP_SYS_RESOURCE.
+        let hard = hard_nofile().unwrap();
+        let high = VfsJail::init(hard + 1).max_files();
+        assert_eq!(
+            high,
+            if has_cap_sys_resource() {
+                hard + 1
+            } else {
+                hard
+            }
+        );
         let j = jail.clone();
         let mut cmd = std::process::Command::new("/bin/sh");
         cmd.args([
