@@ -112,6 +112,18 @@ pub fn parent(pid: i32) -> Option<i32> {
     rest.split_whitespace().nth(1)?.parse().ok()
 }
 
+/// The live children of `pid`, each with its start time.
+pub fn children(pid: i32) -> Vec<(i32, u64)> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|&c| parent(c) == Some(pid))
+        .filter_map(|c| Some((c, start_time(c)?)))
+        .collect()
+}
+
 /// The arrow-vmm a jailer (`jailer_pid`) started: its only child.
 pub fn jailed_vmm(jailer_pid: i32) -> Option<i32> {
     std::fs::read_dir("/proc")
@@ -286,6 +298,23 @@ mod tests {
             token: Some("secret".into()),
         };
         assert!(!f.is_ours(&run_dir));
+    }
+
+    #[test]
+    fn children_are_found() {
+        let mut child = std::process::Command::new("/bin/sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let pid = child.id() as i32;
+        let mine = children(std::process::id() as i32);
+        assert!(
+            mine.iter().any(|&(p, s)| p == pid && is_alive(p, s)),
+            "{mine:?}"
+        );
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert!(children(pid).is_empty());
     }
 
     #[test]

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use common::cri::CriClient;
 use common::{stderr, stdout, Daemon};
 use k8s_cri::v1::*;
-use serde_json::json;
+use serde_json::{json, Value};
 
 fn build_volprobe(d: &Daemon) {
     let store = asdk::Store::open(d.store_dir()).unwrap();
@@ -89,39 +89,49 @@ fn proc_line(pid: i32, file: &str, prefix: &str) -> String {
         .to_owned()
 }
 
-/// Instance `c` serves `data` (host directory `dir`) through virtiofsd and keeps running.
-/// Its virtiofsd (the PID in `virtiofsd.json`) is in the instance's cgroup, has its own
-/// IPC and UTS namespaces, no_new_privs and arrowd's open-files limit (4096 here). After kill -9 of
-/// arrowd and a restart it is watched again: kill -9 of it fails the instance with a
-/// reason naming virtiofsd; after the instance is removed no virtiofsd of it is left.
-fn readopted_virtiofsd_is_jailed_and_watched(d: &mut Daemon, dir: &Path, data: &str) {
+/// Starts instance `name` that writes `name`.txt into writable volume `data` (host
+/// directory `dir`) and keeps running; returns it once its virtiofsd served the write,
+/// with its run directory and its virtiofsd's PID (from `virtiofsd.json`).
+fn start_serving(d: &Daemon, name: &str, dir: &Path, data: &str) -> (Value, PathBuf, i32) {
+    let file = format!("/data/{name}.txt");
     let out = d.actl(&[
-        "run",
-        "-d",
-        "--name",
-        "c",
-        "-v",
-        data,
-        "volprobe",
-        "write",
-        "/data/c.txt",
-        "from-c",
-        "sleep",
-        "600",
+        "run", "-d", "--name", name, "-v", data, "volprobe", "write", &file, name, "sleep", "600",
     ]);
     assert!(out.status.success(), "{}", stderr(&out));
     let t = std::time::Instant::now();
-    while std::fs::read_to_string(dir.join("c.txt")).unwrap_or_default() != "from-c" {
-        assert!(t.elapsed() < common::TIMEOUT, "{}", diag(d, "c"));
+    while std::fs::read_to_string(dir.join(format!("{name}.txt"))).unwrap_or_default() != name {
+        assert!(t.elapsed() < common::TIMEOUT, "{}", diag(d, name));
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
-    let inst = d.wait_state("c", "running");
+    let inst = d.wait_state(name, "running");
     let run_dir = PathBuf::from(inst["run_dir"].as_str().unwrap());
-    let record: serde_json::Value =
+    let record: Value =
         serde_json::from_slice(&std::fs::read(run_dir.join("virtiofsd.json")).unwrap()).unwrap();
     let vpid = record[0]["pid"].as_i64().unwrap() as i32;
-    let arrowd = d.child.as_ref().unwrap().id() as i32;
     assert!(proc_line(vpid, "cmdline", "").contains("virtiofsd"));
+    (inst, run_dir, vpid)
+}
+
+fn wait_gone(pid: i32) {
+    let t = std::time::Instant::now();
+    while arrow_service::procfs::start_time(pid).is_some() {
+        assert!(
+            t.elapsed() < common::TIMEOUT,
+            "process {pid} is still there"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+/// Instance `c`'s virtiofsd is in the instance's cgroup, has its own IPC and UTS
+/// namespaces, no_new_privs and arrowd's open-files limit (4096 here). Then kill -9
+/// of arrowd and a restart: `c`'s virtiofsd is watched again (kill -9 of it fails `c`
+/// with a reason naming virtiofsd; none is left after `c` is removed), and the
+/// virtiofsd of instance `s`, whose VMM was killed while arrowd was down and whose
+/// server was stopped so it could not see the hang-up, is killed as a stray.
+fn readopted_virtiofsd_is_jailed_and_watched(d: &mut Daemon, dir: &Path, data: &str) {
+    let (inst, run_dir, vpid) = start_serving(d, "c", dir, data);
+    let arrowd = d.child.as_ref().unwrap().id() as i32;
     match inst["cgroup"].as_str() {
         Some(cg) => {
             let line = proc_line(vpid, "cgroup", "0::");
@@ -146,8 +156,37 @@ fn readopted_virtiofsd_is_jailed_and_watched(d: &mut Daemon, dir: &Path, data: &
         .collect();
     assert_eq!(files[3..5], ["4096", "4096"], "{files:?}");
 
+    let (s, _, spid) = start_serving(d, "s", dir, data);
+    let server = arrow_service::procfs::children(spid);
+    assert_eq!(
+        server.len(),
+        1,
+        "virtiofsd {spid} runs its server as its only child"
+    );
     d.signal(libc::SIGKILL);
+    // Stopped only now: stopped before arrowd died, its orphaned process group would
+    // get SIGHUP (and virtiofsd die of it).
+    common::kill(server[0].0, libc::SIGSTOP);
+    let svmm = s["pid"].as_i64().unwrap() as i32;
+    common::kill(svmm, libc::SIGKILL);
+    wait_gone(svmm);
+    let alive = |pid: i32| arrow_service::procfs::start_time(pid).is_some();
+    assert!(
+        alive(spid) && alive(server[0].0),
+        "the stopped virtiofsd outlived its VMM"
+    );
     d.start();
+    wait_gone(spid);
+    wait_gone(server[0].0);
+    assert!(
+        d.log()
+            .contains("killing a virtiofsd whose instance is no longer running"),
+        "{}",
+        d.log()
+    );
+    assert_eq!(d.get("/instances/s").unwrap()["state"], "failed");
+    d.call(hyper::Method::DELETE, "/instances/s", None).unwrap();
+
     assert_eq!(d.wait_state("c", "running")["pid"], inst["pid"]);
     assert!(d.log().contains("re-adopted virtiofsd"), "{}", d.log());
     common::kill(vpid, libc::SIGKILL);
@@ -156,7 +195,7 @@ fn readopted_virtiofsd_is_jailed_and_watched(d: &mut Daemon, dir: &Path, data: &
     assert!(reason.contains("virtiofsd serving volume"), "{failed}");
     eprintln!("after kill -9 of the re-adopted virtiofsd: {reason}");
     d.call(hyper::Method::DELETE, "/instances/c", None).unwrap();
-    assert!(arrow_service::procfs::start_time(vpid).is_none());
+    wait_gone(vpid);
     assert!(!run_dir.exists());
 }
 

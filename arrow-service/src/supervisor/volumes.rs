@@ -74,6 +74,20 @@ fn ended(e: &Entry, how: &str, run_dir: &Path) -> String {
     )
 }
 
+/// Kills virtiofsd `e` if it is still the recorded process: first its sandbox's
+/// children (the server, PID 1 of virtiofsd's PID namespace, which otherwise only gets
+/// SIGTERM when its parent dies, and a stopped one never acts on that), then itself.
+/// Returns whether it was still there.
+fn kill_backend(e: &Entry) -> bool {
+    if !crate::procfs::is_alive(e.pid, e.start) {
+        return false;
+    }
+    for (pid, start) in crate::procfs::children(e.pid) {
+        crate::procfs::signal(pid, start, libc::SIGKILL);
+    }
+    crate::procfs::signal(e.pid, e.start, libc::SIGKILL)
+}
+
 /// The volume tag whose backend arrow-vmm says hung up, from its exit reason
 /// ("… vhost-user-fs vol0: backend fs-vol0.sock closed the connection …", written by
 /// arrow-vmm's `VhostUserFs::backend_gone`).
@@ -345,7 +359,7 @@ impl Supervisor {
             } else {
                 for e in mine {
                     tracing::warn!(instance = %id, pid = e.pid, volume = %e.host_path, "killing a virtiofsd whose instance is no longer running");
-                    if crate::procfs::signal(e.pid, e.start, libc::SIGKILL) {
+                    if kill_backend(&e) {
                         killed += 1;
                     }
                 }
@@ -360,7 +374,7 @@ impl Supervisor {
     pub(crate) fn stop_backends(&self, id: &str) -> Option<String> {
         let running = self.backends.lock().remove(id)?;
         for e in &running.procs {
-            crate::procfs::signal(e.pid, e.start, libc::SIGKILL);
+            kill_backend(e);
         }
         record::remove(&self.run_dir(id));
         running.failure
