@@ -83,7 +83,7 @@ impl VfsJail {
         tracing::info!(
             max_files,
             namespaces = namespaces != 0,
-            "virtiofsd processes get no_new_privs, RLIMIT_NOFILE {max_files}, no core dumps and the instance's cgroup"
+            "virtiofsd processes get no_new_privs, RLIMIT_NOFILE {max_files}, no core dumps, and their instance's cgroup where it has one"
         );
         VfsJail {
             namespaces,

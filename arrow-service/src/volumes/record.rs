@@ -50,22 +50,43 @@ pub fn write(run_dir: &Path, entries: &[Entry]) -> std::io::Result<()> {
     std::fs::rename(&tmp, run_dir.join(FILE))
 }
 
-/// The record of `run_dir`; empty when there is none. A damaged one is an error.
+/// The record of `run_dir`; empty when there is none. One that is not a regular file
+/// owned by arrowd's user (a jailed VMM may create files in its run directory), too
+/// large or damaged is an error.
 pub fn read(run_dir: &Path) -> Result<Vec<Entry>, String> {
+    use std::io::Read;
+    use std::os::unix::fs::MetadataExt;
     let path = run_dir.join(FILE);
-    let len = match std::fs::metadata(&path) {
-        Ok(m) => m.len(),
+    let shown = path.display();
+    let f = match std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&path)
+    {
+        Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
+        Err(e) => return Err(format!("cannot read {shown}: {e}")),
     };
-    if len > MAX_BYTES {
+    let meta = f
+        .metadata()
+        .map_err(|e| format!("cannot read {shown}: {e}"))?;
+    if !meta.is_file() || meta.uid() != nix::unistd::geteuid().as_raw() {
         return Err(format!(
-            "{} is {len} bytes, more than a record can be",
-            path.display()
+            "{shown} is not a file arrowd wrote (owner uid {})",
+            meta.uid()
         ));
     }
-    let text = std::fs::read(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    serde_json::from_slice(&text).map_err(|e| format!("{} is damaged: {e}", path.display()))
+    if meta.len() > MAX_BYTES {
+        return Err(format!(
+            "{shown} is {} bytes, more than a record can be",
+            meta.len()
+        ));
+    }
+    let mut text = Vec::new();
+    f.take(MAX_BYTES)
+        .read_to_end(&mut text)
+        .map_err(|e| format!("cannot read {shown}: {e}"))?;
+    serde_json::from_slice(&text).map_err(|e| format!("{shown} is damaged: {e}"))
 }
 
 /// Removes the record of `run_dir`.
@@ -163,6 +184,16 @@ mod tests {
         assert!(read(dir.path()).unwrap_err().contains("more than"));
         remove(dir.path());
         assert_eq!(read(dir.path()).unwrap(), Vec::new());
+        // A symlink (or a file of another user) is not arrowd's record.
+        std::os::unix::fs::symlink("/etc/hostname", dir.path().join(FILE)).unwrap();
+        assert!(read(dir.path()).unwrap_err().contains("cannot read"));
+        std::fs::remove_file(dir.path().join(FILE)).unwrap();
+        if nix::unistd::geteuid().is_root() {
+            write(dir.path(), &e).unwrap();
+            std::os::unix::fs::chown(dir.path().join(FILE), Some(4321), None).unwrap();
+            let err = read(dir.path()).unwrap_err();
+            assert!(err.contains("not a file arrowd wrote"), "{err}");
+        }
     }
 
     #[test]
@@ -219,7 +250,15 @@ mod tests {
             .spawn()
             .unwrap();
         let pid = child.id() as i32;
-        let seen = Seen::look(pid);
+        // Until the exec, /proc shows the forked copy of this process's environment.
+        let mut seen = Seen::look(pid);
+        for _ in 0..500 {
+            if seen.token.is_some() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+            seen = Seen::look(pid);
+        }
         let e = Entry {
             pid,
             start: seen.start.unwrap(),
