@@ -3,8 +3,9 @@
 //! while its instance runs fails the instance with the reason: arrow-vmm stops the VM
 //! when the backend hangs up (and arrowd kills it after a grace period if it has not).
 //! Each virtiofsd is recorded at spawn (`virtiofsd.json`, [`crate::volumes::record`]);
-//! after an arrowd restart the running instances' virtiofsd are watched again and
-//! those of instances that are gone are killed ([`Supervisor::recover_backends`]).
+//! after an arrowd restart the running instances' virtiofsd are watched again
+//! ([`Supervisor::adopt_backends`]) and those of instances that are gone are killed
+//! ([`Supervisor::reclaim_backends`], [`Supervisor::kill_stray_backends`]).
 
 use std::collections::{HashMap, HashSet};
 use std::ffi::CString;
@@ -301,72 +302,92 @@ impl Supervisor {
         }
     }
 
-    /// After an arrowd restart: watches again the recorded virtiofsd of the instances
-    /// in `adopted` (their VMMs were re-adopted), and kills those of every other run
-    /// directory: their instance is gone. Only processes the record proves arrowd
-    /// started are touched ([`record::verdict`]). Returns (watched, killed).
-    pub(crate) fn recover_backends(self: &Arc<Self>, adopted: &HashSet<String>) -> (usize, usize) {
-        let (mut watched, mut killed) = (0, 0);
-        let Ok(dirs) = std::fs::read_dir(self.cfg.run_root()) else {
-            return (0, 0);
+    /// After an arrowd restart: takes back the recorded virtiofsd of instance `id` as
+    /// adopted (the running ones and those that ended while arrowd was down; a PID now
+    /// held by another process is left alone). Returns them.
+    fn load_backends(&self, id: &str) -> Vec<Entry> {
+        let entries = match record::read(&self.run_dir(id)) {
+            Ok(e) => e,
+            Err(why) => {
+                tracing::warn!(instance = %id, "{why}; its virtiofsd processes (if any) are not watched");
+                return Vec::new();
+            }
         };
         // SAFETY: geteuid has no preconditions.
         let me = unsafe { libc::geteuid() };
+        let mine: Vec<Entry> = entries
+            .into_iter()
+            .filter(|e| match record::verdict(e, &Seen::look(e.pid), me) {
+                Verdict::Ours | Verdict::Gone => true,
+                Verdict::NotOurs => {
+                    tracing::warn!(instance = %id, pid = e.pid, "the recorded virtiofsd's PID belongs to another process now: left alone");
+                    false
+                }
+            })
+            .collect();
+        if !mine.is_empty() {
+            self.backends.lock().insert(
+                id.to_owned(),
+                Running {
+                    procs: mine.clone(),
+                    adopted: true,
+                    ..Running::default()
+                },
+            );
+        }
+        mine
+    }
+
+    /// After an arrowd restart, for instance `id` whose VMM was re-adopted: watches its
+    /// recorded virtiofsd again. Returns how many.
+    pub(crate) fn adopt_backends(self: &Arc<Self>, id: &str) -> usize {
+        let mine = self.load_backends(id);
+        let n = mine.len();
+        for e in mine {
+            tracing::info!(instance = %id, pid = e.pid, volume = %e.host_path, "re-adopted virtiofsd");
+            self.watch_adopted_backend(id, e);
+        }
+        n
+    }
+
+    /// After an arrowd restart, for instance `id` whose VMM is gone: takes its recorded
+    /// virtiofsd back, so that closing its record ([`Self::stop_backends`]) kills the
+    /// ones still running and reads the VMM's exit reason as for adopted ones. Returns
+    /// how many still run.
+    pub(crate) fn reclaim_backends(&self, id: &str) -> usize {
+        let live: Vec<Entry> = self
+            .load_backends(id)
+            .into_iter()
+            .filter(|e| crate::procfs::is_alive(e.pid, e.start))
+            .collect();
+        for e in &live {
+            tracing::warn!(instance = %id, pid = e.pid, volume = %e.host_path, "killing a virtiofsd whose instance is no longer running");
+        }
+        live.len()
+    }
+
+    /// After an arrowd restart: kills the recorded virtiofsd of every run directory
+    /// not in `handled` (the instances [`Self::adopt_backends`] and
+    /// [`Self::reclaim_backends`] took care of): their instances are not running. Only
+    /// processes the record proves arrowd started are touched ([`record::verdict`]).
+    /// Returns how many were killed.
+    pub(crate) fn kill_stray_backends(&self, handled: &HashSet<String>) -> usize {
+        let Ok(dirs) = std::fs::read_dir(self.cfg.run_root()) else {
+            return 0;
+        };
+        let mut killed = 0;
         for d in dirs.flatten() {
             let Some(id) = d.file_name().to_str().map(str::to_owned) else {
                 continue;
             };
-            let run_dir = d.path();
-            let entries = match record::read(&run_dir) {
-                Ok(e) => e,
-                Err(why) => {
-                    tracing::warn!(instance = %id, "{why}; its virtiofsd processes (if any) are not watched");
-                    continue;
-                }
-            };
-            if entries.is_empty() {
+            if handled.contains(&id) || !d.path().join(record::FILE).exists() {
                 continue;
             }
-            let keep = adopted.contains(&id);
-            let mut mine = Vec::new();
-            for e in entries {
-                match record::verdict(&e, &Seen::look(e.pid), me) {
-                    Verdict::Ours => mine.push(e),
-                    // Ended while arrowd was down: the watcher below sees it at once.
-                    Verdict::Gone if keep => mine.push(e),
-                    Verdict::Gone => {}
-                    Verdict::NotOurs => tracing::warn!(
-                        instance = %id,
-                        pid = e.pid,
-                        "the recorded virtiofsd's PID belongs to another process now: left alone"
-                    ),
-                }
-            }
-            if keep {
-                self.backends.lock().insert(
-                    id.clone(),
-                    Running {
-                        procs: mine.clone(),
-                        adopted: true,
-                        ..Running::default()
-                    },
-                );
-                for e in mine {
-                    tracing::info!(instance = %id, pid = e.pid, volume = %e.host_path, "re-adopted virtiofsd");
-                    self.watch_adopted_backend(&id, e);
-                    watched += 1;
-                }
-            } else {
-                for e in mine {
-                    tracing::warn!(instance = %id, pid = e.pid, volume = %e.host_path, "killing a virtiofsd whose instance is no longer running");
-                    if kill_backend(&e) {
-                        killed += 1;
-                    }
-                }
-                record::remove(&run_dir);
-            }
+            killed += self.reclaim_backends(&id);
+            self.stop_backends(&id);
+            record::remove(&d.path());
         }
-        (watched, killed)
+        killed
     }
 
     /// The reason the instance's virtiofsd failed, if one did; stops the others and
