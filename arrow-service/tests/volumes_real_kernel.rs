@@ -126,9 +126,11 @@ fn wait_gone(pid: i32) {
 /// Instance `c`'s virtiofsd is in the instance's cgroup, has its own IPC and UTS
 /// namespaces, no_new_privs and arrowd's open-files limit (4096 here). Then kill -9
 /// of arrowd and a restart: `c`'s virtiofsd is watched again (kill -9 of it fails `c`
-/// with a reason naming virtiofsd; none is left after `c` is removed), and the
+/// with a reason naming virtiofsd; none is left after `c` is removed); the
 /// virtiofsd of instance `s`, whose VMM was killed while arrowd was down and whose
-/// server was stopped so it could not see the hang-up, is killed as a stray.
+/// server was stopped so it could not see the hang-up, is killed as a stray; and
+/// instance `k`, whose virtiofsd was killed while arrowd was down, is failed with a
+/// reason naming virtiofsd.
 fn readopted_virtiofsd_is_jailed_and_watched(d: &mut Daemon, dir: &Path, data: &str) {
     let (inst, run_dir, vpid) = start_serving(d, "c", dir, data);
     let arrowd = d.child.as_ref().unwrap().id() as i32;
@@ -157,6 +159,7 @@ fn readopted_virtiofsd_is_jailed_and_watched(d: &mut Daemon, dir: &Path, data: &
     assert_eq!(files[3..5], ["4096", "4096"], "{files:?}");
 
     let (s, _, spid) = start_serving(d, "s", dir, data);
+    let (k, _, kpid) = start_serving(d, "k", dir, data);
     let server = arrow_service::procfs::children(spid);
     assert_eq!(
         server.len(),
@@ -170,6 +173,9 @@ fn readopted_virtiofsd_is_jailed_and_watched(d: &mut Daemon, dir: &Path, data: &
     let svmm = s["pid"].as_i64().unwrap() as i32;
     common::kill(svmm, libc::SIGKILL);
     wait_gone(svmm);
+    // k's virtiofsd dies while arrowd is down: its VMM stops by itself.
+    common::kill(kpid, libc::SIGKILL);
+    wait_gone(k["pid"].as_i64().unwrap() as i32);
     let alive = |pid: i32| arrow_service::procfs::start_time(pid).is_some();
     assert!(
         alive(spid) && alive(server[0].0),
@@ -186,6 +192,16 @@ fn readopted_virtiofsd_is_jailed_and_watched(d: &mut Daemon, dir: &Path, data: &
     );
     assert_eq!(d.get("/instances/s").unwrap()["state"], "failed");
     d.call(hyper::Method::DELETE, "/instances/s", None).unwrap();
+    let k = d.get("/instances/k").unwrap();
+    assert_eq!(k["state"], "failed", "{k}");
+    assert!(
+        k["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("virtiofsd serving volume"),
+        "{k}"
+    );
+    d.call(hyper::Method::DELETE, "/instances/k", None).unwrap();
 
     assert_eq!(d.wait_state("c", "running")["pid"], inst["pid"]);
     assert!(d.log().contains("re-adopted virtiofsd"), "{}", d.log());

@@ -296,7 +296,7 @@ impl Supervisor {
         if let Some(e) = r.procs.iter().find(|e| e.tag == tag) {
             r.failure = Some(ended(
                 e,
-                "while its instance ran, and arrow-vmm stopped the VM; it was re-adopted after an arrowd restart, so its exit status is unknown",
+                "while its instance ran, and arrow-vmm stopped the VM; arrowd restarted since it spawned it, so its exit status is unknown",
                 &self.run_dir(id),
             ));
         }
