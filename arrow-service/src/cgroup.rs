@@ -68,9 +68,16 @@ impl Cgroups {
         enable(root)
     }
 
-    /// Creates the instance's cgroup with its limits; returns its directory and the
+    /// Creates the instance's cgroup with its limits (`extra_mib` beyond guest memory and
+    /// VMM overhead: its virtiofsd processes); returns its directory and the
     /// `cgroup.procs` path to join (as a C string, for use between fork and exec).
-    pub fn create(&self, id: &str, vcpus: u8, memory_mib: u32) -> Option<(PathBuf, CString)> {
+    pub fn create(
+        &self,
+        id: &str,
+        vcpus: u8,
+        memory_mib: u32,
+        extra_mib: u64,
+    ) -> Option<(PathBuf, CString)> {
         let root = self.root.as_ref()?;
         let dir = root.join(id);
         let result = (|| -> std::io::Result<CString> {
@@ -79,7 +86,7 @@ impl Cgroups {
                 dir.join("cpu.max"),
                 format!("{} 100000", u64::from(vcpus) * 100_000),
             )?;
-            let bytes = (u64::from(memory_mib) + VMM_OVERHEAD_MIB) * 1024 * 1024;
+            let bytes = (u64::from(memory_mib) + VMM_OVERHEAD_MIB + extra_mib) * 1024 * 1024;
             std::fs::write(dir.join("memory.max"), bytes.to_string())?;
             CString::new(dir.join("cgroup.procs").to_string_lossy().into_owned())
                 .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))

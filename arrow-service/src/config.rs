@@ -70,6 +70,11 @@ pub struct Config {
     /// project's tools install in ~/.cache/arrow/tools (built on first use), else PATH.
     #[arg(long, env = "ARROW_VIRTIOFSD")]
     pub virtiofsd: Option<PathBuf>,
+    /// Open files each virtiofsd may have (RLIMIT_NOFILE; it holds one per inode the
+    /// guest has looked up): past it the guest's lookups fail with EMFILE.
+    #[arg(long, env = "ARROWD_VIRTIOFSD_MAX_FILES", default_value_t = crate::volumes::jail::DEFAULT_MAX_FILES,
+          value_parser = clap::value_parser!(u64).range(64..=1_048_576))]
+    pub virtiofsd_max_files: u64,
     /// `USER[:GROUP]` (names or numbers) jailed VMMs run as; default: user
     /// `arrow` if it exists, else 65534 (nobody).
     #[arg(long, env = "ARROWD_JAIL_USER")]

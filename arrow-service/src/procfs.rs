@@ -89,7 +89,7 @@ impl FoundVmm {
 }
 
 /// Real and effective uid of `pid`.
-fn uids(pid: i32) -> Option<(u32, u32)> {
+pub(crate) fn uids(pid: i32) -> Option<(u32, u32)> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let line = text.lines().find_map(|l| l.strip_prefix("Uid:"))?;
     let mut f = line.split_whitespace().map(|x| x.parse::<u32>().ok());
@@ -97,7 +97,7 @@ fn uids(pid: i32) -> Option<(u32, u32)> {
 }
 
 /// The value of `key` in `pid`'s initial environment.
-fn environ_var(pid: i32, key: &str) -> Option<String> {
+pub(crate) fn environ_var(pid: i32, key: &str) -> Option<String> {
     let env = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
     env.split(|b| *b == 0).find_map(|kv| {
         let rest = kv.strip_prefix(key.as_bytes())?.strip_prefix(b"=")?;
@@ -110,6 +110,18 @@ pub fn parent(pid: i32) -> Option<i32> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let rest = &text[text.rfind(')')? + 1..];
     rest.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// The live children of `pid`, each with its start time.
+pub fn children(pid: i32) -> Vec<(i32, u64)> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|&c| parent(c) == Some(pid))
+        .filter_map(|c| Some((c, start_time(c)?)))
+        .collect()
 }
 
 /// The arrow-vmm a jailer (`jailer_pid`) started: its only child.
@@ -286,6 +298,23 @@ mod tests {
             token: Some("secret".into()),
         };
         assert!(!f.is_ours(&run_dir));
+    }
+
+    #[test]
+    fn children_are_found() {
+        let mut child = std::process::Command::new("/bin/sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let pid = child.id() as i32;
+        let mine = children(std::process::id() as i32);
+        assert!(
+            mine.iter().any(|&(p, s)| p == pid && is_alive(p, s)),
+            "{mine:?}"
+        );
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert!(children(pid).is_empty());
     }
 
     #[test]

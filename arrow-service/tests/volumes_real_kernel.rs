@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use common::cri::CriClient;
 use common::{stderr, stdout, Daemon};
 use k8s_cri::v1::*;
-use serde_json::json;
+use serde_json::{json, Value};
 
 fn build_volprobe(d: &Daemon) {
     let store = asdk::Store::open(d.store_dir()).unwrap();
@@ -77,10 +77,149 @@ fn vol(p: &Path, guest: &str, ro: bool) -> String {
     format!("{}:{guest}{}", p.display(), if ro { ":ro" } else { "" })
 }
 
+fn ns(pid: i32, kind: &str) -> PathBuf {
+    std::fs::read_link(format!("/proc/{pid}/ns/{kind}")).unwrap()
+}
+
+fn proc_line(pid: i32, file: &str, prefix: &str) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/{file}"))
+        .unwrap()
+        .lines()
+        .find(|l| l.starts_with(prefix))
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// Starts instance `name` that writes `name`.txt into writable volume `data` (host
+/// directory `dir`) and keeps running; returns it once its virtiofsd served the write,
+/// with its run directory and its virtiofsd's PID (from `virtiofsd.json`).
+fn start_serving(d: &Daemon, name: &str, dir: &Path, data: &str) -> (Value, PathBuf, i32) {
+    let file = format!("/data/{name}.txt");
+    let out = d.actl(&[
+        "run", "-d", "--name", name, "-v", data, "volprobe", "write", &file, name, "sleep", "600",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let t = std::time::Instant::now();
+    while std::fs::read_to_string(dir.join(format!("{name}.txt"))).unwrap_or_default() != name {
+        assert!(t.elapsed() < common::TIMEOUT, "{}", diag(d, name));
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let inst = d.wait_state(name, "running");
+    let run_dir = PathBuf::from(inst["run_dir"].as_str().unwrap());
+    let record: Value =
+        serde_json::from_slice(&std::fs::read(run_dir.join("virtiofsd.json")).unwrap()).unwrap();
+    let vpid = record[0]["pid"].as_i64().unwrap() as i32;
+    assert!(proc_line(vpid, "cmdline", "").contains("virtiofsd"));
+    (inst, run_dir, vpid)
+}
+
+fn wait_gone(pid: i32) {
+    let t = std::time::Instant::now();
+    while arrow_service::procfs::start_time(pid).is_some() {
+        assert!(
+            t.elapsed() < common::TIMEOUT,
+            "process {pid} is still there"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+/// Instance `c`'s virtiofsd is in the instance's cgroup, has its own IPC and UTS
+/// namespaces, no_new_privs and arrowd's open-files limit (4096 here). Then kill -9
+/// of arrowd and a restart: `c`'s virtiofsd is watched again (kill -9 of it fails `c`
+/// with a reason naming virtiofsd; none is left after `c` is removed); the
+/// virtiofsd of instance `s`, whose VMM was killed while arrowd was down and whose
+/// server was stopped so it could not see the hang-up, is killed as a stray; and
+/// instance `k`, whose virtiofsd was killed while arrowd was down, is failed with a
+/// reason naming virtiofsd.
+fn readopted_virtiofsd_is_jailed_and_watched(d: &mut Daemon, dir: &Path, data: &str) {
+    let (inst, run_dir, vpid) = start_serving(d, "c", dir, data);
+    let arrowd = d.child.as_ref().unwrap().id() as i32;
+    match inst["cgroup"].as_str() {
+        Some(cg) => {
+            let line = proc_line(vpid, "cgroup", "0::");
+            let rel = line.trim_start_matches("0::");
+            assert!(!rel.is_empty() && cg.ends_with(rel), "virtiofsd in {line}, instance in {cg}");
+        }
+        None => eprintln!(
+            "skipping the cgroup check: this host gives arrowd no cgroup v2 hierarchy (instances run without cgroups; see arrowd's log)"
+        ),
+    }
+    for kind in ["ipc", "uts"] {
+        assert_ne!(
+            ns(vpid, kind),
+            ns(arrowd, kind),
+            "virtiofsd's {kind} namespace"
+        );
+    }
+    assert_eq!(proc_line(vpid, "status", "NoNewPrivs:"), "NoNewPrivs:\t1");
+    let files: Vec<String> = proc_line(vpid, "limits", "Max open files")
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(files[3..5], ["4096", "4096"], "{files:?}");
+
+    let (s, _, spid) = start_serving(d, "s", dir, data);
+    let (k, _, kpid) = start_serving(d, "k", dir, data);
+    let server = arrow_service::procfs::children(spid);
+    assert_eq!(
+        server.len(),
+        1,
+        "virtiofsd {spid} runs its server as its only child"
+    );
+    d.signal(libc::SIGKILL);
+    // Stopped only now: stopped before arrowd died, its orphaned process group would
+    // get SIGHUP (and virtiofsd die of it).
+    common::kill(server[0].0, libc::SIGSTOP);
+    let svmm = s["pid"].as_i64().unwrap() as i32;
+    common::kill(svmm, libc::SIGKILL);
+    wait_gone(svmm);
+    // k's virtiofsd dies while arrowd is down: its VMM stops by itself.
+    common::kill(kpid, libc::SIGKILL);
+    wait_gone(k["pid"].as_i64().unwrap() as i32);
+    let alive = |pid: i32| arrow_service::procfs::start_time(pid).is_some();
+    assert!(
+        alive(spid) && alive(server[0].0),
+        "the stopped virtiofsd outlived its VMM"
+    );
+    d.start();
+    wait_gone(spid);
+    wait_gone(server[0].0);
+    assert!(
+        d.log()
+            .contains("killing a virtiofsd whose instance is no longer running"),
+        "{}",
+        d.log()
+    );
+    assert_eq!(d.get("/instances/s").unwrap()["state"], "failed");
+    d.call(hyper::Method::DELETE, "/instances/s", None).unwrap();
+    let k = d.get("/instances/k").unwrap();
+    assert_eq!(k["state"], "failed", "{k}");
+    assert!(
+        k["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("virtiofsd serving volume"),
+        "{k}"
+    );
+    d.call(hyper::Method::DELETE, "/instances/k", None).unwrap();
+
+    assert_eq!(d.wait_state("c", "running")["pid"], inst["pid"]);
+    assert!(d.log().contains("re-adopted virtiofsd"), "{}", d.log());
+    common::kill(vpid, libc::SIGKILL);
+    let failed = d.wait_state("c", "failed");
+    let reason = failed["reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("virtiofsd serving volume"), "{failed}");
+    eprintln!("after kill -9 of the re-adopted virtiofsd: {reason}");
+    d.call(hyper::Method::DELETE, "/instances/c", None).unwrap();
+    wait_gone(vpid);
+    assert!(!run_dir.exists());
+}
+
 #[test]
 fn packed_and_live_volumes_in_cold_boots() {
     let vfsd = virtiofsd();
-    let d = Daemon::with_real_kernel(&["--virtiofsd", &vfsd]);
+    let mut d = Daemon::with_real_kernel(&["--virtiofsd", &vfsd, "--virtiofsd-max-files", "4096"]);
     build_volprobe(&d);
     let h = host(d.dir.path());
     // A read-only directory too large to pack: served by virtiofsd --readonly.
@@ -255,6 +394,10 @@ fn packed_and_live_volumes_in_cold_boots() {
     let (code, msg) = d.post("/instances", Some(bad)).unwrap_err();
     assert_eq!(code, 400, "{msg}");
     assert!(msg.contains("'..'"), "{msg}");
+
+    // A running instance's virtiofsd: jailed, re-adopted after kill -9 of arrowd, and
+    // its death then fails the instance with the reason.
+    readopted_virtiofsd_is_jailed_and_watched(&mut d, &h.data, &data);
 
     // virtiofsd is gone with its VMM.
     let left = std::process::Command::new("pgrep")

@@ -19,10 +19,11 @@ pub use paths::{vmm_paths, VmmPaths};
 pub use spec::JailSpec;
 
 /// Files in the run directory that stay arrowd's (the VMM may not replace them).
-pub const KEPT_FILES: [&str; 3] = [
+pub const KEPT_FILES: [&str; 4] = [
     crate::procfs::SPAWN_TOKEN_FILE,
     crate::supervisor::VMM_LOG,
     crate::volumes::virtiofsd::LOG,
+    crate::volumes::record::FILE,
 ];
 
 /// Why arrowd cannot jail its VMMs as configured.

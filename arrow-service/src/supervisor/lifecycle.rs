@@ -146,12 +146,15 @@ impl Supervisor {
             )));
         }
         self.changed();
+        // The instance's virtiofsd processes live in its cgroup too.
+        let backends_mib = plan.fs().count() as u64 * crate::volumes::jail::OVERHEAD_MIB;
         let cg = self
             .cgroups
-            .create(&rec.id, rec.spec.vcpus, rec.spec.memory_mib);
+            .create(&rec.id, rec.spec.vcpus, rec.spec.memory_mib, backends_mib);
         let cg_procs = cg.as_ref().map(|(_, p)| p.clone());
         // The fs volumes' virtiofsd listen before the VMM starts.
-        let spawned = match self.start_backends(&rec, &plan, virtiofsd.as_deref()) {
+        let started = self.start_backends(&rec, &plan, virtiofsd.as_deref(), cg_procs.as_ref());
+        let spawned = match started {
             Err(why) => Err(std::io::Error::other(why)),
             Ok(()) => match (&boot, &template) {
                 (Some((kernel, boot)), _) => {
@@ -536,9 +539,9 @@ impl Supervisor {
     }
 }
 
-/// 32 hex digits from the kernel's random source: ties a spawned arrow-vmm to
-/// its run directory for re-adoption (see [`procfs::SPAWN_TOKEN_ENV`]).
-fn spawn_token() -> std::io::Result<String> {
+/// 32 hex digits from the kernel's random source: ties a spawned arrow-vmm (or
+/// virtiofsd) to its run directory for re-adoption (see [`procfs::SPAWN_TOKEN_ENV`]).
+pub(crate) fn spawn_token() -> std::io::Result<String> {
     use std::io::Read;
     let mut b = [0u8; 16];
     std::fs::File::open("/dev/urandom")?.read_exact(&mut b)?;

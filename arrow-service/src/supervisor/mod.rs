@@ -78,6 +78,9 @@ impl Supervisor {
     ) -> Arc<Supervisor> {
         let (changes, _) = watch::channel(0);
         Arc::new(Supervisor {
+            backends: volumes::Backends::new(crate::volumes::jail::VfsJail::init(
+                cfg.virtiofsd_max_files,
+            )),
             cfg,
             db,
             store,
@@ -85,7 +88,6 @@ impl Supervisor {
             cgroups,
             jail,
             templates: crate::templates::Templates::default(),
-            backends: volumes::Backends::default(),
             changes,
             proxies: Mutex::new(HashMap::new()),
             stopping: Mutex::new(HashSet::new()),

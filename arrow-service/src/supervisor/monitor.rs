@@ -103,6 +103,7 @@ impl Supervisor {
         let sent = self.mark_signalled(id, None);
         let (state, code, reason) = end_of_run(report.as_ref(), status, stop_requested, sent);
         // A volume's virtiofsd that failed is why the VM stopped.
+        self.note_vmm_end(id, report.as_ref().map(|r| r.reason.as_str()));
         let (state, code, reason) = match self.stop_backends(id) {
             Some(why) if !stop_requested => (State::Failed, code, why),
             _ => (state, code, reason),

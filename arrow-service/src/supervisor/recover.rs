@@ -2,7 +2,9 @@
 //! (PID and start time must match the record, and the process must carry the spawn
 //! token arrowd wrote into its run directory: see `procfs::SPAWN_TOKEN_ENV`), close the
 //! records of the vanished ones, and kill VMMs of ours that no record claims (so nothing
-//! is orphaned). A process that only looks like arrow-vmm is left alone.
+//! is orphaned). A process that only looks like arrow-vmm is left alone. The same for
+//! the virtiofsd processes recorded in run directories (`virtiofsd.json`): watched again
+//! with their re-adopted VMM, killed otherwise (supervisor/volumes.rs).
 
 use std::sync::Arc;
 
@@ -22,6 +24,10 @@ pub struct Recovery {
     pub closed: usize,
     /// VMMs nobody claimed, killed.
     pub strays_killed: usize,
+    /// virtiofsd processes of re-adopted instances, watched again.
+    pub backends_adopted: usize,
+    /// virtiofsd processes of instances no longer running, killed.
+    pub backends_killed: usize,
 }
 
 impl Supervisor {
@@ -38,10 +44,13 @@ impl Supervisor {
             }
         }
         let mut out = Recovery::default();
+        // Instances whose virtiofsd processes were taken care of.
+        let mut handled = std::collections::HashSet::new();
         for rec in self.db.list()? {
             if !rec.state.is_active() {
                 continue;
             }
+            handled.insert(rec.id.clone());
             let pos = found.iter().position(|f| f.id == rec.id);
             let vmm = pos.map(|i| found.swap_remove(i));
             let matches = match (&vmm, rec.pid, rec.pid_start) {
@@ -66,6 +75,7 @@ impl Supervisor {
                     }
                     tracing::info!(instance = %rec.id, pid = f.pid, "re-adopted running instance");
                     self.monitor_adopted(rec.id.clone(), f.pid, f.start);
+                    out.backends_adopted += self.adopt_backends(&rec.id);
                     out.adopted += 1;
                 }
                 other => {
@@ -74,6 +84,8 @@ impl Supervisor {
                         tracing::warn!(instance = %rec.id, pid = f.pid, "killing an arrow-vmm that does not match the record");
                         procfs::signal(f.pid, f.start, libc::SIGKILL);
                     }
+                    // Killed when the record is closed (finish_run, or below).
+                    out.backends_killed += self.reclaim_backends(&rec.id);
                     if rec.state == State::Starting && rec.pid.is_none() {
                         self.db.finish(
                             &rec.id,
@@ -82,6 +94,7 @@ impl Supervisor {
                             "arrowd stopped while starting this instance; start it again",
                             now_ms(),
                         )?;
+                        self.stop_backends(&rec.id);
                     } else {
                         // finish_run reads the exit report if the VMM wrote one.
                         self.finish_run(&rec.id, None, None);
@@ -97,11 +110,14 @@ impl Supervisor {
                 out.strays_killed += 1;
             }
         }
+        out.backends_killed += self.kill_stray_backends(&handled);
         self.changed();
         tracing::info!(
             adopted = out.adopted,
             closed = out.closed,
             strays_killed = out.strays_killed,
+            backends_adopted = out.backends_adopted,
+            backends_killed = out.backends_killed,
             "recovery done"
         );
         Ok(out)

@@ -412,7 +412,7 @@ impl Supervisor {
         let cid = self.templates.next_cid.fetch_add(1, Ordering::SeqCst);
         let run_dir: PathBuf = self.run_dir(&id);
         std::fs::create_dir_all(&run_dir)?;
-        let cg = self.cgroups.create(&id, t.spec.vcpus, t.spec.memory_mib);
+        let cg = self.cgroups.create(&id, t.spec.vcpus, t.spec.memory_mib, 0);
         let args = vec![
             "restore".into(),
             "--from".into(),

@@ -7,15 +7,18 @@
 //! files with the guest's uids) in its own sandbox: `--sandbox namespace` (new mount, PID
 //! and network namespaces, `pivot_root` into the shared directory, so no symlink or `..`
 //! leads out of it), `--seccomp kill`, capabilities dropped to what file serving needs.
-//! It is not put behind arrow-jailer: the jailer drops to an unprivileged uid and builds a
-//! root of bind mounts, which is what virtiofsd's own sandbox does for it with the
-//! privileges it needs. It serves one connection and exits when the VMM hangs up.
+//! arrowd adds the rest of what the VMM's jail gives ([`super::jail`]): the instance's
+//! cgroup, new IPC, UTS and cgroup namespaces, `no_new_privs`, RLIMIT_NOFILE, no core
+//! dumps. It is not put behind arrow-jailer: the jailer drops to an unprivileged uid and
+//! builds a root of bind mounts, which is what virtiofsd's own sandbox does for it with
+//! the privileges it needs. It serves one connection and exits when the VMM hangs up.
 
-use std::ffi::OsString;
+use std::ffi::{CString, OsString};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
+use super::jail::VfsJail;
 use super::plan::Placed;
 
 /// virtiofsd's log (all of an instance's virtiofsd processes append to it).
@@ -38,10 +41,11 @@ pub fn program(configured: Option<&Path>) -> Result<PathBuf, String> {
     })
 }
 
-/// virtiofsd's arguments for `volume` (its listening socket is fd 3). Writable volumes
-/// are not cached in the guest (`--cache never`): another instance or the host may
-/// change them at any time; read-only ones use `--cache auto`.
-pub fn args(volume: &Placed) -> Vec<OsString> {
+/// virtiofsd's arguments for `volume` (its listening socket is fd 3), with `max_files`
+/// open files (the RLIMIT_NOFILE arrowd sets). Writable volumes are not cached in the
+/// guest (`--cache never`): another instance or the host may change them at any time;
+/// read-only ones use `--cache auto`.
+pub fn args(volume: &Placed, max_files: u64) -> Vec<OsString> {
     let v = &volume.volume;
     let mut a: Vec<OsString> = vec![
         "--fd".into(),
@@ -54,6 +58,8 @@ pub fn args(volume: &Placed) -> Vec<OsString> {
         "kill".into(),
         "--cache".into(),
         if v.read_only { "auto" } else { "never" }.into(),
+        "--rlimit-nofile".into(),
+        max_files.to_string().into(),
         "--log-level".into(),
         "warn".into(),
     ];
@@ -74,6 +80,8 @@ pub struct Backend {
     pub socket: PathBuf,
     /// The process.
     pub child: tokio::process::Child,
+    /// The token in its environment (for re-adoption: [`super::record`]).
+    pub token: String,
 }
 
 /// Binds `fs-<tag>.sock` in `run_dir` (replacing a stale one), owned by `owner` (the
@@ -92,21 +100,34 @@ pub fn bind(
     Ok((path, OwnedFd::from(listener)))
 }
 
-/// Starts virtiofsd for fs volume `volume` of the instance in `run_dir`.
-pub fn spawn(
-    program: &Path,
-    volume: &Placed,
-    run_dir: &Path,
-    owner: Option<(u32, u32)>,
-) -> std::io::Result<Backend> {
-    let (socket, listener) = bind(run_dir, &volume.id, owner)?;
+/// How a virtiofsd is started.
+#[derive(Debug, Clone, Copy)]
+pub struct Launch<'a> {
+    /// The virtiofsd program.
+    pub program: &'a Path,
+    /// The instance's run directory.
+    pub run_dir: &'a Path,
+    /// The jailed VMM's uid and gid (the socket's owner), when the jail is on.
+    pub owner: Option<(u32, u32)>,
+    /// What arrowd puts around it.
+    pub jail: &'a VfsJail,
+    /// The instance's `cgroup.procs`, when it has a cgroup.
+    pub cgroup_procs: Option<&'a CString>,
+}
+
+/// Starts virtiofsd for fs volume `volume` of the instance in `l.run_dir`, with a
+/// fresh random `token` in its environment (`ARROW_SPAWN_TOKEN`).
+pub fn spawn(l: Launch<'_>, volume: &Placed, token: &str) -> std::io::Result<Backend> {
+    let (program, run_dir) = (l.program, l.run_dir);
+    let (socket, listener) = bind(run_dir, &volume.id, l.owner)?;
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(run_dir.join(LOG))?;
     let mut cmd = tokio::process::Command::new(program);
-    cmd.args(args(volume))
+    cmd.args(args(volume, l.jail.max_files()))
         .current_dir("/")
+        .env(crate::procfs::SPAWN_TOKEN_ENV, token)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(log)
@@ -114,10 +135,14 @@ pub fn spawn(
         .process_group(0)
         .kill_on_drop(false);
     let fd = listener.as_raw_fd();
+    let jail = l.jail.clone();
+    let procs = l.cgroup_procs.cloned();
     // SAFETY: between fork and exec the closure only calls dup2 and fcntl, which are
-    // async-signal-safe; `fd` stays open in the parent until the spawn returns.
+    // async-signal-safe, and VfsJail::enter_in_child (plain system calls on values
+    // prepared before the fork); `fd` stays open in the parent until the spawn returns.
     unsafe {
         cmd.pre_exec(move || {
+            jail.enter_in_child(procs.as_ref())?;
             if fd == 3 {
                 // dup2 onto itself keeps close-on-exec: clear it.
                 if libc::fcntl(3, libc::F_SETFD, 0) < 0 {
@@ -136,6 +161,7 @@ pub fn spawn(
         host_path: volume.volume.host_path.clone(),
         socket,
         child,
+        token: token.to_owned(),
     })
 }
 
@@ -165,15 +191,15 @@ mod tests {
 
     #[test]
     fn arguments_sandbox_and_cache() {
-        let a: Vec<String> = args(&placed(false))
+        let a: Vec<String> = args(&placed(false), 4096)
             .iter()
             .map(|s| s.to_string_lossy().into_owned())
             .collect();
         assert_eq!(
             a.join(" "),
-            "--fd 3 --shared-dir /srv/data --sandbox namespace --seccomp kill --cache never --log-level warn"
+            "--fd 3 --shared-dir /srv/data --sandbox namespace --seccomp kill --cache never --rlimit-nofile 4096 --log-level warn"
         );
-        let a: Vec<String> = args(&placed(true))
+        let a: Vec<String> = args(&placed(true), 4096)
             .iter()
             .map(|s| s.to_string_lossy().into_owned())
             .collect();

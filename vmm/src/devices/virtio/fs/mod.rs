@@ -279,7 +279,9 @@ impl VhostUserFs {
         }
     }
 
-    /// The backend closed the connection: the volume is gone, stop the VM.
+    /// The backend closed the connection: the volume is gone, stop the VM. arrowd reads
+    /// the tag back from this reason for virtiofsd it re-adopted after a restart
+    /// (arrow-service/src/supervisor/volumes.rs, `backend_gone_tag`): keep its shape.
     pub(crate) fn backend_gone(&mut self) {
         let socket = self
             .socket()
