@@ -57,12 +57,33 @@ impl Supervisor {
                     }
                 }
             };
+            sup.jailed_vmm_gone(&id).await;
             sup.finish_run(
                 &id,
                 status,
                 if latency_known { None } else { Some(spawned) },
             );
         });
+    }
+
+    /// A jailed arrow-vmm dies of its parent-death signal just after its arrow-jailer
+    /// (which is what arrowd waits for): the run is over only once the VMM is gone too,
+    /// so that `rm -f` and stop return with its memory given back and its cgroup empty
+    /// (removing a cgroup that still holds it fails). Waits at most 5 s; a VMM not under
+    /// a jailer was the process waited for and is not found here.
+    async fn jailed_vmm_gone(&self, id: &str) {
+        let root = self.cfg.run_root();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while procfs::scan_vmms(&root).iter().any(|v| v.id == id) {
+            if Instant::now() >= deadline {
+                tracing::warn!(
+                    instance = id,
+                    "arrow-vmm still runs 5 s after its jailer ended; recording the end of the run anyway"
+                );
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
     }
 
     /// Watches an arrow-vmm adopted after a restart (not our child: poll /proc).
@@ -72,6 +93,7 @@ impl Supervisor {
             while procfs::is_alive(pid, start) {
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
+            sup.jailed_vmm_gone(&id).await;
             sup.finish_run(&id, None, None);
         });
     }
