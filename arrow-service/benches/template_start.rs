@@ -19,28 +19,16 @@
 mod common;
 #[path = "support/summary.rs"]
 mod summary;
+#[path = "support/vmm_memory.rs"]
+mod vmm_memory;
 use summary::summary;
+use vmm_memory::{rollup_kib, vmm_pid};
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use common::Daemon;
 use serde_json::{json, Value};
-
-fn rollup_kib(pid: i32) -> (u64, u64, u64) {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap_or_default();
-    let f = |k: &str| -> u64 {
-        text.lines()
-            .find_map(|l| l.strip_prefix(k))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .unwrap_or(0)
-    };
-    (
-        f("Pss:"),
-        f("Rss:"),
-        f("Private_Clean:") + f("Private_Dirty:"),
-    )
-}
 
 fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
     let t = Instant::now();
@@ -179,7 +167,7 @@ fn main() {
                 .collect();
             let mut idle = Vec::new();
             for v in d.vmms().into_iter().filter(|v| !ids.contains(&v.id)) {
-                let (pss, rss, private) = rollup_kib(v.pid);
+                let (pss, rss, private) = rollup_kib(vmm_pid(v.pid));
                 idle.push(json!({"pss_kib": pss, "rss_kib": rss, "private_kib": private}));
             }
             println!("idle pooled arrow-vmm (smaps_rollup, KiB): {}", json!(idle));

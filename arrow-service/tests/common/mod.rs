@@ -38,15 +38,20 @@ pub fn guest_elf() -> &'static Path {
     })
 }
 
-/// `arrow-vmm` next to our binaries; built with cargo when missing.
+/// `arrow-vmm` next to our binaries; built with cargo when missing (in release when
+/// arrowd is a release build, as under `cargo bench`).
 pub fn vmm_bin() -> &'static Path {
     static VMM: OnceLock<PathBuf> = OnceLock::new();
     VMM.get_or_init(|| {
         let dir = Path::new(env!("CARGO_BIN_EXE_arrowd")).parent().unwrap();
         let vmm = dir.join("arrow-vmm");
         if !vmm.is_file() {
+            let mut args = vec!["build", "-p", "arrow-vmm", "--bin", "arrow-vmm"];
+            if dir.ends_with("release") {
+                args.push("--release");
+            }
             let st = Command::new(env!("CARGO"))
-                .args(["build", "-p", "arrow-vmm", "--bin", "arrow-vmm"])
+                .args(args)
                 .current_dir(repo_root())
                 .status()
                 .expect("run cargo build -p arrow-vmm");
