@@ -35,7 +35,7 @@ mod memhp_guest;
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use arrow_e2e::vfs::virtiofsd;
 use memhp_guest::*;
@@ -44,11 +44,6 @@ use vsock_guest::*;
 const GUEST_TIMEOUT: Duration = Duration::from_secs(900);
 const REGION_MIB: u64 = 512;
 const FILE_MIB: usize = 48;
-
-fn fail(guest: Option<&Guest>, what: &str, e: String) -> ! {
-    let console = guest.map(Guest::console).unwrap_or_default();
-    panic!("{what}: {e}\n---- guest console ----\n{console}\n-----------------------");
-}
 
 /// Page i of the app's file holds (i * 7 + 1) & 0xff.
 fn check_file(path: &Path) {
@@ -80,11 +75,6 @@ fn plain(s: &str) -> String {
         }
     }
     out
-}
-
-fn api_ok(g: &Guest, sock: &Path, path: &str, body: &str) {
-    let (code, text) = api(sock, "PUT", path, body).unwrap_or_else(|e| fail(Some(g), path, e));
-    assert_eq!(code, 200, "{path}: {text}");
 }
 
 #[test]
@@ -127,16 +117,7 @@ fn volume_io_from_plugged_memory_unplug_snapshot_and_clone() {
     // Template with the memory plugged; the app polls /data/go meanwhile,
     // so let its last request finish before saving the rings.
     let snap = dir.path().join("snap");
-    std::fs::create_dir(&snap).unwrap();
-    api_ok(&g, &sock, "/vm/pause", "");
-    std::thread::sleep(Duration::from_millis(300));
-    api_ok(
-        &g,
-        &sock,
-        "/vm/snapshot",
-        &format!(r#"{{"dir": "{}"}}"#, snap.display()),
-    );
-    api_ok(&g, &sock, "/vm/resume", "");
+    snapshot(&g, &sock, &snap, Duration::from_millis(300));
 
     // File I/O from plugged memory through virtiofsd.
     std::fs::write(share.join("go"), "").unwrap();
@@ -151,20 +132,8 @@ fn volume_io_from_plugged_memory_unplug_snapshot_and_clone() {
     );
 
     // Unplug: the memfd gives the region's pages back.
-    let (rss_before, region_before) =
-        rss_kib(g.pid(), &sock).unwrap_or_else(|e| fail(Some(&g), "RSS", e));
-    request(&sock, 0).unwrap_or_else(|e| fail(Some(&g), "unplug", e));
-    let unplug = wait_plugged(&mut g, &sock, 0).unwrap_or_else(|e| fail(Some(&g), "unplug", e));
-    let (rss_after, region_after) =
-        rss_kib(g.pid(), &sock).unwrap_or_else(|e| fail(Some(&g), "RSS", e));
-    eprintln!(
-        "unplugged in {:.2} s; VMM RSS {} -> {} MiB, hotplug region in the memfd {} -> {} MiB",
-        unplug.as_secs_f64(),
-        rss_before >> 10,
-        rss_after >> 10,
-        region_before >> 10,
-        region_after >> 10
-    );
+    let u = unplug_all(&mut g, &sock);
+    let ((rss_before, rss_after), (region_before, region_after)) = (u.rss, u.region);
     assert!(
         region_before >= 16 << 10,
         "the app's memory was not in the hotplug region: {region_before} KiB"
@@ -175,12 +144,7 @@ fn volume_io_from_plugged_memory_unplug_snapshot_and_clone() {
         "RSS dropped by {} KiB, the region held {region_before} KiB",
         rss_before.saturating_sub(rss_after)
     );
-    g.wait_for("memhp: done")
-        .unwrap_or_else(|e| fail(Some(&g), "guest keeps running after unplug", e));
-    let code = g
-        .wait_exit()
-        .unwrap_or_else(|e| fail(Some(&g), "app exit", e));
-    assert_eq!(code, 0, "app exit status\n{}", g.console());
+    app_done(&mut g, "guest after unplug");
 
     // A clone with its own virtiofsd: restored with both.
     let share2 = dir.path().join("share2");
@@ -198,19 +162,7 @@ fn volume_io_from_plugged_memory_unplug_snapshot_and_clone() {
         .arg(&clone_sock)
         .arg("--fs")
         .arg(format!("myfs={}", fs_sock2.display()));
-    let mut c = Guest::spawn(
-        cmd,
-        &Vmm::Arrow(bin.clone()),
-        &dir.path().join("unused2"),
-        GUEST_TIMEOUT,
-    )
-    .unwrap_or_else(|e| fail(None, "starting the clone", e));
-    let t = Instant::now();
-    while !clone_sock.exists() && t.elapsed() < Duration::from_secs(60) {
-        c.check_alive()
-            .unwrap_or_else(|e| fail(Some(&c), "clone start", e));
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let mut c = spawn_restored(cmd, &bin, &clone_sock, "the clone");
     let m = memory(&clone_sock).unwrap_or_else(|e| fail(Some(&c), "clone memory", e));
     assert_eq!(m["plugged_mib"], 256, "{m}");
     let (_, clone_before) =
@@ -253,19 +205,7 @@ fn volume_io_from_plugged_memory_unplug_snapshot_and_clone() {
         .arg(&snap)
         .arg("--api-sock")
         .arg(&pool_sock);
-    let mut p = Guest::spawn(
-        cmd,
-        &Vmm::Arrow(bin.clone()),
-        &dir.path().join("unused3"),
-        GUEST_TIMEOUT,
-    )
-    .unwrap_or_else(|e| fail(None, "starting the pooled clone", e));
-    let t = Instant::now();
-    while !pool_sock.exists() && t.elapsed() < Duration::from_secs(60) {
-        p.check_alive()
-            .unwrap_or_else(|e| fail(Some(&p), "pooled clone start", e));
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let mut p = spawn_restored(cmd, &bin, &pool_sock, "the pooled clone");
     let body = format!(
         r#"{{"fs": [{{"tag": "myfs", "socket": "{}"}}]}}"#,
         fs_sock3.display()

@@ -30,18 +30,13 @@ mod memhp_guest;
 
 use std::path::PathBuf;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use memhp_guest::*;
 use vsock_guest::*;
 
 const GUEST_TIMEOUT: Duration = Duration::from_secs(900);
 const REGION_MIB: u64 = 512;
-
-fn fail(guest: Option<&Guest>, what: &str, e: String) -> ! {
-    let console = guest.map(Guest::console).unwrap_or_default();
-    panic!("{what}: {e}\n---- guest console ----\n{console}\n-----------------------");
-}
 
 #[test]
 fn plug_touch_unplug_snapshot_and_clone() {
@@ -53,7 +48,6 @@ fn plug_touch_unplug_snapshot_and_clone() {
     let initrd = memhp_initrd(dir.path()).unwrap_or_else(|e| fail(None, "building the initrd", e));
     let bin = PathBuf::from(env!("CARGO_BIN_EXE_arrow-vmm"));
     let sock = dir.path().join("api.sock");
-    let vmm = Vmm::Arrow(bin.clone());
     let mut g = boot(
         &bin,
         &kernel,
@@ -100,32 +94,11 @@ fn plug_touch_unplug_snapshot_and_clone() {
 
     // Template with the memory plugged.
     let snap = dir.path().join("snap");
-    std::fs::create_dir(&snap).unwrap();
-    let snap_body = format!(r#"{{"dir": "{}"}}"#, snap.display());
-    for (path, body) in [
-        ("/vm/pause", ""),
-        ("/vm/snapshot", snap_body.as_str()),
-        ("/vm/resume", ""),
-    ] {
-        let (code, text) = api(&sock, "PUT", path, body).unwrap();
-        assert_eq!(code, 200, "{path}: {text}");
-    }
+    snapshot(&g, &sock, &snap, Duration::ZERO);
 
     // Shrink: the memory goes back to the host.
-    let (rss_before, region_before) =
-        rss_kib(g.pid(), &sock).unwrap_or_else(|e| fail(Some(&g), "RSS", e));
-    request(&sock, 0).unwrap_or_else(|e| fail(Some(&g), "unplug", e));
-    let unplug = wait_plugged(&mut g, &sock, 0).unwrap_or_else(|e| fail(Some(&g), "unplug", e));
-    let (rss_after, region_after) =
-        rss_kib(g.pid(), &sock).unwrap_or_else(|e| fail(Some(&g), "RSS", e));
-    eprintln!(
-        "unplugged in {:.2} s; VMM RSS {} -> {} MiB, hotplug region {} -> {} MiB",
-        unplug.as_secs_f64(),
-        rss_before >> 10,
-        rss_after >> 10,
-        region_before >> 10,
-        region_after >> 10
-    );
+    let u = unplug_all(&mut g, &sock);
+    let ((rss_before, rss_after), (region_before, region_after)) = (u.rss, u.region);
     assert!(
         region_before >= 8 << 10,
         "the app's memory was not in the hotplug region"
@@ -136,12 +109,7 @@ fn plug_touch_unplug_snapshot_and_clone() {
         "RSS dropped by {} KiB, the region held {region_before} KiB",
         rss_before.saturating_sub(rss_after)
     );
-    g.wait_for("memhp: done")
-        .unwrap_or_else(|e| fail(Some(&g), "guest keeps running after unplug", e));
-    let code = g
-        .wait_exit()
-        .unwrap_or_else(|e| fail(Some(&g), "app exit", e));
-    assert_eq!(code, 0, "app exit status\n{}", g.console());
+    app_done(&mut g, "guest after unplug");
 
     // A clone of the template: plugged memory kept, can grow beyond it and
     // give it all back.
@@ -153,14 +121,7 @@ fn plug_touch_unplug_snapshot_and_clone() {
         .arg("--clone")
         .arg("--api-sock")
         .arg(&clone_sock);
-    let mut c = Guest::spawn(cmd, &vmm, &dir.path().join("unused2"), GUEST_TIMEOUT)
-        .unwrap_or_else(|e| fail(None, "starting the clone", e));
-    let t = Instant::now();
-    while !clone_sock.exists() && t.elapsed() < Duration::from_secs(60) {
-        c.check_alive()
-            .unwrap_or_else(|e| fail(Some(&c), "clone start", e));
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let mut c = spawn_restored(cmd, &bin, &clone_sock, "the clone");
     let m = memory(&clone_sock).unwrap_or_else(|e| fail(Some(&c), "clone memory", e));
     assert_eq!(m["plugged_mib"], 256, "{m}");
     assert_eq!(m["requested_mib"], 256, "{m}");
@@ -182,10 +143,5 @@ fn plug_touch_unplug_snapshot_and_clone() {
         clone_region, 0,
         "the clone's unplugged memory is still resident"
     );
-    c.wait_for("memhp: done")
-        .unwrap_or_else(|e| fail(Some(&c), "clone keeps running", e));
-    let code = c
-        .wait_exit()
-        .unwrap_or_else(|e| fail(Some(&c), "clone exit", e));
-    assert_eq!(code, 0, "clone app exit status\n{}", c.console());
+    app_done(&mut c, "clone");
 }

@@ -1,6 +1,7 @@
-//! Shared by `tests/memhp_kvm.rs` and `benches/memhp.rs`: builds the
-//! memhp-app initramfs and drives arrow-vmm's memory-hotplug control API;
-//! reads the VMM's resident memory from /proc.
+//! Shared by `tests/memhp_kvm.rs`, `tests/memhp_fs_kvm.rs` and
+//! `benches/memhp.rs`: builds the memhp-app initramfs, drives arrow-vmm's
+//! memory-hotplug control API, reads the VMM's resident memory from /proc,
+//! and the tests' common steps (snapshot, unplug everything, restore).
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
@@ -125,3 +126,89 @@ pub fn boot_with(
     let unused = sock.with_extension("unused");
     Guest::spawn(cmd, &Vmm::Arrow(bin.to_path_buf()), &unused, timeout)
 }
+
+/// Fails the test with the guest's console.
+pub fn fail(guest: Option<&Guest>, what: &str, e: String) -> ! {
+    let console = guest.map(Guest::console).unwrap_or_default();
+    panic!("{what}: {e}\n---- guest console ----\n{console}\n-----------------------");
+}
+
+/// `PUT path body` must answer 200.
+pub fn api_ok(g: &Guest, sock: &Path, path: &str, body: &str) {
+    let (code, text) = api(sock, "PUT", path, body).unwrap_or_else(|e| fail(Some(g), path, e));
+    assert_eq!(code, 200, "{path}: {text}");
+}
+
+/// Pauses the VM, snapshots it into `dir` (created) and resumes it; `settle`
+/// lets in-flight device requests finish before the rings are saved.
+pub fn snapshot(g: &Guest, sock: &Path, dir: &Path, settle: Duration) {
+    std::fs::create_dir(dir).unwrap();
+    api_ok(g, sock, "/vm/pause", "");
+    std::thread::sleep(settle);
+    api_ok(
+        g,
+        sock,
+        "/vm/snapshot",
+        &format!(r#"{{"dir": "{}"}}"#, dir.display()),
+    );
+    api_ok(g, sock, "/vm/resume", "");
+}
+
+/// What unplugging everything gave back: VMM RSS and the hotplug region's
+/// resident memory (KiB) before and after.
+pub struct Unplugged {
+    pub took: Duration,
+    pub rss: (u64, u64),
+    pub region: (u64, u64),
+}
+
+/// Asks for 0 MiB of hotplug memory, waits until all is unplugged and
+/// measures the memory before and after (printed).
+pub fn unplug_all(g: &mut Guest, sock: &Path) -> Unplugged {
+    let (rss_before, region_before) =
+        rss_kib(g.pid(), sock).unwrap_or_else(|e| fail(Some(g), "RSS", e));
+    request(sock, 0).unwrap_or_else(|e| fail(Some(g), "unplug", e));
+    let took = wait_plugged(g, sock, 0).unwrap_or_else(|e| fail(Some(g), "unplug", e));
+    let (rss_after, region_after) =
+        rss_kib(g.pid(), sock).unwrap_or_else(|e| fail(Some(g), "RSS", e));
+    eprintln!(
+        "unplugged in {:.2} s; VMM RSS {} -> {} MiB, hotplug region {} -> {} MiB",
+        took.as_secs_f64(),
+        rss_before >> 10,
+        rss_after >> 10,
+        region_before >> 10,
+        region_after >> 10
+    );
+    Unplugged {
+        took,
+        rss: (rss_before, rss_after),
+        region: (region_before, region_after),
+    }
+}
+
+/// Waits for memhp-app's last line and its exit status 0.
+pub fn app_done(g: &mut Guest, what: &str) {
+    g.wait_for("memhp: done")
+        .unwrap_or_else(|e| fail(Some(g), &format!("{what} keeps running"), e));
+    let code = g
+        .wait_exit()
+        .unwrap_or_else(|e| fail(Some(g), &format!("{what} exit"), e));
+    assert_eq!(code, 0, "{what}: app exit status\n{}", g.console());
+}
+
+/// Spawns a restore (`cmd`, with `--api-sock sock`) and waits for its API.
+pub fn spawn_restored(cmd: Command, bin: &Path, sock: &Path, what: &str) -> Guest {
+    let unused = sock.with_extension("unused");
+    let mut c = Guest::spawn(cmd, &Vmm::Arrow(bin.to_path_buf()), &unused, GUEST_WAIT)
+        .unwrap_or_else(|e| fail(None, &format!("starting {what}"), e));
+    let t = Instant::now();
+    while !sock.exists() && t.elapsed() < Duration::from_secs(60) {
+        c.check_alive()
+            .unwrap_or_else(|e| fail(Some(&c), &format!("{what} start"), e));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    c
+}
+
+/// How long a restored guest may run in these tests.
+const GUEST_WAIT: Duration = Duration::from_secs(900);
