@@ -23,11 +23,10 @@
 mod common;
 #[path = "support/summary.rs"]
 mod summary;
-use summary::summary;
+use summary::{summary, write_results};
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use common::cni::{Client, TestNet};
@@ -344,13 +343,5 @@ fn main() {
     let _ = std::fs::remove_dir_all(
         std::env::temp_dir().join(format!("arrow-pod-network-bench-{}", std::process::id())),
     );
-    let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("../bench-results");
-    std::fs::create_dir_all(&out).unwrap();
-    let file = out.join("pod_network.json");
-    std::fs::write(
-        &file,
-        serde_json::to_string_pretty(&json!({"rows": rows, "ratios": ratios})).unwrap(),
-    )
-    .unwrap();
-    println!("wrote {}", file.display());
+    write_results("pod_network", &json!({"rows": rows, "ratios": ratios}));
 }

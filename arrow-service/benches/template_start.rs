@@ -21,32 +21,20 @@ mod common;
 mod summary;
 #[path = "support/vmm_memory.rs"]
 mod vmm_memory;
-use summary::summary;
+use summary::{summary, write_results};
 use vmm_memory::{rollup_kib, vmm_pid};
 
-use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use common::Daemon;
 use serde_json::{json, Value};
-
-fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
-    let t = Instant::now();
-    while !f() {
-        assert!(
-            t.elapsed() < common::TIMEOUT,
-            "timed out waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
-}
 
 /// Starts `n` clones one after another; returns (request µs, VMM-side µs, pool hits).
 fn starts(d: &Daemon, n: usize, pool: u64) -> (Vec<u64>, Vec<u64>, usize) {
     let (mut req, mut vmm, mut hits) = (Vec::new(), Vec::new(), 0);
     for _ in 0..n {
         if pool > 0 {
-            wait_for("a full pool", || {
+            common::wait_until("a full pool", || {
                 d.get("/templates/tpl").unwrap()["pool"]["ready"].as_u64() == Some(pool)
             });
         }
@@ -62,12 +50,7 @@ fn starts(d: &Daemon, n: usize, pool: u64) -> (Vec<u64>, Vec<u64>, usize) {
         vmm.push(inst["clone"]["start_us"].as_u64().unwrap_or(0));
         hits += usize::from(inst["clone"]["pooled"] == true);
         let id = inst["id"].as_str().unwrap();
-        d.call(
-            hyper::Method::DELETE,
-            &format!("/instances/{id}?force=true"),
-            None,
-        )
-        .unwrap();
+        d.remove_force(id);
     }
     (req, vmm, hits)
 }
@@ -103,12 +86,7 @@ fn burst(d: &Daemon, n: usize) -> (u64, Vec<u64>, usize) {
     }
     for (_, inst) in &results {
         let id = inst["id"].as_str().unwrap();
-        d.call(
-            hyper::Method::DELETE,
-            &format!("/instances/{id}?force=true"),
-            None,
-        )
-        .unwrap();
+        d.remove_force(id);
     }
     (wall, req, hits)
 }
@@ -154,7 +132,7 @@ fn main() {
         if pool > 0 {
             extra["template_boot_to_snapshot_ms"] = t["boot_to_snapshot_ms"].clone();
             extra["template_disk"] = t["disk"].clone();
-            wait_for("a full pool", || {
+            common::wait_until("a full pool", || {
                 d.get("/templates/tpl").unwrap()["pool"]["ready"].as_u64() == Some(pool)
             });
             let ids: Vec<String> = d
@@ -178,7 +156,7 @@ fn main() {
         if pool > 0 {
             // The burst: arrowd serves the first `pool` from the pool, the rest with
             // plain restores while the pool refills.
-            wait_for("a full pool", || {
+            common::wait_until("a full pool", || {
                 d.get("/templates/tpl").unwrap()["pool"]["ready"].as_u64() == Some(pool)
             });
             let (wall, mut breq, bhits) = burst(&d, burst_n);
@@ -215,13 +193,5 @@ fn main() {
             &mut vmm,
         ));
     }
-    let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("../bench-results");
-    std::fs::create_dir_all(&out).unwrap();
-    let file = out.join("template_start.json");
-    std::fs::write(
-        &file,
-        serde_json::to_string_pretty(&json!({"rows": rows, "extra": extra})).unwrap(),
-    )
-    .unwrap();
-    println!("wrote {}", file.display());
+    write_results("template_start", &json!({"rows": rows, "extra": extra}));
 }

@@ -22,7 +22,7 @@ mod common;
 mod summary;
 #[path = "support/vmm_memory.rs"]
 mod vmm_memory;
-use summary::summary;
+use summary::{summary, write_results};
 use vmm_memory::{kib, rollup_kib, vmm_pid};
 
 use std::path::{Path, PathBuf};
@@ -32,17 +32,6 @@ use common::Daemon;
 use serde_json::{json, Value};
 
 const TEMPLATE: &str = "/templates/generic";
-
-fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
-    let t = Instant::now();
-    while !f() {
-        assert!(
-            t.elapsed() < common::TIMEOUT,
-            "timed out waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
 
 /// Summed RSS (KiB) and count of the virtiofsd processes serving directories under `root`.
 fn virtiofsd_kib(root: &Path) -> (u64, usize) {
@@ -67,7 +56,7 @@ fn vol(host: &Path, guest: &str, read_only: bool) -> Value {
 /// Starts volprobe with `args` and `volumes` from the (full) warm pool; returns the
 /// instance and the request's latency in µs.
 fn start(d: &Daemon, args: &[&str], volumes: &[Value]) -> (Value, u64) {
-    wait_for("a full pool", || {
+    common::wait_until("a full pool", || {
         d.get(TEMPLATE).unwrap()["pool"]["ready"].as_u64() == Some(1)
     });
     let t = Instant::now();
@@ -88,12 +77,7 @@ fn start(d: &Daemon, args: &[&str], volumes: &[Value]) -> (Value, u64) {
 
 fn remove(d: &Daemon, inst: &Value) {
     let id = inst["id"].as_str().unwrap();
-    d.call(
-        hyper::Method::DELETE,
-        &format!("/instances/{id}?force=true"),
-        None,
-    )
-    .unwrap();
+    d.remove_force(id);
 }
 
 /// The instance's console once volprobe printed "VOLPROBE done".
@@ -141,26 +125,8 @@ fn main() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(8);
-    let vfsd = shadowfs::tools::find_or_install_virtiofsd()
-        .expect("virtiofsd (built into ~/.cache/arrow/tools on first use)")
-        .display()
-        .to_string();
-    let d = Daemon::with_real_kernel(&[
-        "--virtiofsd",
-        &vfsd,
-        "--generic-template=true",
-        "--generic-memory-mib",
-        "64",
-        "--pool-size",
-        "1",
-        "--log-level",
-        "warn",
-    ]);
-    let store = asdk::Store::open(d.store_dir()).unwrap();
+    let d = common::volumes::generic_daemon(&["--log-level", "warn"]);
     let src = common::repo_root().join("examples/apps/volprobe/volprobe.c");
-    asdk::build::build_into(&store, &src, &Default::default(), &[]).unwrap();
-    let out = d.actl(&["template", "create", "--generic"]);
-    assert!(out.status.success(), "{}", common::stderr(&out));
     let fs_slots = d.get(TEMPLATE).unwrap()["spec"]["fs_slots"].as_u64();
     assert!(
         fs_slots >= Some(4),
@@ -213,7 +179,7 @@ fn main() {
             assert!(procs >= fs, "{procs} virtiofsd processes for {fs} volumes");
             fsd.push(rss);
             remove(&d, &inst);
-            wait_for("the instance's virtiofsd to exit", || {
+            common::wait_until("the instance's virtiofsd to exit", || {
                 virtiofsd_kib(&root).1 == 0
             });
         }
@@ -318,13 +284,8 @@ fn main() {
         );
     }
 
-    let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("../bench-results");
-    std::fs::create_dir_all(&out).unwrap();
-    let file = out.join("volumes.json");
-    std::fs::write(
-        &file,
-        serde_json::to_string_pretty(&json!({"start": rows, "memory": memory, "io": io})).unwrap(),
-    )
-    .unwrap();
-    println!("wrote {}", file.display());
+    write_results(
+        "volumes",
+        &json!({"start": rows, "memory": memory, "io": io}),
+    );
 }

@@ -14,23 +14,10 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use common::cri::CriClient;
+use common::volumes::{build_volprobe, generic_daemon, virtiofsd};
 use common::{stderr, stdout, Daemon};
 use k8s_cri::v1::*;
 use serde_json::{json, Value};
-
-fn build_volprobe(d: &Daemon) {
-    let store = asdk::Store::open(d.store_dir()).unwrap();
-    let src = common::repo_root().join("examples/apps/volprobe/volprobe.c");
-    asdk::build::build_into(&store, &src, &Default::default(), &[]).unwrap();
-}
-
-/// The project's virtiofsd (what arrowd uses too), built from crates.io on first use.
-fn virtiofsd() -> String {
-    shadowfs::tools::find_or_install_virtiofsd()
-        .expect("virtiofsd for writable volumes")
-        .display()
-        .to_string()
-}
 
 /// Host directories of a test: `cfg` (read-only, small), `data` (writable), and a marker
 /// file outside both that symlinks inside them point at.
@@ -513,19 +500,7 @@ fn cri_container_with_kubelet_like_mounts_runs() {
 
 #[test]
 fn generic_template_clones_get_their_own_volumes() {
-    let vfsd = virtiofsd();
-    let d = Daemon::with_real_kernel(&[
-        "--virtiofsd",
-        &vfsd,
-        "--generic-template=true",
-        "--generic-memory-mib",
-        "64",
-        "--pool-size",
-        "1",
-    ]);
-    build_volprobe(&d);
-    let out = d.actl(&["template", "create", "--generic"]);
-    assert!(out.status.success(), "{}\n{}", stderr(&out), d.log());
+    let d = generic_daemon(&[]);
     let t = d.get("/templates/generic").unwrap();
     assert_eq!(t["spec"]["volume_slot_mib"], 64, "{t}");
     let h = host(d.dir.path());

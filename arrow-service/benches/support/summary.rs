@@ -1,4 +1,4 @@
-//! The percentile table row both arrow-service benches print and write.
+//! The percentile table rows the arrow-service benches print, and the JSON file they write.
 
 use serde_json::{json, Value};
 
@@ -21,4 +21,13 @@ pub fn summary(name: &str, unit: &str, v: &mut [u64]) -> Value {
         v.len()
     );
     json!({"name": name, "unit": unit, "p50": p50, "p99": p99, "min": min, "max": max, "n": v.len()})
+}
+
+/// Writes `results` to target/bench-results/`name`.json and says where.
+pub fn write_results(name: &str, results: &Value) {
+    let out = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("../bench-results");
+    std::fs::create_dir_all(&out).unwrap();
+    let file = out.join(format!("{name}.json"));
+    std::fs::write(&file, serde_json::to_string_pretty(results).unwrap()).unwrap();
+    println!("wrote {}", file.display());
 }

@@ -4,6 +4,7 @@
 
 pub mod cni;
 pub mod cri;
+pub mod volumes;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -319,6 +320,16 @@ impl Daemon {
         }
     }
 
+    /// `DELETE /instances/{id}?force=true` (`actl rm -f`).
+    pub fn remove_force(&self, id: &str) {
+        self.call(
+            hyper::Method::DELETE,
+            &format!("/instances/{id}?force=true"),
+            None,
+        )
+        .unwrap();
+    }
+
     /// Live arrow-vmm processes of this daemon's instances.
     pub fn vmms(&self) -> Vec<arrow_service::procfs::FoundVmm> {
         arrow_service::procfs::scan_vmms(&self.run_root())
@@ -331,6 +342,15 @@ impl Drop for Daemon {
         for v in self.vmms() {
             arrow_service::procfs::signal(v.pid, v.start, libc::SIGKILL);
         }
+    }
+}
+
+/// Polls `f` every 20 ms until it holds; panics after [`TIMEOUT`].
+pub fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
+    let t = Instant::now();
+    while !f() {
+        assert!(t.elapsed() < TIMEOUT, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
