@@ -59,7 +59,10 @@ fn handles(pid: Pid, sig: Signal) -> bool {
 /// end of a pipe whose only write end the child holds until its exec closes it.
 fn exec_done(exec_r: &impl AsFd) -> bool {
     let mut b = [0u8; 1];
-    !matches!(nix::unistd::read(exec_r, &mut b), Err(nix::errno::Errno::EAGAIN))
+    !matches!(
+        nix::unistd::read(exec_r, &mut b),
+        Err(nix::errno::Errno::EAGAIN)
+    )
 }
 
 /// Relays signals until `child` ends; `exec_r` tells whether it is the VMM yet
@@ -157,7 +160,10 @@ mod tests {
     fn exec_is_seen_when_the_write_end_closes() {
         use nix::fcntl::OFlag;
         let (r, w) = nix::unistd::pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK).unwrap();
-        assert!(!exec_done(&r), "the child holds the write end: not exec'd yet");
+        assert!(
+            !exec_done(&r),
+            "the child holds the write end: not exec'd yet"
+        );
         drop(w);
         assert!(exec_done(&r), "closed by the exec (or the child's death)");
     }
