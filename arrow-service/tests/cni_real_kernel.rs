@@ -2,9 +2,11 @@
 //! host-local on a private bridge and range, nothing leaves the machine) gives each pod
 //! its namespace and IP; the vsock-echo app (examples/apps/vsock-echo, vsock port 5000)
 //! is reached at `podIP:5000` from a client namespace on the same bridge, through arrowd's
-//! relay inside the pod's namespace → the instance's vsock. Pod A cold-boots (its ports
-//! open at APP_READY), pod B starts as a clone of a template; both stay reachable across
-//! an arrowd kill; stopping A releases its IP while B keeps serving. Two real boots
+//! relay inside the pod's namespace → the instance's vsock. Pod A cold-boots with only a
+//! `containerPort` (no exported port: its VM still has the vsock device the relay needs;
+//! its ports open at APP_READY), pod B starts as a clone of a template and also has a
+//! `hostPort`; both stay reachable across an arrowd kill; stopping A releases its IP
+//! while B keeps serving. Two real boots
 //! (~4 s each on Intel hosts, ~25 s on AMD). Root, /dev/kvm and iproute2 needed.
 
 mod common;
@@ -102,10 +104,11 @@ fn pods_are_reachable_at_their_pod_ip_over_vsock() {
     let c = CriClient::connect(&d.cri_socket());
     let client = net.client("c");
 
-    // Pod A: a cold boot. Its pod port opens only once the app reported APP_READY.
-    let host_port = free_port();
+    // Pod A: a cold boot with a containerPort and no hostPort (nothing exported: the
+    // pod port alone needs the VM's vsock device). Its pod port opens only once the app
+    // reported APP_READY.
     let logs = d.dir.path().join("pods");
-    let a = runp(&c, "a", host_port, &logs);
+    let a = runp(&c, "a", 0, &logs);
     let addr_a = pod_ip(&c, &a);
     let ctr_a = start_echo(&c, &a);
     let early = client.connect(addr_a, Duration::from_secs(2));
@@ -132,21 +135,13 @@ fn pods_are_reachable_at_their_pod_ip_over_vsock() {
         other.map_err(|e| e.kind()).err(),
         Some(std::io::ErrorKind::ConnectionRefused)
     );
-    // The hostPort goes through arrowd's host-side relay to the same app.
-    let mut h = std::net::TcpStream::connect(("127.0.0.1", host_port)).unwrap();
-    h.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
-    use std::io::{Read, Write};
-    h.write_all(b"via hostPort\n").unwrap();
-    let mut buf = [0u8; 13];
-    h.read_exact(&mut buf).unwrap();
-    assert_eq!(&buf, b"via hostPort\n");
-    drop(h);
 
     // Pod B: its container starts as a clone of a template of the same image; it gets its
-    // own namespace, IP and relay (the template had none).
+    // own namespace, IP and relay (the template had none), and a hostPort.
     let out = d.actl(&["template", "create", "--name", "echo", "vsock-echo"]);
     assert!(out.status.success(), "{}\n{}", stderr(&out), d.log());
-    let b = runp(&c, "b", 0, &logs);
+    let host_port = free_port();
+    let b = runp(&c, "b", host_port, &logs);
     let addr_b = pod_ip(&c, &b);
     assert_ne!(addr_a.ip(), addr_b.ip());
     let ctr_b = start_echo(&c, &b);
@@ -158,6 +153,15 @@ fn pods_are_reachable_at_their_pod_ip_over_vsock() {
         "pod B {addr_b} (clone): first echo {} ms after StartContainer",
         took.as_millis()
     );
+    // The hostPort goes through arrowd's host-side relay to the same app.
+    let mut h = std::net::TcpStream::connect(("127.0.0.1", host_port)).unwrap();
+    h.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+    use std::io::{Read, Write};
+    h.write_all(b"via hostPort\n").unwrap();
+    let mut buf = [0u8; 13];
+    h.read_exact(&mut buf).unwrap();
+    assert_eq!(&buf, b"via hostPort\n");
+    drop(h);
 
     // arrowd killed and restarted: the namespaces and VMs outlived it; the relays are
     // opened again in the existing namespaces.

@@ -350,3 +350,40 @@ fn jail_off_runs_the_vmm_directly() {
     assert!(v.is_object());
     d.wait_state(id, "exited");
 }
+
+/// A stop right after a start (critest's StopContainer does this) reaches the jailed VMM
+/// however early it comes: before the jailer's child has exec'd arrow-vmm, it still
+/// blocks the relayed signals, and a SIGTERM left pending there was dropped by the VMM
+/// (PID 1 of its namespace), so the stop waited out its whole timeout. Racy by nature:
+/// several rounds, each must end well before the 60 s timeout.
+#[test]
+fn a_stop_right_after_a_start_is_not_lost() {
+    if !require_root() {
+        return;
+    }
+    let d = Daemon::with_args(&["--stop-timeout", "60"]);
+    d.image("long", &["idle"]);
+    for round in 0..12 {
+        let inst = d
+            .post(
+                "/instances",
+                Some(json!({"image": "long", "name": format!("s{round}"), "start": true})),
+            )
+            .unwrap();
+        let id = inst["id"].as_str().unwrap().to_owned();
+        let t = Instant::now();
+        let v = d.post(&format!("/instances/{id}/stop"), None).unwrap();
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "round {round}: the stop waited {:?}: {}",
+            t.elapsed(),
+            d.log()
+        );
+        assert!(
+            ["exited", "failed"].contains(&v["state"].as_str().unwrap_or("")),
+            "round {round}: {v}"
+        );
+    }
+    assert!(!d.log().contains("did not stop within"), "{}", d.log());
+    assert!(d.vmms().is_empty());
+}

@@ -67,14 +67,15 @@ pub(crate) fn cold_boot_args(
     if spec.core_dumps {
         args.extend(["--core-dir".into(), run_dir.into()]);
     }
-    if !spec.ports.is_empty() {
-        args.extend([
-            "--vsock-cid".into(),
-            spec.vsock_cid.to_string().into(),
-            "--vsock-uds".into(),
-            VSOCK_SOCK.into(),
-        ]);
-    }
+    // Always a vsock device, as every clone has (its template had one): arrowd relays to
+    // it not only exported ports but also a pod's container ports and the image's
+    // declared ports on the pod IP (cri/network.rs), which need no exported port.
+    args.extend([
+        "--vsock-cid".into(),
+        spec.vsock_cid.to_string().into(),
+        "--vsock-uds".into(),
+        VSOCK_SOCK.into(),
+    ]);
     args
 }
 
@@ -636,6 +637,11 @@ mod tests {
                 "64M",
                 "--vcpus",
                 "1",
+                // No exported ports, still a vsock device (pod ports relay to it).
+                "--vsock-cid",
+                "7",
+                "--vsock-uds",
+                "vsock.sock",
             ]
         );
         // Without volumes nothing changes; an initrd root makes the pack /dev/pmem0.

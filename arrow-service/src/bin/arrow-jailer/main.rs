@@ -50,12 +50,20 @@ fn run(args: &[OsString]) -> Result<u8> {
     // setting its parent-death signal, in case we died before that.
     let (alive_r, alive_w) =
         nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).context("cannot create a pipe")?;
+    // Its write end is closed by the child's exec (or death): until then the child is
+    // not the VMM yet, and a signal for the VMM must not be left pending in it.
+    let (exec_r, exec_w) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC | nix::fcntl::OFlag::O_NONBLOCK)
+            .context("cannot create a pipe")?;
     nix::sched::unshare(CloneFlags::CLONE_NEWPID).context("cannot create a PID namespace")?;
     // SAFETY: this process has a single thread (nothing here starts one), so
     // the child may run any code after fork.
     match unsafe { nix::unistd::fork() }.context("cannot fork")? {
         ForkResult::Child => {
             drop(alive_w);
+            drop(exec_r);
+            // Kept open until the exec closes it.
+            let _exec_w = exec_w;
             let e = child::exec_vmm(&spec, alive_r, &old);
             // exec_vmm only returns on failure.
             eprintln!(
@@ -66,7 +74,8 @@ fn run(args: &[OsString]) -> Result<u8> {
         }
         ForkResult::Parent { child } => {
             drop(alive_r);
-            let status = relay::until_exit(child, &relayed)?;
+            drop(exec_w);
+            let status = relay::until_exit(child, &relayed, &exec_r)?;
             drop(alive_w);
             Ok(relay::exit_like(status))
         }

@@ -5,6 +5,7 @@ use anyhow::{Context, Result};
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::wait::{WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
+use std::os::fd::AsFd;
 
 /// Signals passed on to the VMM (arrowd's stop falls back to SIGTERM; its kill
 /// API sends any of these). SIGKILL cannot be caught: it kills this process and
@@ -54,17 +55,31 @@ fn handles(pid: Pid, sig: Signal) -> bool {
         .any(|mask| mask & bit != 0)
 }
 
-/// Relays signals until `child` ends.
-pub fn until_exit(child: Pid, set: &SigSet) -> Result<Ended> {
+/// Whether the child has exec'd the VMM (or died): `exec_r` is the non-blocking read
+/// end of a pipe whose only write end the child holds until its exec closes it.
+fn exec_done(exec_r: &impl AsFd) -> bool {
+    let mut b = [0u8; 1];
+    !matches!(
+        nix::unistd::read(exec_r, &mut b),
+        Err(nix::errno::Errno::EAGAIN)
+    )
+}
+
+/// Relays signals until `child` ends; `exec_r` tells whether it is the VMM yet
+/// ([`exec_done`]).
+pub fn until_exit(child: Pid, set: &SigSet, exec_r: &impl AsFd) -> Result<Ended> {
     // The VMM is PID 1 of its namespace: the kernel drops signals that would
     // take their default action. Their default action (all relayed ones terminate) is done
-    // here instead: SIGKILL, and this process then dies of the original signal.
+    // here instead: SIGKILL, and this process then dies of the original signal. So is a
+    // signal that comes before the exec: the child still blocks the relayed signals
+    // then, and one left pending would reach the VMM at its default action and be
+    // dropped (arrowd's stop right after a start would wait out its whole timeout).
     let mut dies_of = None;
     loop {
         let sig = set.wait().context("cannot wait for signals")?;
         if sig != Signal::SIGCHLD {
             // The VMM may be gone already; its SIGCHLD is next.
-            if handles(child, sig) {
+            if exec_done(exec_r) && handles(child, sig) {
                 let _ = nix::sys::signal::kill(child, sig);
             } else {
                 dies_of.get_or_insert(sig);
@@ -139,6 +154,26 @@ mod tests {
             });
         }
         cmd.spawn().expect("spawn sleep")
+    }
+
+    #[test]
+    fn exec_is_seen_when_the_write_end_closes() {
+        use nix::fcntl::OFlag;
+        let (r, w) = nix::unistd::pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK).unwrap();
+        assert!(
+            !exec_done(&r),
+            "the child holds the write end: not exec'd yet"
+        );
+        drop(w);
+        // Another test thread's fork may hold a copy of the write end until its exec.
+        let t = std::time::Instant::now();
+        while !exec_done(&r) {
+            assert!(
+                t.elapsed() < std::time::Duration::from_secs(5),
+                "closed by the exec (or the child's death)"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
     }
 
     #[test]
