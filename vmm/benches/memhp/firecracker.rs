@@ -12,7 +12,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::vsock_guest::{api, Guest, Vmm, COMPAT_FLAGS};
 
@@ -103,16 +103,7 @@ pub fn request(sock: &Path, mib: u64) -> Result<(), String> {
 /// Waits until the device reports `mib` plugged (`plugged_size_mib`);
 /// returns how long it took.
 pub fn wait_plugged(g: &mut Guest, sock: &Path, mib: u64) -> Result<Duration, String> {
-    let t = Instant::now();
-    loop {
-        let m = memory(sock)?;
-        if m["plugged_size_mib"] == mib {
-            return Ok(t.elapsed());
-        }
-        g.check_alive()
-            .map_err(|e| format!("waiting for {mib} MiB plugged (now {m}): {e}"))?;
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    crate::memhp_guest::poll_plugged(g, mib, "plugged_size_mib", || memory(sock))
 }
 
 /// Waits until the API socket answers (Firecracker creates it before it

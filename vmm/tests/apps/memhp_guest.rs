@@ -46,10 +46,23 @@ pub fn request(sock: &Path, mib: u64) -> Result<(), String> {
 
 /// Waits until the device reports `mib` plugged; returns how long it took.
 pub fn wait_plugged(g: &mut Guest, sock: &Path, mib: u64) -> Result<Duration, String> {
+    poll_plugged(g, mib, "plugged_mib", || memory(sock))
+}
+
+/// Polls `state` (a VMM's memory-hotplug status) every 20 ms until its `key`
+/// says `mib`, while the guest lives; returns how long it took. Shared with
+/// the Firecracker side of the memhp bench, whose API names the field
+/// differently.
+pub fn poll_plugged(
+    g: &mut Guest,
+    mib: u64,
+    key: &str,
+    mut state: impl FnMut() -> Result<serde_json::Value, String>,
+) -> Result<Duration, String> {
     let t = Instant::now();
     loop {
-        let m = memory(sock)?;
-        if m["plugged_mib"] == mib {
+        let m = state()?;
+        if m[key] == mib {
             return Ok(t.elapsed());
         }
         g.check_alive()
