@@ -12,13 +12,6 @@ use k8s_cri::v1::*;
 
 fn pod_config(name: &str, host_network: bool) -> PodSandboxConfig {
     PodSandboxConfig {
-        metadata: Some(PodSandboxMetadata {
-            name: name.to_owned(),
-            uid: format!("uid-{name}"),
-            namespace: "default".to_owned(),
-            attempt: 0,
-        }),
-        hostname: name.to_owned(),
         linux: host_network.then(|| LinuxPodSandboxConfig {
             security_context: Some(LinuxSandboxSecurityContext {
                 namespace_options: Some(NamespaceOption {
@@ -29,16 +22,12 @@ fn pod_config(name: &str, host_network: bool) -> PodSandboxConfig {
             }),
             ..Default::default()
         }),
-        ..Default::default()
+        ..CriClient::pod_config(name)
     }
 }
 
 fn runp(c: &CriClient, name: &str, host_network: bool) -> Result<String, tonic::Status> {
-    c.call(c.runtime().run_pod_sandbox(RunPodSandboxRequest {
-        config: Some(pod_config(name, host_network)),
-        runtime_handler: String::new(),
-    }))
-    .map(|r| r.pod_sandbox_id)
+    c.run_pod_config(pod_config(name, host_network))
 }
 
 fn pod_ip(c: &CriClient, id: &str) -> (String, serde_json::Value) {

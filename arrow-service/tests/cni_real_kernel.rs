@@ -31,14 +31,7 @@ fn free_port() -> u16 {
 }
 
 fn runp(c: &CriClient, name: &str, host_port: u16, logs: &std::path::Path) -> String {
-    let config = PodSandboxConfig {
-        metadata: Some(PodSandboxMetadata {
-            name: name.to_owned(),
-            uid: format!("uid-{name}"),
-            namespace: "default".to_owned(),
-            attempt: 0,
-        }),
-        hostname: name.to_owned(),
+    c.run_pod_config(PodSandboxConfig {
         log_directory: logs.display().to_string(),
         // What kubelet sends for `ports: [{containerPort: 5000, hostPort: …}]`.
         port_mappings: vec![PortMapping {
@@ -51,14 +44,9 @@ fn runp(c: &CriClient, name: &str, host_port: u16, logs: &std::path::Path) -> St
                 String::new()
             },
         }],
-        ..Default::default()
-    };
-    c.call(c.runtime().run_pod_sandbox(RunPodSandboxRequest {
-        config: Some(config),
-        runtime_handler: String::new(),
-    }))
+        ..CriClient::pod_config(name)
+    })
     .unwrap()
-    .pod_sandbox_id
 }
 
 fn start_echo(c: &CriClient, pod: &str) -> String {

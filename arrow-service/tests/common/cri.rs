@@ -59,9 +59,9 @@ impl CriClient {
         self.is.clone()
     }
 
-    /// RunPodSandbox with the usual kubelet metadata; logs under `log_dir`.
-    pub fn run_pod(&self, name: &str, log_dir: &Path) -> String {
-        let config = PodSandboxConfig {
+    /// A pod's config with the usual kubelet metadata (name, uid, namespace, hostname).
+    pub fn pod_config(name: &str) -> PodSandboxConfig {
+        PodSandboxConfig {
             metadata: Some(PodSandboxMetadata {
                 name: name.to_owned(),
                 uid: format!("uid-{name}"),
@@ -69,16 +69,28 @@ impl CriClient {
                 attempt: 0,
             }),
             hostname: name.to_owned(),
-            log_directory: log_dir.display().to_string(),
-            labels: [("app".to_owned(), name.to_owned())].into(),
             ..Default::default()
-        };
+        }
+    }
+
+    /// RunPodSandbox of `config`; the pod's ID.
+    pub fn run_pod_config(&self, config: PodSandboxConfig) -> Result<String, tonic::Status> {
         self.call(self.runtime().run_pod_sandbox(RunPodSandboxRequest {
             config: Some(config),
             runtime_handler: String::new(),
         }))
+        .map(|r| r.pod_sandbox_id)
+    }
+
+    /// RunPodSandbox with the usual kubelet metadata and an `app` label; logs under
+    /// `log_dir`.
+    pub fn run_pod(&self, name: &str, log_dir: &Path) -> String {
+        self.run_pod_config(PodSandboxConfig {
+            log_directory: log_dir.display().to_string(),
+            labels: [("app".to_owned(), name.to_owned())].into(),
+            ..Self::pod_config(name)
+        })
         .expect("runp")
-        .pod_sandbox_id
     }
 
     /// CreateContainer of `image` with `args` in `pod`, log at `<name>.log`.
