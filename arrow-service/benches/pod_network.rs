@@ -201,19 +201,7 @@ fn fake_vmm(uds: &std::path::Path) {
 }
 
 fn main() {
-    let st = std::process::Command::new(env!("CARGO"))
-        .args([
-            "build",
-            "--release",
-            "-p",
-            "arrow-vmm",
-            "--bin",
-            "arrow-vmm",
-        ])
-        .current_dir(common::repo_root())
-        .status()
-        .expect("cargo build --release -p arrow-vmm");
-    assert!(st.success());
+    common::build_release_vmm();
     let n_rtt = env_or("ARROW_BENCH_RTT", 2000);
     let mib = env_or("ARROW_BENCH_MIB", 2);
     let net = TestNet::new('b', 3);

@@ -92,20 +92,7 @@ fn burst(d: &Daemon, n: usize) -> (u64, Vec<u64>, usize) {
 }
 
 fn main() {
-    // Release arrow-vmm next to the release arrowd (cargo bench builds only this crate's bins).
-    let st = std::process::Command::new(env!("CARGO"))
-        .args([
-            "build",
-            "--release",
-            "-p",
-            "arrow-vmm",
-            "--bin",
-            "arrow-vmm",
-        ])
-        .current_dir(common::repo_root())
-        .status()
-        .expect("cargo build --release -p arrow-vmm");
-    assert!(st.success());
+    common::build_release_vmm();
     let n: usize = std::env::var("ARROW_BENCH_STARTS")
         .ok()
         .and_then(|v| v.parse().ok())

@@ -125,6 +125,7 @@ fn main() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(8);
+    common::build_release_vmm();
     let d = common::volumes::generic_daemon(&["--log-level", "warn"]);
     let src = common::repo_root().join("examples/apps/volprobe/volprobe.c");
     let fs_slots = d.get(TEMPLATE).unwrap()["spec"]["fs_slots"].as_u64();

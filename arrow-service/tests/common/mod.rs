@@ -39,20 +39,15 @@ pub fn guest_elf() -> &'static Path {
     })
 }
 
-/// `arrow-vmm` next to our binaries; built with cargo when missing (in release when
-/// arrowd is a release build, as under `cargo bench`).
+/// `arrow-vmm` next to our binaries; built with cargo when missing.
 pub fn vmm_bin() -> &'static Path {
     static VMM: OnceLock<PathBuf> = OnceLock::new();
     VMM.get_or_init(|| {
         let dir = Path::new(env!("CARGO_BIN_EXE_arrowd")).parent().unwrap();
         let vmm = dir.join("arrow-vmm");
         if !vmm.is_file() {
-            let mut args = vec!["build", "-p", "arrow-vmm", "--bin", "arrow-vmm"];
-            if dir.ends_with("release") {
-                args.push("--release");
-            }
             let st = Command::new(env!("CARGO"))
-                .args(args)
+                .args(["build", "-p", "arrow-vmm", "--bin", "arrow-vmm"])
                 .current_dir(repo_root())
                 .status()
                 .expect("run cargo build -p arrow-vmm");
@@ -60,6 +55,25 @@ pub fn vmm_bin() -> &'static Path {
         }
         vmm
     })
+}
+
+/// Builds the release `arrow-vmm` next to the release arrowd, for the benches:
+/// `cargo bench` builds only this crate's binaries, and [`vmm_bin`] would take a
+/// stale one.
+pub fn build_release_vmm() {
+    let st = Command::new(env!("CARGO"))
+        .args([
+            "build",
+            "--release",
+            "-p",
+            "arrow-vmm",
+            "--bin",
+            "arrow-vmm",
+        ])
+        .current_dir(repo_root())
+        .status()
+        .expect("cargo build --release -p arrow-vmm");
+    assert!(st.success(), "cargo build --release -p arrow-vmm failed");
 }
 
 /// A tiny static app (examples/apps/hello) to package; the test guest ignores it.
