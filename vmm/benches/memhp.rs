@@ -42,6 +42,10 @@ use vsock_guest::{check_kvm, Guest};
 const GUEST_TIMEOUT: Duration = Duration::from_secs(1800);
 const BOOT_MIB: u64 = 32;
 
+/// How each side boots memhp-app: binary, kernel, initrd, API socket, boot
+/// MiB, region MiB, app arguments, timeout.
+type BootFn = fn(&Path, &Path, &Path, &Path, u64, u64, &str, Duration) -> Result<Guest, String>;
+
 /// Which VMM a run uses.
 enum Side {
     Arrow(PathBuf),
@@ -131,28 +135,20 @@ fn run(side: &Side, s: &Scenario) -> Result<Figures, String> {
         "--grow-mib {} --touch-mib {} --touch-any",
         s.plug_mib, s.touch_mib
     );
-    let mut g = match side {
-        Side::Arrow(bin) => memhp_guest::boot(
-            bin,
-            &s.kernel,
-            &s.initrd,
-            &sock,
-            BOOT_MIB,
-            s.region_mib,
-            &app_args,
-            GUEST_TIMEOUT,
-        ),
-        Side::Firecracker(bin) => firecracker::boot(
-            bin,
-            &s.kernel,
-            &s.initrd,
-            &sock,
-            BOOT_MIB,
-            s.region_mib,
-            &app_args,
-            GUEST_TIMEOUT,
-        ),
-    }
+    let (boot, bin) = match side {
+        Side::Arrow(bin) => (memhp_guest::boot as BootFn, bin),
+        Side::Firecracker(bin) => (firecracker::boot as BootFn, bin),
+    };
+    let mut g = boot(
+        bin,
+        &s.kernel,
+        &s.initrd,
+        &sock,
+        BOOT_MIB,
+        s.region_mib,
+        &app_args,
+        GUEST_TIMEOUT,
+    )
     .map_err(|e| format!("boot: {e}"))?;
     let fail = |g: &Guest, what: &str, e: String| {
         format!("{what}: {e}\n  console tail:\n    {}", console_tail(g))
