@@ -91,6 +91,27 @@ fn clone_with_slots(
     finish(child)
 }
 
+/// A pooled clone of `tpl` (`restore --clone --pool`) with its API at `sock`, once it
+/// says it is pooled.
+fn pooled_clone(tpl: &Path, sock: &Path) -> std::process::Child {
+    let child = Command::new(arrow_vmm())
+        .args(["restore", "--clone", "--pool", "--from"])
+        .arg(tpl)
+        .arg("--api-sock")
+        .arg(sock)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn pooled clone");
+    let t = Instant::now();
+    while api(sock, "GET", "/vm", "").1["state"] != "pooled" {
+        assert!(t.elapsed() < TIMEOUT, "pooled clone never got ready");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child
+}
+
 fn initrd(dir: &Path) -> PathBuf {
     let e2e = std::fs::read(static_c_app("e2e-app", dir)).expect("e2e-app");
     let sum = std::fs::read(static_c_app("sum-app", dir)).expect("sum-app");
@@ -308,21 +329,7 @@ fn one_generic_template_runs_different_apps_injected_at_clone_time() {
 
     // A pooled clone gets its app with PUT /vm/start.
     let sock = dir.path().join("pool.sock");
-    let child = Command::new(arrow_vmm())
-        .args(["restore", "--clone", "--pool", "--from"])
-        .arg(&tpl)
-        .arg("--api-sock")
-        .arg(&sock)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn pooled clone");
-    let t = Instant::now();
-    while api(&sock, "GET", "/vm", "").1["state"] != "pooled" {
-        assert!(t.elapsed() < TIMEOUT, "pooled clone never got ready");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let child = pooled_clone(&tpl, &sock);
     let (st, v) = api(&sock, "PUT", "/vm/start", r#"{"app": {"app": "relative"}}"#);
     assert_eq!(st, 400, "a bad app leaves the VM pooled: {v}");
     assert_eq!(api(&sock, "GET", "/vm", "").1["state"], "pooled");
@@ -340,21 +347,7 @@ fn one_generic_template_runs_different_apps_injected_at_clone_time() {
 
     // ... and its volumes, with the packed image for the volume slot.
     let sock = dir.path().join("pool-v.sock");
-    let child = Command::new(arrow_vmm())
-        .args(["restore", "--clone", "--pool", "--from"])
-        .arg(&tpl)
-        .arg("--api-sock")
-        .arg(&sock)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn pooled clone");
-    let t = Instant::now();
-    while api(&sock, "GET", "/vm", "").1["state"] != "pooled" {
-        assert!(t.elapsed() < TIMEOUT, "pooled clone never got ready");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let child = pooled_clone(&tpl, &sock);
     let body = serde_json::json!({"app": vol_spec("/bin/volume-app")}).to_string();
     let (st, v) = api(&sock, "PUT", "/vm/start", &body);
     assert_eq!(st, 400, "pack volumes without their image: {v}");
