@@ -97,21 +97,6 @@ fn stop_clone(child: Child, sock: &Path) {
     assert_eq!(o.status.code(), Some(0), "{}", common::stderr(&o));
 }
 
-/// The Firecracker binary to compare with, or why there is none.
-fn firecracker() -> Result<PathBuf, String> {
-    let Some(bin) = std::env::var_os("FIRECRACKER_BIN") else {
-        return Err(
-            "FIRECRACKER_BIN is not set (point it at a firecracker built from source)".into(),
-        );
-    };
-    let bin = PathBuf::from(bin);
-    if bin.is_file() {
-        Ok(bin)
-    } else {
-        Err(format!("FIRECRACKER_BIN={} is not a file", bin.display()))
-    }
-}
-
 fn main() {
     common::require_kvm();
     let runs: usize = std::env::var("ARROW_BENCH_RUNS")
@@ -242,7 +227,7 @@ fn main() {
     );
 
     // Real Linux template, arrow-vmm and Firecracker side by side.
-    match firecracker() {
+    match vsock_guest::firecracker_bin() {
         Err(why) => {
             println!("real-Linux comparison with Firecracker: skipped: {why}");
             json.insert(

@@ -231,7 +231,7 @@ fn main() {
         touch_mib,
     };
     let arrow = Side::Arrow(PathBuf::from(env!("CARGO_BIN_EXE_arrow-vmm")));
-    let mut fc: Result<Side, String> = firecracker::binary().map(Side::Firecracker);
+    let mut fc: Result<Side, String> = vsock_guest::firecracker_bin().map(Side::Firecracker);
 
     let mut arrow_runs = Vec::new();
     let mut fc_runs = Vec::new();

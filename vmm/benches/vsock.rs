@@ -116,21 +116,6 @@ fn run(
     Ok(f)
 }
 
-fn firecracker() -> Result<PathBuf, String> {
-    let Some(bin) = std::env::var_os("FIRECRACKER_BIN") else {
-        return Err("not run: FIRECRACKER_BIN is not set".into());
-    };
-    let bin = PathBuf::from(bin);
-    if bin.is_file() {
-        Ok(bin)
-    } else {
-        Err(format!(
-            "not run: FIRECRACKER_BIN={} is not a file",
-            bin.display()
-        ))
-    }
-}
-
 fn main() {
     // `cargo bench` passes `--bench`; nothing else is understood.
     if let Err(e) = check_kvm() {
@@ -151,11 +136,13 @@ fn main() {
         mib,
     )
     .unwrap_or_else(|e| panic!("arrow-vmm run failed: {e}"));
-    let fc: Result<Figures, String> = firecracker().and_then(|bin| {
-        eprintln!("vsock bench: firecracker {}", bin.display());
-        run(&Vmm::Firecracker(bin), &kernel, &initrd, conns, mib)
-            .map_err(|e| format!("not available: {e}"))
-    });
+    let fc: Result<Figures, String> = firecracker_bin()
+        .map_err(|e| format!("not run: {e}"))
+        .and_then(|bin| {
+            eprintln!("vsock bench: firecracker {}", bin.display());
+            run(&Vmm::Firecracker(bin), &kernel, &initrd, conns, mib)
+                .map_err(|e| format!("not available: {e}"))
+        });
 
     // ---- table ----
     let (amin, a50, a90, amean) = stats(&arrow.connect_ms);

@@ -10,26 +10,11 @@
 //! aligned to Firecracker's 128 MiB slots; unplugged slots are removed
 //! from KVM and `mprotect`ed, unplugged blocks `madvise(MADV_DONTNEED)`d.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
 use crate::vsock_guest::{api, Guest, Vmm, COMPAT_FLAGS};
-
-/// The Firecracker binary to compare with, or why there is none.
-pub fn binary() -> Result<PathBuf, String> {
-    let Some(bin) = std::env::var_os("FIRECRACKER_BIN") else {
-        return Err(
-            "FIRECRACKER_BIN is not set (point it at a firecracker built from source)".into(),
-        );
-    };
-    let bin = PathBuf::from(bin);
-    if bin.is_file() {
-        Ok(bin)
-    } else {
-        Err(format!("FIRECRACKER_BIN={} is not a file", bin.display()))
-    }
-}
 
 /// Boots memhp-app (`app_args`) under Firecracker with `boot_mib` of boot
 /// memory and a `region_mib` virtio-mem region of 2 MiB blocks (the block

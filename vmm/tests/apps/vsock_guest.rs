@@ -1,4 +1,4 @@
-//! Shared by `tests/vsock_kvm.rs`, `benches/vsock.rs` and `benches/clone.rs`: builds the guest
+//! Shared by `tests/vsock_kvm.rs` and the vsock, clone and memhp benches: builds the guest
 //! kernel (through `guest-kernel/build.sh`) and an initramfs holding
 //! `vsock-peer` (as `/app`) and the `vsock-echo` sample app, boots it under
 //! `arrow-vmm` (or Firecracker, for the bench), and speaks the host side of
@@ -167,6 +167,22 @@ pub fn app_args(dials: u32) -> String {
     format!(
         "--dial {DIAL_PORT} --dials {dials} --bulk {BULK_PORT} --exec /vsock-echo --port {ECHO_PORT}"
     )
+}
+
+/// The Firecracker binary the benches compare with (`FIRECRACKER_BIN`), or why
+/// there is none.
+pub fn firecracker_bin() -> Result<PathBuf, String> {
+    let Some(bin) = std::env::var_os("FIRECRACKER_BIN") else {
+        return Err(
+            "FIRECRACKER_BIN is not set (point it at a firecracker built from source)".into(),
+        );
+    };
+    let bin = PathBuf::from(bin);
+    if bin.is_file() {
+        Ok(bin)
+    } else {
+        Err(format!("FIRECRACKER_BIN={} is not a file", bin.display()))
+    }
 }
 
 /// Which VMM runs the guest.
