@@ -140,6 +140,21 @@ fn throughput(s: TcpStream, mib: usize) -> f64 {
     total as f64 / (1 << 20) as f64 / t.elapsed().as_secs_f64()
 }
 
+/// Echoes what `s` sends until it closes or fails.
+fn echo_until_closed(mut s: impl Read + Write) {
+    let mut buf = vec![0u8; 16384];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => {
+                if s.write_all(&buf[..n]).is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
 /// A thread-per-connection echo server listening on `ip:PORT` inside `server`'s namespace.
 fn plain_echo_server(server: &Client) -> SocketAddr {
     let addr = SocketAddr::new(server.ip, PORT);
@@ -149,19 +164,8 @@ fn plain_echo_server(server: &Client) -> SocketAddr {
     std::thread::spawn(move || {
         for s in l.incoming().flatten() {
             std::thread::spawn(move || {
-                let mut s = s;
                 let _ = s.set_nodelay(true);
-                let mut buf = vec![0u8; 16384];
-                loop {
-                    match s.read(&mut buf) {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => {
-                            if s.write_all(&buf[..n]).is_err() {
-                                return;
-                            }
-                        }
-                    }
-                }
+                echo_until_closed(s);
             });
         }
     });
@@ -184,17 +188,7 @@ fn fake_vmm(uds: &std::path::Path) {
                 if !line.starts_with(b"CONNECT ") || s.write_all(b"OK 1\n").is_err() {
                     return;
                 }
-                let mut buf = vec![0u8; 16384];
-                loop {
-                    match s.read(&mut buf) {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => {
-                            if s.write_all(&buf[..n]).is_err() {
-                                return;
-                            }
-                        }
-                    }
-                }
+                echo_until_closed(s);
             });
         }
     });
@@ -240,11 +234,7 @@ fn main() {
     ));
 
     // One pod with the echo app, reachable at its pod IP and at a host port.
-    let host_port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let host_port = common::free_port();
     let pod = runp(&c, "echo", host_port);
     let ip: std::net::IpAddr = c
         .call(c.runtime().pod_sandbox_status(PodSandboxStatusRequest {

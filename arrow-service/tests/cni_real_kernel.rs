@@ -22,14 +22,6 @@ use k8s_cri::v1::*;
 const PORT: u16 = 5000;
 const BOOT: Duration = Duration::from_secs(180);
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn runp(c: &CriClient, name: &str, host_port: u16, logs: &std::path::Path) -> String {
     c.run_pod_config(PodSandboxConfig {
         log_directory: logs.display().to_string(),
@@ -128,7 +120,7 @@ fn pods_are_reachable_at_their_pod_ip_over_vsock() {
     // own namespace, IP and relay (the template had none), and a hostPort.
     let out = d.actl(&["template", "create", "--name", "echo", "vsock-echo"]);
     assert!(out.status.success(), "{}\n{}", stderr(&out), d.log());
-    let host_port = free_port();
+    let host_port = common::free_port();
     let b = runp(&c, "b", host_port, &logs);
     let addr_b = pod_ip(&c, &b);
     assert_ne!(addr_a.ip(), addr_b.ip());

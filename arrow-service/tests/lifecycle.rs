@@ -35,11 +35,7 @@ fn run_ps_logs_stop_wait_rm_with_actl() {
     assert!(d.get("/instances/hi").is_err(), "--rm removed it");
 
     // Detached, with an exported port; env and resources reach the VMM.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = common::free_port();
     let publish = format!("{port}:5000");
     let out = d.actl(&[
         "run",
@@ -348,11 +344,7 @@ fn tcp_listener_requires_the_token() {
     assert!(!out.status.success());
     assert!(stderr(&out).contains("--token"), "{}", stderr(&out));
 
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = common::free_port();
     let addr = format!("127.0.0.1:{port}");
     let d = Daemon::with_args(&["--tcp", &addr, "--token", "s3cret"]);
     let rt = tokio::runtime::Builder::new_current_thread()

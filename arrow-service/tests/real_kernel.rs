@@ -13,14 +13,6 @@ use std::time::{Duration, Instant};
 
 use common::{stderr, stdout, Daemon};
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// Echoes a line through the exported port, retrying while the clone's guest settles
 /// (it handles the vsock transport reset within seconds of the restore).
 fn echo(d: &Daemon, id: &str, port: u16) -> Duration {
@@ -79,7 +71,7 @@ fn vsock_echo_through_exported_ports_of_clones() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-    let (p1, p2) = (free_port(), free_port());
+    let (p1, p2) = (common::free_port(), common::free_port());
     let run = |args: &[&str]| {
         let out = d.actl(args);
         assert!(out.status.success(), "{}", stderr(&out));

@@ -359,6 +359,15 @@ impl Drop for Daemon {
     }
 }
 
+/// A TCP port on 127.0.0.1 that was free a moment ago.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 /// Polls `f` every 20 ms until it holds; panics after [`TIMEOUT`].
 pub fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
     let t = Instant::now();
